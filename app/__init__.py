@@ -1,0 +1,1 @@
+"""The chat server: app factory, settings, errors and the domain services."""

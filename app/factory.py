@@ -1,0 +1,55 @@
+"""The app factory (Sanic's own pattern): build an app from settings, open nothing at import."""
+
+from __future__ import annotations
+
+import logging
+
+from sanic import Sanic
+
+from app.db import setup_db
+from app.errors import register_error_handlers
+from app.redis import setup_redis
+from app.serialize import dumps
+from app.settings import Settings
+
+
+def configure_logging(level: str) -> None:
+    """Our loggers ("chat.*") to stderr with the pid, apart from Sanic's own handlers."""
+    log = logging.getLogger("chat")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
+    """Build the Sanic app; resources open in before_server_start and live on app.ctx."""
+    settings = settings or Settings.load()
+    configure_logging(settings.log_level)
+    app = Sanic(name, dumps=dumps)
+    app.ctx.settings = settings
+    app.config.REQUEST_MAX_SIZE = max(settings.request_max_bytes, settings.max_upload_bytes + 64 * 1024)
+    app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
+    # Our own heartbeat (hello.heartbeat_s) drives pings; keep Sanic's at the same period.
+    app.config.WEBSOCKET_PING_INTERVAL = settings.ws_heartbeat_s
+    app.config.WEBSOCKET_PING_TIMEOUT = settings.ws_heartbeat_s
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.OAS_UI_DEFAULT = "swagger"
+    app.config.OAS_URL_PREFIX = "/docs"
+    app.config.OAS_AUTODOC = False
+    app.ext.openapi.describe("Chat server API", version="1.0",
+                             description="Real-time chat: see docs/api.md for the contract.")
+
+    setup_db(app)
+    setup_redis(app)
+    register_error_handlers(app)
+
+    from blueprints import all_blueprints
+    from app.fanout import setup_fanout
+
+    for bp in all_blueprints():
+        app.blueprint(bp)
+    setup_fanout(app)
+    return app

@@ -1,0 +1,70 @@
+"""Every Redis key and channel of the project, in one place.
+
+Room keys carry a hash tag (`{room:<id>}`) so that all keys of one room live in
+one Redis Cluster slot and a Lua script may touch them together. Everything is
+under one prefix (`REDIS_PREFIX`), so deployments and test sessions can share a
+Redis server.
+
+Cache layout of a room (the write-behind message cache):
+  seq        string   last seq given out (INCR); missing = lost, re-seeded from PostgreSQL
+  log        stream   the room's messages, entry id "<seq>-0", field "m" = message JSON;
+                      holds every message not yet in PostgreSQL plus a short tail
+  flushed    string   highest seq committed to PostgreSQL
+  members    set      user ids of members; sentinel "*" marks it loaded (empty set != unknown)
+  cid:<user>:<client_id>  string  the message JSON a client_id produced (idempotent retries)
+  flush_queued string  set while a flush_room job is queued (backlog trigger dedup)
+  flush_lease  string  held by the worker flushing the room
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Named key builders under one prefix."""
+
+    def __init__(self, prefix: str = "chat") -> None:
+        self.prefix = prefix
+
+    # -- per room (hash-tagged) -------------------------------------------
+    def _room(self, room_id: str) -> str:
+        return f"{self.prefix}:{{room:{room_id}}}"
+
+    def room_seq(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:seq"
+
+    def room_log(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:log"
+
+    def room_flushed(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:flushed"
+
+    def room_members(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:members"
+
+    def room_client_id(self, room_id: str, sender_id: str, client_id: str) -> str:
+        return f"{self._room(room_id)}:cid:{sender_id}:{client_id}"
+
+    def room_flush_queued(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:flush_queued"
+
+    def room_flush_lease(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:flush_lease"
+
+    # -- global ------------------------------------------------------------
+    def pending_rooms(self) -> str:
+        """Set of room ids with messages not yet in PostgreSQL (the worker's to-do list)."""
+        return f"{self.prefix}:pending_rooms"
+
+    def events_channel(self) -> str:
+        """Pub/sub channel every server process subscribes to for fan-out."""
+        return f"{self.prefix}:events"
+
+    def revoked_family(self, family_id: str) -> str:
+        """Marks a logged-out refresh family so its access tokens stop at once."""
+        return f"{self.prefix}:revoked:{family_id}"
+
+    def rate(self, bucket: str, subject: str) -> str:
+        return f"{self.prefix}:rate:{bucket}:{subject}"
+
+    def dramatiq_namespace(self) -> str:
+        return f"{self.prefix}-dramatiq"

@@ -1,0 +1,49 @@
+"""Redis connection lifecycle and the persistence check of API.md's Durability section."""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from sanic import Sanic
+
+from app.keys import Keys
+from app.settings import Settings
+
+log = logging.getLogger("chat.redis")
+
+
+def connect_redis(url: str) -> Redis:
+    return Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+async def check_persistence(redis: Redis, settings: Settings) -> None:
+    """Warn when Redis keeps nothing on disk; refuse in production unless explicitly allowed."""
+    try:
+        info = await redis.info("persistence")
+    except Exception:  # noqa: BLE001 - an unreachable Redis is reported by /readyz, not here
+        log.warning("could not read Redis persistence settings")
+        return
+    aof = str(info.get("aof_enabled", 0)) == "1"
+    if aof:
+        return
+    msg = ("Redis runs without AOF persistence: acknowledged messages not yet flushed to "
+           "PostgreSQL are lost if Redis restarts. Use appendonly yes, appendfsync everysec.")
+    if settings.production and not settings.allow_redis_without_persistence:
+        raise RuntimeError(msg + " Refusing to start (set ALLOW_REDIS_WITHOUT_PERSISTENCE=true to override).")
+    log.warning(msg)
+
+
+def setup_redis(app: Sanic) -> None:
+    """Open the Redis client before the server starts, close it after it stops."""
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        s: Settings = app.ctx.settings
+        app.ctx.keys = Keys(s.redis_prefix)
+        app.ctx.redis = connect_redis(s.redis_url)
+        await check_persistence(app.ctx.redis, s)
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        await app.ctx.redis.aclose()

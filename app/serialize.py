@@ -1,0 +1,30 @@
+"""JSON encoding (orjson) and the API's timestamp format."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+
+def dumps(obj: Any) -> str:
+    """Serialize to a JSON string (used for HTTP bodies and WebSocket frames)."""
+    return orjson.dumps(obj).decode()
+
+
+def loads(data: str | bytes) -> Any:
+    return orjson.loads(data)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 UTC with milliseconds and Z, as API.md requires."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,64 @@
+"""JWT encoding and verification: access and refresh tokens.
+
+Both kinds carry `sub`, `exp`, `iat`, `jti`, `iss`, `aud`, `fam` (the login's
+refresh family) and `typ`. The kinds are mutually exclusive: `typ` is checked
+on decode, so a refresh token never passes as an access token nor the reverse.
+The algorithm is pinned on decode (no `alg: none`, no algorithm confusion).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import jwt
+
+from app.errors import InvalidToken, TokenExpired
+from app.settings import Settings
+
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    family_id: str
+    jti: str
+    kind: str
+    expires_at: datetime
+
+
+def issue(settings: Settings, *, user_id: str, family_id: str, kind: str,
+          jti: str | None = None, now: datetime | None = None) -> tuple[str, Claims]:
+    """Sign a token of `kind`; returns the token and its claims."""
+    now = now or datetime.now(timezone.utc)
+    ttl = settings.access_token_ttl_s if kind == ACCESS else settings.refresh_token_ttl_s
+    exp = now + timedelta(seconds=ttl)
+    jti = jti or uuid.uuid4().hex
+    payload = {
+        "sub": user_id, "fam": family_id, "typ": kind, "jti": jti,
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+        "iat": int(now.timestamp()), "exp": int(exp.timestamp()),
+    }
+    token = jwt.encode(payload, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+    return token, Claims(user_id, family_id, jti, kind, exp)
+
+
+def verify(settings: Settings, token: str, kind: str) -> Claims:
+    """Decode and check a token of `kind`; raise InvalidToken/TokenExpired (401)."""
+    try:
+        payload = jwt.decode(
+            token, settings.jwt_secret, algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired() from None
+    except jwt.PyJWTError:
+        raise InvalidToken() from None
+    if payload.get("typ") != kind or not isinstance(payload.get("fam"), str):
+        raise InvalidToken(f"This is not an {kind} token." if kind == ACCESS else f"This is not a {kind} token.")
+    return Claims(payload["sub"], payload["fam"], payload["jti"], kind,
+                  datetime.fromtimestamp(payload["exp"], timezone.utc))

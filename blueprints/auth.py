@@ -1,0 +1,7 @@
+"""auth routes (placeholder, filled in by the issue that owns it)."""
+
+from __future__ import annotations
+
+from sanic import Blueprint
+
+bp = Blueprint("auth")

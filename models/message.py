@@ -1,0 +1,23 @@
+"""Messages as stored in PostgreSQL once the worker has flushed them from the cache."""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Message(Model):
+    id = fields.UUIDField(primary_key=True)
+    room = fields.ForeignKeyField("models.Room", related_name="messages", on_delete=fields.CASCADE)
+    # Gap-free per room, allocated in Redis; (room, seq) makes flush retries idempotent.
+    seq = fields.BigIntField()
+    sender = fields.ForeignKeyField("models.User", related_name="messages", null=True, on_delete=fields.SET_NULL)
+    kind = fields.CharField(max_length=8)  # text | image | file | system
+    body = fields.TextField()
+    file = fields.ForeignKeyField("models.File", related_name="messages", null=True, on_delete=fields.SET_NULL)
+    client_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(db_index=True)
+
+    class Meta:
+        table = "messages"
+        unique_together = (("room", "seq"),)
