@@ -35,7 +35,9 @@ async def init_db(database_url: str, pool_max: int = 10) -> None:
 
 
 async def close_db() -> None:
-    await connections.close_all()
+    # Tortoise.close_connections also clears the global-fallback context; without that a
+    # second init_db in the same process (the next test) fails with ConfigurationError.
+    await Tortoise.close_connections()
 
 
 async def migrate(database_url: str) -> None:

@@ -79,6 +79,9 @@ class Settings:
     jwt_audience: str = "chat-clients"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
+    # argon2id password hashing cost (OWASP minimum: t=2, m=19 MiB); tests and load runs lower it.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
 
     request_max_bytes: int = 1024 * 1024  # JSON bodies; uploads have their own limit
     # Rate limits: N events per window, per user (per IP for login/register).

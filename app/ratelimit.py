@@ -1,0 +1,35 @@
+"""Fixed-window rate limits on Redis, shared by every server process.
+
+One Lua script per hit, so counting and arming the window's expiry are one
+atomic step: two processes hitting the same key can never both see "first hit"
+or leave a counter without a TTL (which would block its subject forever).
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+# KEYS[1] = counter; ARGV[1] = limit, ARGV[2] = window in ms.
+# Returns 0 when the hit is allowed, else the milliseconds until the window ends.
+_HIT = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if n == 1 or ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+if n > tonumber(ARGV[1]) then
+  return ttl
+end
+return 0
+"""
+
+
+async def hit(redis: Redis, key: str, limit: int, window_s: int) -> int:
+    """Count one event on `key`; 0 when allowed, else the seconds to wait (for Retry-After)."""
+    # register_script caches the SHA on the client and falls back to EVAL once per server.
+    script = redis.register_script(_HIT)
+    wait_ms = int(await script(keys=[key], args=[int(limit), int(window_s) * 1000]))
+    if wait_ms <= 0:
+        return 0
+    return max(1, -(-wait_ms // 1000))  # ceil: never tell a client to retry too early
