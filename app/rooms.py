@@ -1,0 +1,430 @@
+"""Rooms: create, list, read, update, delete, join and leave; who may see what; rendering.
+
+The rules are API.md's "Rooms and membership". A private room that the caller
+is not a member of behaves exactly like a missing one (404 room_not_found);
+a public room answers 403 not_member on member-only calls. Managing other
+people's memberships (list, add, role, kick/ban) is in app/membership.py.
+
+Every change commits in one PostgreSQL transaction that locks the room row,
+so joins, leaves, ownership hand-over and deletion of one room are serialized.
+Only after the commit (never before, never from a blueprint) does the service
+update the Redis member set and publish the live event (Zulip's
+send_event_on_commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Awaitable, Iterable, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, field_validator
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.expressions import Q, Subquery
+from tortoise.functions import Count
+from tortoise.transactions import in_transaction
+
+from app import events, members_cache
+from app.errors import Banned, ChatError, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
+from app.keys import Keys
+from app.pagination import decode_cursor, page
+from app.serialize import iso
+from models.room import Membership, Role, Room
+from models.user import User
+
+log = logging.getLogger("chat.rooms")
+
+# A room created with thousands of members at once is a bulk import, not a chat call.
+MAX_INITIAL_MEMBERS = 1000
+
+RoomName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+RoomTopic = Annotated[StrictStr, StringConstraints(strip_whitespace=True, max_length=256)]
+
+
+def _printable_name(value: str | None) -> str | None:
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class CreateRoom(BaseModel):
+    """Body of POST /rooms and of the WebSocket `create_room` frame (other frame keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: RoomName
+    topic: RoomTopic = ""
+    is_private: StrictBool = False
+    member_ids: list[StrictStr] = Field(default_factory=list, max_length=MAX_INITIAL_MEMBERS)
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _null_topic(cls, v: Any) -> Any:
+        return "" if v is None else v  # a null topic means "no topic"
+
+    _check_name = field_validator("name")(_printable_name)
+
+
+class UpdateRoom(BaseModel):
+    """Body of PATCH /rooms/{id}: only the fields present change."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: RoomName | None = None
+    topic: RoomTopic | None = None
+    is_private: StrictBool | None = None
+
+    @field_validator("name", "is_private", mode="before")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("must not be null")
+        return v
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _null_topic(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+    _check_name = field_validator("name")(_printable_name)
+
+
+# -- ids, access, rendering ------------------------------------------------------
+
+def parse_id(raw: str, error: type[ChatError]) -> str:
+    """The canonical form of a UUID id, or `error` (a 404) when it is not one."""
+    try:
+        return str(uuid.UUID(str(raw)))
+    except (ValueError, TypeError, AttributeError):
+        raise error() from None
+
+
+def deny(room: Room) -> NoReturn:
+    """A non-member asked for something members only may do: hide private rooms."""
+    if room.is_private:
+        raise RoomNotFound()
+    raise NotMember()
+
+
+async def role_in(room_id: str, user_id: str, conn: BaseDBAsyncClient | None = None) -> Role | None:
+    """The user's role in the room, None when not a member (banned counts as not a member)."""
+    qs = Membership.filter(room_id=room_id, user_id=user_id, banned=False)
+    if conn is not None:
+        qs = qs.using_db(conn)
+    m = await qs.first()
+    return Role(m.role) if m is not None else None
+
+
+async def locked_room(conn: BaseDBAsyncClient, room_id: str, *, for_delete: bool = False) -> Room:
+    """Lock the room row for this transaction (404 when missing).
+
+    FOR NO KEY UPDATE serializes membership changes of the room without blocking
+    inserts elsewhere that reference it (the worker flushing messages); deleting
+    the room needs the full FOR UPDATE.
+    """
+    room = await Room.filter(id=room_id).using_db(conn).select_for_update(no_key=not for_delete).first()
+    if room is None:
+        raise RoomNotFound()
+    return room
+
+
+def require_role(room: Room, role: Role | None, allowed: Iterable[Role], action: str) -> None:
+    """404/403 not_member for outsiders, 403 forbidden for members without the right role."""
+    if role is None:
+        deny(room)
+    if role not in allowed:
+        raise Forbidden(f"Only the {' or '.join(r.value for r in allowed)} can {action}.")
+
+
+def _room_out(room: Room, member_count: int, my_role: str | None) -> dict[str, Any]:
+    return {
+        "id": str(room.id), "name": room.name, "topic": room.topic, "is_private": room.is_private,
+        "owner_id": str(room.owner_id), "created_at": iso(room.created_at),
+        "member_count": member_count, "my_role": my_role,
+    }
+
+
+async def render_rooms(rooms: list[Room], viewer_id: str | None) -> list[dict[str, Any]]:
+    """Render rooms with two queries in all (member counts, the viewer's roles)."""
+    if not rooms:
+        return []
+    ids = [r.id for r in rooms]
+    counted = (await Membership.filter(room_id__in=ids, banned=False).annotate(n=Count("id"))
+               .group_by("room_id").values_list("room_id", "n"))
+    counts = {str(rid): n for rid, n in counted}
+    roles: dict[str, str] = {}
+    if viewer_id is not None:
+        mine = await Membership.filter(room_id__in=ids, user_id=viewer_id, banned=False).values_list("room_id", "role")
+        roles = {str(rid): Role(role).value for rid, role in mine}
+    return [_room_out(r, counts.get(str(r.id), 0), roles.get(str(r.id))) for r in rooms]
+
+
+async def render_room(room: Room, viewer_id: str | None) -> dict[str, Any]:
+    """The API's room object; `my_role` is the viewer's (null for viewer None: broadcasts)."""
+    return (await render_rooms([room], viewer_id))[0]
+
+
+def render_membership(m: Membership) -> dict[str, Any]:
+    """The API's membership object; `m.user` must be loaded (select_related("user"))."""
+    return {
+        "room_id": str(m.room_id), "user_id": str(m.user_id), "username": m.user.username,
+        "role": Role(m.role).value, "joined_at": iso(m.joined_at),
+    }
+
+
+async def load_membership(room_id: str, user_id: str) -> Membership | None:
+    return await Membership.filter(room_id=room_id, user_id=user_id).select_related("user").first()
+
+
+# -- after-commit steps (PostgreSQL already holds the truth) ------------------------
+
+async def cache_step(redis: Redis, keys: Keys, room_id: str, step: Awaitable[None]) -> None:
+    """Update the Redis member set; if Redis fails, drop the set so it is rebuilt from PostgreSQL."""
+    try:
+        await step
+    except RedisError:
+        log.warning("member set of room %s not updated; dropping it for a rebuild", room_id, exc_info=True)
+        try:
+            await redis.delete(keys.room_members(room_id))
+        except RedisError:
+            log.error("member set of room %s may be stale until Redis recovers", room_id)
+
+
+async def publish(step: Awaitable[None]) -> None:
+    """Publish a live event. The change is committed, so a Redis failure is logged, not raised."""
+    try:
+        await step
+    except RedisError:
+        log.warning("live event not published", exc_info=True)
+
+
+async def publish_room_updated(redis: Redis, keys: Keys, room: Room,
+                               personal: dict[str, str] | None = None) -> None:
+    """room_updated to the room with my_role null (it differs per viewer); users whose role
+    changed (`personal`: user id -> role) also get one with their own my_role."""
+    out = await render_room(room, None)
+    await publish(events.to_room(redis, keys, str(room.id), {"type": "room_updated", "room": out}))
+    for user_id, role in (personal or {}).items():
+        await publish(events.to_user(redis, keys, user_id, {"type": "room_updated", "room": {**out, "my_role": role}}))
+
+
+async def announce_join(redis: Redis, keys: Keys, m: Membership) -> None:
+    """After a membership commit: the user joins the Redis set, then their sockets attach."""
+    room_id, user_id = str(m.room_id), str(m.user_id)
+    await cache_step(redis, keys, room_id, members_cache.add(redis, keys, room_id, user_id))
+    frame = {"type": "member_joined", "membership": render_membership(m)}
+    await publish(events.member_joined(redis, keys, room_id, user_id, frame))
+
+
+async def announce_leave(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
+    """After a leave/kick/ban commit: out of the Redis set at once, then their sockets detach."""
+    await cache_step(redis, keys, room_id, members_cache.remove(redis, keys, room_id, user_id))
+    frame = {"type": "member_left", "room_id": room_id, "user_id": user_id}
+    await publish(events.member_left(redis, keys, room_id, user_id, frame))
+
+
+async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
+    """After a room's deletion commit: drop its member set and message cache, tell its sockets.
+
+    Idempotency keys (`cid:*`) are not enumerable without SCAN; they expire on their TTL.
+    The flush lease belongs to whichever worker holds it and expires on its own.
+    """
+    await cache_step(redis, keys, room_id, members_cache.room_deleted(redis, keys, room_id))
+    try:
+        await redis.delete(keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
+                           keys.room_flush_queued(room_id))
+        await redis.srem(keys.pending_rooms(), room_id)
+    except RedisError:
+        log.warning("message cache of deleted room %s not dropped", room_id, exc_info=True)
+    await publish(events.room_deleted(redis, keys, room_id))
+
+
+# -- rooms ---------------------------------------------------------------------------
+
+async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRoom) -> dict[str, Any]:
+    """Create a room owned by `owner_id` with `data.member_ids` as members; the owner's view of it."""
+    others: list[str] = []
+    seen = {owner_id}
+    for raw in data.member_ids:
+        uid = parse_id(raw, UserNotFound)
+        if uid not in seen:
+            seen.add(uid)
+            others.append(uid)
+    async with in_transaction() as conn:
+        if others:
+            found = {str(u) for u in await User.filter(id__in=others).using_db(conn).values_list("id", flat=True)}
+            missing = [u for u in others if u not in found]
+            if missing:
+                raise UserNotFound(details={"user_id": missing[0]})
+        room = await Room.create(name=data.name, topic=data.topic, is_private=data.is_private,
+                                 owner_id=owner_id, using_db=conn)
+        rows = [Membership(room_id=room.id, user_id=owner_id, role=Role.OWNER)]
+        rows += [Membership(room_id=room.id, user_id=u, role=Role.MEMBER) for u in others]
+        await Membership.bulk_create(rows, using_db=conn)
+    room_id = str(room.id)
+    await cache_step(redis, keys, room_id, members_cache.room_created(redis, keys, room_id, [owner_id, *others]))
+    for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
+        frame = {"type": "member_joined", "membership": render_membership(m)}
+        await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame))
+    return _room_out(room, 1 + len(others), Role.OWNER.value)
+
+
+def _scope_cursor(raw: str | None) -> tuple[datetime, str] | None:
+    position = decode_cursor(raw)
+    if position is None:
+        return None
+    try:
+        created = datetime.fromisoformat(position["c"])
+        room_id = str(uuid.UUID(position["i"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValidationFailed({"cursor": "malformed cursor"}) from None
+    if created.tzinfo is None:
+        raise ValidationFailed({"cursor": "malformed cursor"})
+    return created, room_id
+
+
+async def list_rooms(*, user_id: str, scope: str = "joined", q: str = "", limit: int = 50,
+                     cursor: str | None = None) -> dict[str, Any]:
+    """A page of the rooms the user is in (`joined`) or of all public rooms (`public`), newest first."""
+    if scope not in ("joined", "public"):
+        raise ValidationFailed({"scope": "must be joined or public"})
+    after = _scope_cursor(cursor)
+    if scope == "joined":
+        mine = Membership.filter(user_id=user_id, banned=False).values("room_id")
+        qs = Room.filter(id__in=Subquery(mine))
+    else:
+        qs = Room.filter(is_private=False)
+    if q:
+        qs = qs.filter(name__icontains=q)  # Tortoise escapes % and _ (LIKE ... ESCAPE '\')
+    if after is not None:
+        created, last_id = after
+        qs = qs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=last_id))
+    rooms = await qs.order_by("-created_at", "-id").limit(limit + 1)
+    more = len(rooms) > limit
+    rooms = rooms[:limit]
+    nxt = {"c": rooms[-1].created_at.isoformat(), "i": str(rooms[-1].id)} if more else None
+    return page(await render_rooms(rooms, user_id), nxt)
+
+
+async def get_room(*, room_id: str, user_id: str) -> dict[str, Any]:
+    """A room for a member, or for anyone when it is public."""
+    rid = parse_id(room_id, RoomNotFound)
+    room = await Room.filter(id=rid).first()
+    if room is None or (room.is_private and await role_in(rid, user_id) is None):
+        raise RoomNotFound()
+    return await render_room(room, user_id)
+
+
+async def require_member(*, room_id: str, user_id: str) -> Room:
+    """The room when the user is a member; RoomNotFound (missing or private) or NotMember otherwise."""
+    rid = parse_id(room_id, RoomNotFound)
+    room = await Room.filter(id=rid).first()
+    if room is None:
+        raise RoomNotFound()
+    if await role_in(rid, user_id) is None:
+        deny(room)
+    return room
+
+
+async def update_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str, data: UpdateRoom) -> dict[str, Any]:
+    """Change name/topic/privacy (owner or admin); members are told with room_updated."""
+    rid = parse_id(room_id, RoomNotFound)
+    changes = {f: getattr(data, f) for f in data.model_fields_set}
+    async with in_transaction() as conn:
+        room = await locked_room(conn, rid)
+        require_role(room, await role_in(rid, user_id, conn), (Role.OWNER, Role.ADMIN), "change the room")
+        changed = [f for f, v in changes.items() if getattr(room, f) != v]
+        for f in changed:
+            setattr(room, f, changes[f])
+        if changed:
+            await room.save(using_db=conn, update_fields=changed)
+    if changed:
+        await publish_room_updated(redis, keys, room)
+    return await render_room(room, user_id)
+
+
+async def delete_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
+    """Delete a room with its memberships and messages (owner only)."""
+    rid = parse_id(room_id, RoomNotFound)
+    async with in_transaction() as conn:
+        room = await locked_room(conn, rid, for_delete=True)
+        require_role(room, await role_in(rid, user_id, conn), (Role.OWNER,), "delete the room")
+        await room.delete(using_db=conn)
+    await forget_room(redis, keys, rid)
+
+
+async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> dict[str, Any]:
+    """Join a public room (again is harmless); private -> 404, banned -> 403. The membership."""
+    rid = parse_id(room_id, RoomNotFound)
+    async with in_transaction() as conn:
+        room = await locked_room(conn, rid)
+        existing = await Membership.filter(room_id=rid, user_id=user_id).using_db(conn).first()
+        joined = existing is None
+        if existing is not None and existing.banned:
+            if room.is_private:
+                raise RoomNotFound()
+            raise Banned()
+        if joined:
+            if room.is_private:
+                raise RoomNotFound()  # members of a private room are added by its owner or an admin
+            await Membership.create(room_id=rid, user_id=user_id, role=Role.MEMBER, using_db=conn)
+    m = await load_membership(rid, user_id)
+    if m is None:  # left again between our commit and this read
+        raise NotMemberOfRoom()
+    if joined:
+        await announce_join(redis, keys, m)
+    return render_membership(m)
+
+
+async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
+    """Leave a room. An owner hands over to the oldest admin, else the oldest member; the last one out deletes it."""
+    rid = parse_id(room_id, RoomNotFound)
+    successor: Membership | None = None
+    deleted = False
+    async with in_transaction() as conn:
+        room = await locked_room(conn, rid)
+        m = await Membership.filter(room_id=rid, user_id=user_id, banned=False).using_db(conn).first()
+        if m is None:
+            if room.is_private:
+                raise RoomNotFound()
+            raise NotMemberOfRoom()
+        if m.role == Role.OWNER:
+            others = Membership.filter(room_id=rid, banned=False).exclude(id=m.id).using_db(conn)
+            successor = (await others.filter(role=Role.ADMIN).order_by("joined_at", "id").first()
+                         or await others.order_by("joined_at", "id").first())
+            if successor is None:
+                await room.delete(using_db=conn)  # memberships (banned rows too) and messages cascade
+                deleted = True
+            else:
+                successor.role = Role.OWNER
+                await successor.save(using_db=conn, update_fields=["role"])
+                room.owner_id = successor.user_id
+                await room.save(using_db=conn, update_fields=["owner_id"])
+        if not deleted:
+            await m.delete(using_db=conn)
+    if deleted:
+        await forget_room(redis, keys, rid)
+        return
+    await announce_leave(redis, keys, rid, user_id)
+    if successor is not None:
+        await publish_room_updated(redis, keys, room, {str(successor.user_id): Role.OWNER.value})
+
+
+# -- reads for other services ------------------------------------------------------
+
+async def member_ids(room_id: str) -> list[str]:
+    """User ids of the room's members (banned excluded); [] for a missing or malformed room id."""
+    try:
+        rid = parse_id(room_id, RoomNotFound)
+    except RoomNotFound:
+        return []
+    return [str(u) for u in await Membership.filter(room_id=rid, banned=False).values_list("user_id", flat=True)]
+
+
+async def room_ids_of_user(user_id: str) -> list[str]:
+    """Ids of the rooms the user is a member of, oldest membership first."""
+    rows = await Membership.filter(user_id=user_id, banned=False).order_by("joined_at", "id").values_list("room_id", flat=True)
+    return [str(r) for r in rows]

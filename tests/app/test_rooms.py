@@ -1,0 +1,273 @@
+"""The room service against real PostgreSQL and Redis: rules, ownership hand-over, races, cache and events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from app import events, members_cache, membership, rooms
+from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound,
+                        ValidationFailed)
+from app.keys import Keys
+from app.rooms import CreateRoom, UpdateRoom
+from app.serialize import loads
+from app.validation import parse
+from models.room import Membership, Room
+from models.user import User
+
+
+async def new_user(name: str = "u") -> str:
+    username = f"{name}{uuid.uuid4().hex[:10]}"
+    user = await User.create(username=username, username_lower=username.lower(), display_name=username,
+                             password_hash="not-a-hash")
+    return str(user.id)
+
+
+async def new_room(redis: Redis, keys: Keys, owner: str, **fields: Any) -> dict[str, Any]:
+    data = CreateRoom(name=fields.pop("name", f"room {uuid.uuid4().hex[:6]}"), **fields)
+    return await rooms.create_room(redis=redis, keys=keys, owner_id=owner, data=data)
+
+
+@pytest.fixture
+async def feed(redis: Redis, keys: Keys, db: None) -> AsyncIterator[PubSub]:
+    """A subscription to the fan-out channel, opened before the test acts."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events_channel())
+    await pubsub.get_message(timeout=5)  # the subscribe confirmation
+    yield pubsub
+    await pubsub.unsubscribe()
+    await pubsub.aclose()
+
+
+async def routes_until(pubsub: PubSub, wanted: str) -> list[tuple[str, dict[str, Any]]]:
+    """Read events up to and including the one on route `wanted`; fail if it never comes."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for _ in range(200):
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert msg is not None, f"no event on {wanted}; saw {[r for r, _ in seen]}"
+        route, _, frame = events.decode(msg["data"])
+        seen.append((route, loads(frame)))
+        if route == wanted:
+            return seen
+    raise AssertionError(f"no event on {wanted}")
+
+
+# -- validation --------------------------------------------------------------------
+
+@pytest.mark.parametrize("data,field", [
+    ({}, "name"), ({"name": ""}, "name"), ({"name": "   "}, "name"), ({"name": "x" * 65}, "name"),
+    ({"name": "a\nb"}, "name"), ({"name": 5}, "name"), ({"name": "ok", "topic": "t" * 257}, "topic"),
+    ({"name": "ok", "is_private": "yes"}, "is_private"), ({"name": "ok", "member_ids": "abc"}, "member_ids"),
+])
+def test_create_room_validation(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse(CreateRoom, data)
+    assert field in err.value.details["fields"]
+
+
+def test_create_room_accepts_limits_and_ignores_frame_keys() -> None:
+    data = parse(CreateRoom, {"type": "create_room", "client_id": "c1", "name": " " + "x" * 64 + " ",
+                              "topic": None})
+    assert data.name == "x" * 64 and data.topic == "" and data.is_private is False and data.member_ids == []
+
+
+def test_update_room_rejects_null_name_and_keeps_absent_fields_absent() -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse(UpdateRoom, {"name": None})
+    assert "name" in err.value.details["fields"]
+    assert parse(UpdateRoom, {"topic": "new"}).model_fields_set == {"topic"}
+
+
+def test_parse_id() -> None:
+    rid = str(uuid.uuid4())
+    assert rooms.parse_id(rid.upper(), RoomNotFound) == rid
+    for bad in ("", "nope", "1234", rid + "0", "../etc"):
+        with pytest.raises(RoomNotFound):
+            rooms.parse_id(bad, RoomNotFound)
+
+
+# -- create ------------------------------------------------------------------------
+
+async def test_create_room_members_cache_and_events(redis: Redis, keys: Keys, feed: PubSub) -> None:
+    owner, a, b = await new_user(), await new_user(), await new_user()
+    room = await new_room(redis, keys, owner, topic="hello", is_private=True, member_ids=[a, b, a, owner])
+    rid = room["id"]
+    assert room["owner_id"] == owner and room["my_role"] == "owner" and room["member_count"] == 3
+    assert room["topic"] == "hello" and room["is_private"] is True and room["created_at"].endswith("Z")
+    assert sorted(await rooms.member_ids(rid)) == sorted([owner, a, b])
+    for uid in (owner, a, b):
+        assert await members_cache.is_member(redis, keys, rid, uid) is True
+    assert await redis.get(keys.room_seq(rid)) == "0"
+    seen = dict(await routes_until(feed, f"j:{rid}:{b}"))
+    assert {f"j:{rid}:{owner}", f"j:{rid}:{a}"} <= set(seen)
+    frame = seen[f"j:{rid}:{b}"]
+    assert frame["type"] == "member_joined" and frame["membership"]["role"] == "member"
+    assert frame["membership"]["user_id"] == b and frame["membership"]["username"]
+
+
+async def test_create_room_with_unknown_member_creates_nothing(redis: Redis, keys: Keys, db: None) -> None:
+    owner = await new_user()
+    name = f"ghost {uuid.uuid4().hex[:6]}"
+    for bad in (str(uuid.uuid4()), "not-an-id"):
+        with pytest.raises(UserNotFound):
+            await new_room(redis, keys, owner, name=name, member_ids=[bad])
+    assert not await Room.filter(name=name).exists()
+
+
+# -- join / leave ------------------------------------------------------------------
+
+async def test_join_rules(redis: Redis, keys: Keys, db: None) -> None:
+    owner, joiner = await new_user(), await new_user()
+    public = (await new_room(redis, keys, owner))["id"]
+    private = (await new_room(redis, keys, owner, is_private=True))["id"]
+    m = await rooms.join_room(redis=redis, keys=keys, room_id=public, user_id=joiner)
+    assert m["role"] == "member" and m["room_id"] == public and m["user_id"] == joiner
+    again = await rooms.join_room(redis=redis, keys=keys, room_id=public, user_id=joiner)
+    assert again == m
+    assert await members_cache.is_member(redis, keys, public, joiner) is True
+    for rid in (private, str(uuid.uuid4()), "garbage"):
+        with pytest.raises(RoomNotFound):
+            await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=joiner)
+    # A member of a private room joining again is as harmless as anywhere else.
+    assert (await rooms.join_room(redis=redis, keys=keys, room_id=private, user_id=owner))["role"] == "owner"
+
+
+async def test_banned_user_cannot_rejoin_until_re_added(redis: Redis, keys: Keys, db: None) -> None:
+    owner, troll = await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner))["id"]
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll)
+    await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=troll, ban=True)
+    assert await members_cache.is_member(redis, keys, rid, troll) is False
+    assert troll not in await rooms.member_ids(rid)
+    with pytest.raises(Banned):
+        await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll)
+    with pytest.raises(NotMember):
+        await rooms.require_member(room_id=rid, user_id=troll)
+    m, created = await membership.add_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=troll)
+    assert created and m["role"] == "member"
+    assert await members_cache.is_member(redis, keys, rid, troll) is True
+    assert (await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll))["user_id"] == troll
+
+
+async def test_leave_hands_ownership_to_oldest_admin_then_oldest_member(redis: Redis, keys: Keys, feed: PubSub) -> None:
+    owner, m1, m2, a1, a2 = [await new_user() for _ in range(5)]
+    rid = (await new_room(redis, keys, owner))["id"]
+    for uid in (m1, m2, a1, a2):
+        await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=uid)
+    for uid in (a2, a1):  # promotion order must not matter: join order does
+        await membership.change_role(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=uid, role="admin")
+
+    await rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=owner)
+    room = await Room.get(id=rid)
+    assert str(room.owner_id) == a1
+    assert (await rooms.get_room(room_id=rid, user_id=a1))["my_role"] == "owner"
+    left = dict(await routes_until(feed, f"l:{rid}:{owner}"))  # after the promotions' events
+    assert left[f"l:{rid}:{owner}"] == {"type": "member_left", "room_id": rid, "user_id": owner}
+    seen = dict(await routes_until(feed, f"u:{a1}"))
+    assert seen[f"r:{rid}"]["type"] == "room_updated" and seen[f"r:{rid}"]["room"]["owner_id"] == a1
+    assert seen[f"r:{rid}"]["room"]["my_role"] is None
+    assert seen[f"u:{a1}"]["room"]["my_role"] == "owner"
+
+    await rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=a1)
+    assert str((await Room.get(id=rid)).owner_id) == a2
+    await rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=a2)
+    assert str((await Room.get(id=rid)).owner_id) == m1  # no admin left: the oldest member
+    assert sorted(await rooms.member_ids(rid)) == sorted([m1, m2])
+
+
+async def test_last_one_out_deletes_the_room_and_its_cache(redis: Redis, keys: Keys, feed: PubSub) -> None:
+    owner, other = await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner))["id"]
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=other)
+    await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=other, ban=True)
+    # Pretend messages are cached and waiting for the worker.
+    await redis.xadd(keys.room_log(rid), {"m": "{}"}, id="1-0")
+    await redis.set(keys.room_flushed(rid), 0)
+    await redis.sadd(keys.pending_rooms(), rid)
+
+    await rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=owner)
+    assert not await Room.filter(id=rid).exists()
+    assert not await Membership.filter(room_id=rid).exists()  # the ban row went with it
+    for key in (keys.room_log(rid), keys.room_seq(rid), keys.room_flushed(rid), keys.room_members(rid)):
+        assert not await redis.exists(key), key
+    assert not await redis.sismember(keys.pending_rooms(), rid)
+    seen = dict(await routes_until(feed, f"d:{rid}"))
+    assert seen[f"d:{rid}"] == {"type": "room_deleted", "room_id": rid}
+
+
+async def test_leave_errors(redis: Redis, keys: Keys, db: None) -> None:
+    owner, outsider = await new_user(), await new_user()
+    public = (await new_room(redis, keys, owner))["id"]
+    private = (await new_room(redis, keys, owner, is_private=True))["id"]
+    with pytest.raises(NotMemberOfRoom):
+        await rooms.leave_room(redis=redis, keys=keys, room_id=public, user_id=outsider)
+    for rid in (private, str(uuid.uuid4()), "x"):
+        with pytest.raises(RoomNotFound):
+            await rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=outsider)
+
+
+async def test_concurrent_leaves_of_the_last_two_delete_the_room_once(redis: Redis, keys: Keys, db: None) -> None:
+    owner, other = await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner))["id"]
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=other)
+    await asyncio.gather(*(rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=u) for u in (owner, other)))
+    assert not await Room.filter(id=rid).exists()
+
+
+async def test_concurrent_joins_all_land(redis: Redis, keys: Keys, db: None) -> None:
+    owner = await new_user()
+    users = [await new_user() for _ in range(8)]
+    rid = (await new_room(redis, keys, owner))["id"]
+    calls = [rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=u) for u in users + users]
+    await asyncio.gather(*calls)
+    assert sorted(await rooms.member_ids(rid)) == sorted([owner, *users])
+    assert (await rooms.get_room(room_id=rid, user_id=owner))["member_count"] == 9
+    assert await redis.scard(keys.room_members(rid)) == 10  # nine members and the "loaded" sentinel
+
+
+# -- access ------------------------------------------------------------------------
+
+async def test_require_member_hides_private_rooms(redis: Redis, keys: Keys, db: None) -> None:
+    owner, outsider = await new_user(), await new_user()
+    public = (await new_room(redis, keys, owner))["id"]
+    private = (await new_room(redis, keys, owner, is_private=True))["id"]
+    assert str((await rooms.require_member(room_id=private, user_id=owner)).id) == private
+    with pytest.raises(NotMember):
+        await rooms.require_member(room_id=public, user_id=outsider)
+    for rid in (private, str(uuid.uuid4()), "%%"):
+        with pytest.raises(RoomNotFound):
+            await rooms.require_member(room_id=rid, user_id=outsider)
+        with pytest.raises(RoomNotFound):
+            await rooms.get_room(room_id=rid, user_id=outsider)
+    assert (await rooms.get_room(room_id=public, user_id=outsider))["my_role"] is None
+
+
+async def test_member_ids_and_room_ids_of_user(redis: Redis, keys: Keys, db: None) -> None:
+    owner, user = await new_user(), await new_user()
+    first = (await new_room(redis, keys, owner, member_ids=[user]))["id"]
+    second = (await new_room(redis, keys, user))["id"]
+    banned = (await new_room(redis, keys, owner, member_ids=[user]))["id"]
+    await membership.remove_member(redis=redis, keys=keys, room_id=banned, actor_id=owner, user_id=user, ban=True)
+    assert await rooms.room_ids_of_user(user) == [first, second]
+    assert await rooms.member_ids(banned) == [owner]
+    assert await rooms.member_ids(str(uuid.uuid4())) == [] and await rooms.member_ids("bad") == []
+
+
+async def test_update_room_roles_and_event(redis: Redis, keys: Keys, feed: PubSub) -> None:
+    owner, admin, member = await new_user(), await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner, member_ids=[admin, member]))["id"]
+    await membership.change_role(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=admin, role="admin")
+    with pytest.raises(Forbidden):
+        await rooms.update_room(redis=redis, keys=keys, room_id=rid, user_id=member, data=UpdateRoom(name="no"))
+    out = await rooms.update_room(redis=redis, keys=keys, room_id=rid, user_id=admin,
+                                  data=UpdateRoom(name="renamed", is_private=True))
+    assert out["name"] == "renamed" and out["is_private"] is True and out["my_role"] == "admin"
+    seen = await routes_until(feed, f"r:{rid}")
+    while seen[-1][1]["room"]["name"] != "renamed":  # the role change published one first
+        seen = await routes_until(feed, f"r:{rid}")
+    assert seen[-1][1]["room"]["my_role"] is None and seen[-1][1]["room"]["is_private"] is True
