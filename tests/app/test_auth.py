@@ -107,7 +107,6 @@ async def test_concurrent_registrations_of_one_name_create_one_user(db: None, se
 
 
 async def test_unknown_user_and_wrong_password_fail_alike(db: None, settings: Settings) -> None:
-    _, _ = await _user_and_session(settings)
     with pytest.raises(InvalidCredentials):
         await auth.login(settings, username=unique("nobody"), password="password-123")
     with pytest.raises(InvalidCredentials):
