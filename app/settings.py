@@ -101,7 +101,11 @@ class Settings:
     flush_batch_size: int = 5000
     cache_tail: int = 200
     flush_backlog_threshold: int = 1000
-    flush_lease_s: int = 30
+    # Renewed every batch, so it only has to outlast one batch; short, so a room whose
+    # flushing worker was killed is picked up again within seconds.
+    flush_lease_s: int = 10
+    # A worker silent this long is dead: Dramatiq requeues the jobs it had fetched.
+    broker_heartbeat_timeout_s: int = 10
     retention_days: int = 30
     prune_batch_size: int = 5000
     flush_cron: str = "* * * * *"
