@@ -1,0 +1,107 @@
+"""Background jobs: the Dramatiq broker's configuration, and enqueueing a job by actor name.
+
+The server never imports actor code (tasks/ imports app/, never the reverse): a job is a
+Dramatiq message naming its actor and queue, put on the Redis broker the worker consumes.
+The broker is configured here once, so producers (server, scheduler, CLI) and the worker
+agree on namespace, heartbeat and maintenance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from functools import partial
+from typing import Any
+
+from dramatiq import Message, Middleware
+from dramatiq.brokers.redis import RedisBroker
+
+from app.keys import Keys
+from app.settings import Settings
+
+DEFAULT_QUEUE = "default"
+# Every actor of the project consumes DEFAULT_QUEUE unless listed here (the queue a job is
+# enqueued on must be one the worker consumes). `status` reports the depth of each queue.
+ACTOR_QUEUES: dict[str, str] = {}
+
+# Out of a million broker commands, how many also run Dramatiq's queue maintenance (requeue
+# the fetched-but-unacked jobs of workers whose heartbeat is older than the timeout). The
+# default (1,000) means an idle worker, polling about once a second, notices a dead peer
+# only after many minutes. Maintenance costs two tiny ZRANGEBYSCOREs when nobody is dead,
+# so a quarter of the commands is cheap and brings jobs back within seconds.
+MAINTENANCE_CHANCE = 250_000
+
+
+def queues() -> list[str]:
+    """Every queue the project's actors use."""
+    return sorted({DEFAULT_QUEUE, *ACTOR_QUEUES.values()})
+
+
+class ForgetProducerHeartbeat(Middleware):
+    """Remove this process's broker heartbeat after an enqueue unless the process consumes.
+
+    Every broker command records a heartbeat; maintenance treats a heartbeat older than the
+    timeout as a dead worker and runs `KEYS <namespace>:__acks__.<id>*` for it, a scan of
+    the whole keyspace (which holds every room's cache). Processes that only enqueue (server,
+    scheduler, CLI) go quiet all the time and would cause that scan again and again; they
+    hold no fetched jobs, so there is nothing for maintenance to requeue on their behalf.
+    """
+
+    def __init__(self) -> None:
+        self.consuming = False
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        self.consuming = True
+
+    def after_enqueue(self, broker: Any, message: Message, delay: Any) -> None:
+        if not self.consuming and isinstance(broker, RedisBroker):
+            broker.client.zrem(f"{broker.namespace}:__heartbeats__", broker.broker_id)
+
+
+def build_broker(settings: Settings, middleware: list[Middleware] | None = None) -> RedisBroker:
+    """The project's Redis broker; `middleware=None` means Dramatiq's defaults (the worker)."""
+    broker = RedisBroker(
+        url=settings.redis_url,
+        namespace=Keys(settings.redis_prefix).dramatiq_namespace(),
+        heartbeat_timeout=settings.broker_heartbeat_timeout_s * 1000,
+        maintenance_chance=MAINTENANCE_CHANCE,
+        middleware=middleware,
+    )
+    broker.add_middleware(ForgetProducerHeartbeat())
+    return broker
+
+
+_producers: dict[tuple[str, str], RedisBroker] = {}
+_producers_lock = threading.Lock()
+
+
+def producer_broker(settings: Settings) -> RedisBroker:
+    """A broker that only enqueues (no middleware, no actors), one per Redis and prefix."""
+    key = (settings.redis_url, settings.redis_prefix)
+    with _producers_lock:
+        broker = _producers.get(key)
+        if broker is None:
+            broker = _producers[key] = build_broker(settings, middleware=[])
+        return broker
+
+
+def job(actor_name: str, *args: Any) -> Message:
+    """A Dramatiq message for `actor_name`; actors take ids, so args are JSON scalars."""
+    return Message(queue_name=ACTOR_QUEUES.get(actor_name, DEFAULT_QUEUE), actor_name=actor_name,
+                   args=args, kwargs={}, options={})
+
+
+def enqueue_sync(settings: Settings, actor_name: str, *args: Any) -> None:
+    """Enqueue from synchronous code (blocks on one Redis round trip)."""
+    producer_broker(settings).enqueue(job(actor_name, *args))
+
+
+async def enqueue(settings: Settings, actor_name: str, *args: Any) -> None:
+    """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, partial(enqueue_sync, settings, actor_name, *args))
+
+
+async def enqueue_flush_room(settings: Settings, room_id: str) -> None:
+    """Ask the worker to flush one room now (the accept path's backlog trigger)."""
+    await enqueue(settings, "flush_room", room_id)
