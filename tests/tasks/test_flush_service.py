@@ -1,0 +1,183 @@
+"""The flush service in-process against the real PostgreSQL and Redis (app/flush.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import datetime
+
+from app.flush import _write, flush_all_pending, flush_room
+from app.serialize import dumps
+from models.room import Room
+from models.user import User
+from tests.tasks.cache_fill import make_room, message, push
+
+
+async def _db_seqs(pool, room_id: str) -> list[int]:
+    rows = await pool.fetch("SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq", uuid.UUID(room_id))
+    return [r["seq"] for r in rows]
+
+
+async def test_flush_writes_every_message_once_then_keeps_only_the_tail(settings, keys, redis, pool):
+    s = dataclasses.replace(settings, flush_batch_size=500, cache_tail=200)
+    sender, room = await make_room()
+    sent = await push(redis, keys, room, sender, 1234)
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+
+    assert (res.rows, res.batches, res.flushed, res.drained, res.busy) == (1234, 3, 1234, True, False)
+    assert await _db_seqs(pool, room) == list(range(1, 1235))
+    row = await pool.fetchrow("SELECT * FROM messages WHERE room_id = $1 AND seq = 7", uuid.UUID(room))
+    m = sent[6]
+    assert (str(row["id"]), str(row["sender_id"]), row["kind"], row["body"], row["client_id"], row["file_id"]) == \
+        (m["id"], sender, "text", m["body"], m["client_id"], None)
+    assert row["created_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z") == m["created_at"]
+    # the cache keeps exactly the newest 200 messages, contiguous, and the room is no longer pending
+    ids = [e[0] for e in await redis.xrange(keys.room_log(room))]
+    assert ids == [f"{seq}-0" for seq in range(1035, 1235)]
+    assert int(await redis.get(keys.room_flushed(room))) == 1234
+    assert not await redis.sismember(keys.pending_rooms(), room)
+
+
+async def test_new_messages_after_a_flush_are_flushed_by_the_next(settings, keys, redis, pool):
+    s = dataclasses.replace(settings, cache_tail=10)
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 50)
+    await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+    await push(redis, keys, room, sender, 30)
+    assert await redis.sismember(keys.pending_rooms(), room)
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+
+    assert (res.rows, res.flushed) == (30, 80)
+    assert await _db_seqs(pool, room) == list(range(1, 81))
+    assert [e[0] for e in await redis.xrange(keys.room_log(room))] == [f"{q}-0" for q in range(71, 81)]
+
+
+async def test_unflushed_messages_are_never_trimmed_even_beyond_the_tail(settings, keys, redis, pool):
+    s = dataclasses.replace(settings, flush_batch_size=100, cache_tail=5)
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 250)
+    # a lease held by someone else: nothing is flushed, so nothing may be trimmed
+    await redis.set(keys.room_flush_lease(room), "other-worker", px=5000)
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+
+    assert res.busy and res.rows == 0
+    assert await redis.xlen(keys.room_log(room)) == 250
+    await redis.delete(keys.room_flush_lease(room))
+    res = await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+    assert res.rows == 250 and await redis.xlen(keys.room_log(room)) == 5
+
+
+async def test_rerun_after_a_crash_between_commit_and_trim_writes_nothing_twice(settings, keys, redis, pool):
+    sender, room = await make_room()
+    sent = await push(redis, keys, room, sender, 300)
+    # A worker committed the first 120 rows to PostgreSQL and died before its Redis step.
+    await _write(pool, [(m["id"], room, m["seq"], sender, "text", m["body"], None, m["client_id"],
+                         datetime.fromisoformat(m["created_at"])) for m in sent[:120]])
+    assert await redis.get(keys.room_flushed(room)) is None
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
+
+    assert res.flushed == 300
+    assert await _db_seqs(pool, room) == list(range(1, 301))
+    ids = {str(r["id"]) for r in await pool.fetch("SELECT id FROM messages WHERE room_id = $1", uuid.UUID(room))}
+    assert ids == {m["id"] for m in sent}
+
+
+async def test_concurrent_flushes_of_one_room_lose_and_double_nothing(settings, keys, redis, pool):
+    s = dataclasses.replace(settings, flush_batch_size=250, cache_tail=50)
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 5000)
+
+    async def sender_task() -> None:  # live sends while the flushes run
+        for _ in range(10):
+            await push(redis, keys, room, sender, 100)
+            await asyncio.sleep(0.01)
+
+    results = await asyncio.gather(*(flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
+                                     for _ in range(4)), sender_task())
+    await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)  # what arrived after the last read
+
+    flushes = results[:4]
+    assert any(r.busy for r in flushes)  # the lease turned the others away quietly
+    assert await _db_seqs(pool, room) == list(range(1, 6001))
+    assert [e[0] for e in await redis.xrange(keys.room_log(room))] == [f"{q}-0" for q in range(5951, 6001)]
+    assert not await redis.sismember(keys.pending_rooms(), room)
+
+
+async def test_a_room_deleted_meanwhile_does_not_break_the_flush(settings, keys, redis, pool):
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 40)
+    await Room.filter(id=room).delete()
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
+
+    assert res.flushed == 40 and res.drained
+    assert await _db_seqs(pool, room) == []
+    assert not await redis.sismember(keys.pending_rooms(), room)
+
+
+async def test_a_deleted_sender_is_stored_as_null(settings, keys, redis, pool):
+    _owner, room = await make_room()
+    gone = await User.create(username="gone" + uuid.uuid4().hex[:8], username_lower="gone" + uuid.uuid4().hex[:8],
+                             display_name="x", password_hash="x")
+    await push(redis, keys, room, str(gone.id), 3)
+    await gone.delete()
+
+    await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
+
+    rows = await pool.fetch("SELECT seq, sender_id FROM messages WHERE room_id = $1 ORDER BY seq", uuid.UUID(room))
+    assert [(r["seq"], r["sender_id"]) for r in rows] == [(1, None), (2, None), (3, None)]
+
+
+async def test_an_unreadable_entry_is_skipped_not_blocking_the_room(settings, keys, redis, pool):
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 2)
+    await redis.xadd(keys.room_log(room), {"m": "{not json"}, id="3-0")
+    await redis.incr(keys.room_seq(room))
+    await redis.xadd(keys.room_log(room), {"m": dumps(message(room, 4, sender))}, id="4-0")
+    await redis.incr(keys.room_seq(room))
+
+    res = await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
+
+    assert (res.rows, res.skipped, res.flushed) == (3, 1, 4)
+    assert await _db_seqs(pool, room) == [1, 2, 4]
+
+
+async def test_pending_entries_without_messages_or_with_bad_ids_are_dropped(settings, keys, redis, pool):
+    _sender, room = await make_room()
+    await redis.sadd(keys.pending_rooms(), room, "not-a-uuid")
+
+    for rid in (room, "not-a-uuid"):
+        res = await flush_room(rid, redis=redis, keys=keys, settings=settings, pool=pool)
+        assert res.rows == 0 and res.drained
+
+    assert await redis.sismember(keys.pending_rooms(), room) == 0
+    assert await redis.sismember(keys.pending_rooms(), "not-a-uuid") == 0
+
+
+async def test_a_flush_clears_the_backlog_trigger_flag(settings, keys, redis, pool):
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, 5)
+    await redis.set(keys.room_flush_queued(room), "1", ex=60)
+
+    await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
+
+    assert await redis.exists(keys.room_flush_queued(room)) == 0
+
+
+async def test_flush_all_pending_drains_every_pending_room(settings, keys, redis, pool):
+    rooms = []
+    for n in (10, 700, 1):
+        sender, room = await make_room()
+        await push(redis, keys, room, sender, n)
+        rooms.append((room, n))
+
+    results = {r.room_id: r for r in await flush_all_pending(redis=redis, keys=keys, settings=settings, pool=pool)}
+
+    for room, n in rooms:
+        assert results[room].drained and results[room].flushed == n
+        assert await _db_seqs(pool, room) == list(range(1, n + 1))
