@@ -10,7 +10,8 @@ import orjson
 
 def dumps(obj: Any) -> str:
     """Serialize to a JSON string (used for HTTP bodies and WebSocket frames)."""
-    return orjson.dumps(obj).decode()
+    # OPT_NON_STR_KEYS: sanic-ext's OpenAPI document keys responses by int status.
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def loads(data: str | bytes) -> Any:

@@ -25,9 +25,10 @@ async def healthz(request: Request) -> HTTPResponse:
 async def readyz(request: Request) -> HTTPResponse:
     """PostgreSQL and Redis are reachable; 503 naming the ones that are not."""
     down: list[str] = []
-    for name, probe in (("postgres", ping_db()), ("redis", request.app.ctx.redis.ping())):
+    # Probes are made lazily: a coroutine created but never awaited would be leaked.
+    for name, probe in (("postgres", ping_db), ("redis", request.app.ctx.redis.ping)):
         try:
-            await asyncio.wait_for(probe, PROBE_TIMEOUT_S)
+            await asyncio.wait_for(probe(), PROBE_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             down.append(name)
     if down:
