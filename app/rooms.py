@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Awaitable, Iterable, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, field_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -40,14 +40,20 @@ log = logging.getLogger("chat.rooms")
 # A room created with thousands of members at once is a bulk import, not a chat call.
 MAX_INITIAL_MEMBERS = 1000
 
-RoomName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-RoomTopic = Annotated[StrictStr, StringConstraints(strip_whitespace=True, max_length=256)]
+_TOPIC_OK = "\t\n\r"  # a topic may have lines; names may not, and PostgreSQL refuses NUL anywhere
 
 
-def _printable_name(value: str | None) -> str | None:
-    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
-    return value
+def _no_controls(allowed: str = "") -> AfterValidator:
+    def check(value: str) -> str:
+        if any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+    return AfterValidator(check)
+
+
+RoomName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+                     _no_controls()]
+RoomTopic = Annotated[StrictStr, StringConstraints(strip_whitespace=True, max_length=256), _no_controls(_TOPIC_OK)]
 
 
 class CreateRoom(BaseModel):
@@ -64,8 +70,6 @@ class CreateRoom(BaseModel):
     @classmethod
     def _null_topic(cls, v: Any) -> Any:
         return "" if v is None else v  # a null topic means "no topic"
-
-    _check_name = field_validator("name")(_printable_name)
 
 
 class UpdateRoom(BaseModel):
@@ -88,8 +92,6 @@ class UpdateRoom(BaseModel):
     @classmethod
     def _null_topic(cls, v: Any) -> Any:
         return "" if v is None else v
-
-    _check_name = field_validator("name")(_printable_name)
 
 
 # -- ids, access, rendering ------------------------------------------------------
@@ -291,6 +293,8 @@ async def list_rooms(*, user_id: str, scope: str = "joined", q: str = "", limit:
     """A page of the rooms the user is in (`joined`) or of all public rooms (`public`), newest first."""
     if scope not in ("joined", "public"):
         raise ValidationFailed({"scope": "must be joined or public"})
+    if "\x00" in q:  # PostgreSQL refuses NUL in text; no name can contain it anyway
+        raise ValidationFailed({"q": "must not contain NUL"})
     after = _scope_cursor(cursor)
     if scope == "joined":
         mine = Membership.filter(user_id=user_id, banned=False).values("room_id")

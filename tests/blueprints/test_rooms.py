@@ -68,7 +68,8 @@ def test_create_room_with_unknown_member_is_404_and_creates_nothing(api: httpx.C
 @pytest.mark.parametrize("payload,field", [
     ({}, "name"), ({"name": ""}, "name"), ({"name": "x" * 65}, "name"), ({"name": 42}, "name"),
     ({"name": "ok", "topic": "t" * 257}, "topic"), ({"name": "ok", "is_private": "maybe"}, "is_private"),
-    ({"name": "ok", "member_ids": "everyone"}, "member_ids"),
+    ({"name": "ok", "member_ids": "everyone"}, "member_ids"), ({"name": "nul\x00"}, "name"),
+    ({"name": "ok", "topic": "nul\x00"}, "topic"),
 ])
 def test_create_room_validation(api: httpx.Client, payload: dict, field: str) -> None:
     owner = make_user(api)
@@ -231,6 +232,7 @@ def test_list_scopes_and_literal_search(api: httpx.Client) -> None:
     assert [r["name"] for r in public] == [joined_public["name"], underscore["name"], percent["name"]]
     assert [r["my_role"] for r in public] == ["owner", None, None]
     assert error_code(api.get("/rooms", params={"scope": "all"}, headers=user.headers), 422) == "validation_failed"
+    assert error_code(api.get("/rooms", params={"q": "a\x00"}, headers=user.headers), 422) == "validation_failed"
 
 
 def test_pagination_walks_every_room_once(api: httpx.Client) -> None:
