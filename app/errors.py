@@ -45,6 +45,10 @@ class MalformedJSON(ChatError):
     status, code, message = 400, "malformed_json", "The body must be a JSON object."
 
 
+class UnknownFrameType(BadRequest):
+    code, message = "unknown_type", "Unknown frame type."
+
+
 class Unauthorized(ChatError):
     status, code, message = 401, "unauthorized", "Authentication is required."
 

@@ -94,6 +94,7 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = ("http://localhost:8000", "http://127.0.0.1:8000")
     ws_max_frame_bytes: int = 64 * 1024
     ws_heartbeat_s: int = 20
+    ws_outbox_frames: int = 1000  # frames queued for one slow client before it is closed (1013)
     message_max_chars: int = 4000
     idempotency_ttl_s: int = 24 * 3600
     write_mode: str = "cache"  # cache | direct (CHAT_WRITE_MODE)

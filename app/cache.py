@@ -1,0 +1,206 @@
+"""The per-room message cache in Redis: the accept script, the read script, counter seeding.
+
+Layout (see app/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
+and field "m" holding the message JSON exactly as the API renders it, `flushed`
+(written by the worker), `members` set, `cid:<sender>:<client_id>` keys,
+`flush_queued`, and the global `pending_rooms` set and events channel.
+
+Accepting a message is ONE script call (one round trip, atomic): member check,
+idempotency, rate limit, seq allocation, append, publish. Because the seq is
+allocated, appended and published inside one script, concurrent senders in
+any number of processes get gap-free seqs, and every subscriber sees a room's
+messages published in seq order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from app.keys import Keys
+
+# Result codes of the accept script.
+OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2, 3, 4, 5
+
+# KEYS: 1 members, 2 rate counter, 3 cid key, 4 seq, 5 log, 6 flushed, 7 pending_rooms, 8 flush_queued
+# ARGV: 1 sender ("" = system message: no member check), 2 rate limit (0 = off), 3 rate window ms,
+#       4 idempotency ttl s, 5 JSON before the seq, 6 JSON after the seq, 7 event head (route,
+#       exclude and frame up to the message), 8 room id, 9 events channel, 10 backlog threshold,
+#       11 flush_queued ttl s, 12 "1" when a client_id is given
+# Returns {0, msg, backlog, flush_queued_now} | {1, stored msg} | {2} | {3} | {4, retry ms} | {5}
+# Nothing is written before the last check passes, so a rejected send consumes no seq.
+ACCEPT_LUA = """
+local sender = ARGV[1]
+if sender ~= '' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
+  if redis.call('SISMEMBER', KEYS[1], sender) == 0 then return {3} end
+end
+local has_cid = ARGV[12] == '1'
+if has_cid then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return {1, prev} end
+end
+if redis.call('EXISTS', KEYS[4]) == 0 then return {5} end
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local n = redis.call('INCR', KEYS[2])
+  local ttl = redis.call('PTTL', KEYS[2])
+  if n == 1 or ttl < 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    ttl = tonumber(ARGV[3])
+  end
+  if n > limit then return {4, ttl} end
+end
+local seq = redis.call('INCR', KEYS[4])
+local sseq = string.format('%d', seq)
+local msg = ARGV[5] .. sseq .. ARGV[6]
+redis.call('XADD', KEYS[5], sseq .. '-0', 'm', msg)
+if has_cid then redis.call('SET', KEYS[3], msg, 'EX', ARGV[4]) end
+redis.call('SADD', KEYS[7], ARGV[8])
+redis.call('PUBLISH', ARGV[9], ARGV[7] .. msg .. '}')
+local backlog = seq - tonumber(redis.call('GET', KEYS[6]) or '0')
+local queued = 0
+if backlog >= tonumber(ARGV[10]) then
+  if redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[11]) then queued = 1 end
+end
+return {0, msg, backlog, queued}
+"""
+
+# Re-create a lost counter: the highest of PostgreSQL's max seq (ARGV[1]), the stream's
+# last generated id (kept by Redis even after trimming) and the flushed mark, so that a
+# seq PostgreSQL or the stream already holds is never handed out again.
+# KEYS: 1 seq, 2 log, 3 flushed. Returns the counter's value.
+SEED_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then return tonumber(cur) end
+local v = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local s = tonumber(string.match(info[i + 1], '^(%d+)'))
+      if s and s > v then v = s end
+    end
+  end
+end
+local f = tonumber(redis.call('GET', KEYS[3]) or '0')
+if f > v then v = f end
+redis.call('SET', KEYS[1], string.format('%d', v))
+return v
+"""
+
+# One atomic read for history: the stream's first id and a range of entries.
+# KEYS: 1 log. ARGV: 1 "asc"|"desc", 2 lowest seq, 3 highest seq ("+" = no bound), 4 count.
+# Returns {first_id or "", {seq, msg, seq, msg, ...}}.
+READ_LUA = """
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local first = ''
+if #head > 0 then first = head[1][1] end
+local rows
+if ARGV[1] == 'asc' then
+  rows = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+else
+  rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], ARGV[2], 'COUNT', ARGV[4])
+end
+local out = {}
+for i = 1, #rows do
+  out[#out + 1] = rows[i][1]
+  out[#out + 1] = rows[i][2][2]
+end
+return {first, out}
+"""
+
+
+def _seq_of(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+class Script:
+    """A Lua script run by SHA1 (EVALSHA), loaded into Redis on first use or after a restart."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_accept = Script(ACCEPT_LUA)
+_seed = Script(SEED_LUA)
+_read = Script(READ_LUA)
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    code: int
+    message: str = ""  # the message JSON (OK, DUPLICATE)
+    backlog: int = 0
+    flush_queued: bool = False
+    retry_ms: int = 0
+
+
+@dataclass(frozen=True)
+class CacheRange:
+    """What the read script saw: the stream's first seq (None: stream empty) and entries."""
+
+    first_seq: int | None
+    entries: list[tuple[int, str]]  # (seq, message JSON) in the requested direction
+
+
+async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | None, client_id: str | None,
+                 prefix: str, suffix: str, event_head: str, rate_limit: int, rate_window_s: int,
+                 idempotency_ttl_s: int, backlog_threshold: int, flush_queued_ttl_s: int) -> AcceptResult:
+    """Run the accept script once: the message JSON is prefix + seq + suffix."""
+    sender = sender_id or ""
+    script_keys = [
+        keys.room_members(room_id), keys.rate("msg", sender or "-"),
+        keys.room_client_id(room_id, sender or "-", client_id or "-"),
+        keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
+        keys.pending_rooms(), keys.room_flush_queued(room_id),
+    ]
+    args = [sender, rate_limit, rate_window_s * 1000, idempotency_ttl_s, prefix, suffix, event_head,
+            room_id, keys.events_channel(), backlog_threshold, flush_queued_ttl_s, "1" if client_id else ""]
+    res: list[Any] = await _accept(redis, script_keys, args)
+    code = int(res[0])
+    if code == OK:
+        return AcceptResult(OK, res[1], int(res[2]), bool(int(res[3])))
+    if code == DUPLICATE:
+        return AcceptResult(DUPLICATE, res[1])
+    if code == RATE_LIMITED:
+        return AcceptResult(RATE_LIMITED, retry_ms=int(res[1]))
+    return AcceptResult(code)
+
+
+async def seed_seq(redis: Redis, keys: Keys, room_id: str, pg_max: int) -> int:
+    """Re-create a lost counter (no-op when it exists); returns its value."""
+    return int(await _seed(redis, [keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id)],
+                           [int(pg_max)]))
+
+
+async def read(redis: Redis, keys: Keys, room_id: str, *, ascending: bool, lo: int, hi: int | None,
+               count: int) -> CacheRange:
+    """Entries with lo <= seq <= hi (hi None = no bound), at most `count`, plus the stream's first seq."""
+    args = ["asc" if ascending else "desc", max(lo, 0), "+" if hi is None else hi, count]
+    first, flat = await _read(redis, [keys.room_log(room_id)], args)
+    entries = [(_seq_of(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+    return CacheRange(_seq_of(first) if first else None, entries)
+
+
+async def counters(redis: Redis, keys: Keys, room_ids: list[str]) -> list[int | None]:
+    """Each room's seq counter (None where Redis has lost it), in one pipelined round trip."""
+    if not room_ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for rid in room_ids:
+            pipe.get(keys.room_seq(rid))
+        values = await pipe.execute()
+    return [int(v) if v is not None else None for v in values]

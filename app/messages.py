@@ -1,0 +1,328 @@
+"""Messages: the accept path (cache or direct mode), history merged from cache and database.
+
+Cache mode (the default): a send is one Redis script call (app/cache.py) that
+checks membership, idempotency and the rate limit, allocates the seq, appends
+to the room's stream and publishes the event. PostgreSQL is touched only to
+rebuild what Redis lost (a member set, a seq counter). The worker moves the
+stream into PostgreSQL later (app/flush.py).
+
+Direct mode (CHAT_WRITE_MODE=direct) is the "database only" design the cache
+exists to beat: the seq comes from `rooms.last_seq` and the row is INSERTed
+before the send is acknowledged. It exists so the benchmark can compare.
+
+History reads Redis FIRST, in one atomic step (the stream's first id and the
+wanted entries), then PostgreSQL strictly below that first id. The worker trims
+the stream only after its commit, so whatever is below the first id is already
+in PostgreSQL: no gap and no duplicate, even while a flush runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app import cache, members_cache, rooms
+from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
+from app.events import encode
+from app.files import file_object
+from app.keys import Keys
+from app.serialize import dumps, iso, utcnow
+from app.settings import Settings
+from models.file import File
+
+log = logging.getLogger("chat.messages")
+
+KINDS = ("text", "image", "file", "system")
+CLIENT_ID_MAX = 64
+_ATTEMPTS = 3  # a lost member set and a lost counter may each need one rebuild
+_background: set[asyncio.Task[Any]] = set()
+
+
+# -- validation ------------------------------------------------------------------
+
+def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any) -> None:
+    """422 with per-field reasons; a rejected send never reaches Redis, so it consumes no seq."""
+    fields: dict[str, str] = {}
+    if kind not in KINDS:
+        fields["kind"] = f"must be one of {', '.join(KINDS)}"
+    if not isinstance(body, str):
+        fields["body"] = "must be a string"
+    elif len(body) > settings.message_max_chars:
+        fields["body"] = f"must be at most {settings.message_max_chars} characters"
+    elif kind in ("text", "system") and not body.strip():
+        fields["body"] = "must not be empty"
+    if client_id is not None:
+        if not isinstance(client_id, str):
+            fields["client_id"] = "must be a string"
+        elif not 1 <= len(client_id) <= CLIENT_ID_MAX:
+            fields["client_id"] = f"must be 1-{CLIENT_ID_MAX} characters"
+    if fields:
+        raise ValidationFailed(fields)
+
+
+# -- accept ------------------------------------------------------------------------
+
+async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, sender_id: str | None,
+                         body: str, kind: str = "text", file: dict[str, Any] | None = None,
+                         client_id: str | None = None, conn_id: str = "",
+                         rate_limit: bool = True) -> tuple[dict[str, Any], bool]:
+    """Accept a message into the room; (message, created). created=False: a retried client_id."""
+    validate_send(settings, kind=kind, body=body, client_id=client_id)
+    room_id = rooms.parse_id(room_id, RoomNotFound)
+    if settings.write_mode == "direct":
+        return await _accept_direct(redis=redis, keys=keys, settings=settings, room_id=room_id,
+                                    sender_id=sender_id, body=body, kind=kind, file=file,
+                                    client_id=client_id, conn_id=conn_id, rate_limit=rate_limit)
+    mid = str(uuid.uuid4())
+    prefix = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
+    suffix = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
+                          "client_id": client_id, "created_at": iso(utcnow())})[1:]
+    event_head = f'r:{room_id}|{conn_id}|{{"type":"message","message":'
+    for _ in range(_ATTEMPTS):
+        res = await cache.accept(
+            redis, keys, room_id=room_id, sender_id=sender_id, client_id=client_id, prefix=prefix,
+            suffix=suffix, event_head=event_head,
+            rate_limit=settings.rate_messages if rate_limit and sender_id else 0,
+            rate_window_s=settings.rate_messages_window_s, idempotency_ttl_s=settings.idempotency_ttl_s,
+            backlog_threshold=settings.flush_backlog_threshold, flush_queued_ttl_s=max(settings.flush_lease_s, 10))
+        if res.code == cache.OK:
+            if res.flush_queued:
+                _trigger_flush(settings, room_id)
+            return orjson.loads(res.message), True
+        if res.code == cache.DUPLICATE:
+            return orjson.loads(res.message), False
+        if res.code == cache.RATE_LIMITED:
+            raise RateLimited(-(-res.retry_ms // 1000))
+        if res.code == cache.MEMBERS_MISSING:
+            await _rebuild_members(redis, keys, room_id)
+        elif res.code == cache.NOT_MEMBER:
+            await _recheck_member(redis, keys, room_id, sender_id or "")
+        elif res.code == cache.SEQ_MISSING:
+            await cache.seed_seq(redis, keys, room_id, await _pg_max_seq(room_id))
+    raise RoomNotFound()  # the room vanished while we were rebuilding its cache
+
+
+async def _rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
+    """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send)."""
+    ids = await rooms.member_ids(room_id)
+    if not ids:  # a room always has its owner; none means it is gone
+        raise RoomNotFound()
+    await members_cache.load(redis, keys, room_id, ids)
+
+
+async def _recheck_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
+    """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set)."""
+    await rooms.require_member(room_id=room_id, user_id=user_id)
+    # PostgreSQL says member: the join's set update has not landed yet, or the set went stale.
+    await members_cache.add(redis, keys, room_id, user_id)
+
+
+async def _pg_max_seq(room_id: str) -> int:
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT COALESCE(MAX(seq), 0) AS m FROM messages WHERE room_id = $1", [room_id])
+    return int(rows[0]["m"])
+
+
+def _trigger_flush(settings: Settings, room_id: str) -> None:
+    """Backlog over the threshold: ask the worker to flush this room now (never awaited by the send)."""
+    try:
+        from app.jobs import enqueue_flush_room  # provided by the worker; imported lazily
+    except ImportError:
+        log.warning("backlog of room %s over threshold but app.jobs.enqueue_flush_room is missing", room_id)
+        return
+
+    async def run() -> None:
+        try:
+            if inspect.iscoroutinefunction(enqueue_flush_room):
+                await enqueue_flush_room(settings, room_id)
+            else:  # a blocking broker call must not stall the event loop
+                await asyncio.get_running_loop().run_in_executor(None, enqueue_flush_room, settings, room_id)
+        except Exception:  # noqa: BLE001 - the periodic flush picks the room up anyway
+            log.warning("could not enqueue flush_room(%s)", room_id, exc_info=True)
+
+    task = asyncio.create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+# -- direct mode -------------------------------------------------------------------
+
+class _Duplicate(Exception):
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.message = message
+
+
+class _NotMember(Exception):
+    pass
+
+
+async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, sender_id: str | None,
+                         body: str, kind: str, file: dict[str, Any] | None, client_id: str | None,
+                         conn_id: str, rate_limit: bool) -> tuple[dict[str, Any], bool]:
+    """Database-only accept: seq from rooms.last_seq under the row lock, INSERT, then publish."""
+    if rate_limit and sender_id:
+        from app import ratelimit
+        wait = await ratelimit.hit(redis, keys.rate("msg", sender_id), settings.rate_messages,
+                                   settings.rate_messages_window_s)
+        if wait:
+            raise RateLimited(wait)
+    try:
+        async with in_transaction() as conn:
+            rows = await conn.execute_query_dict(
+                "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", [room_id])
+            if not rows:
+                raise RoomNotFound()
+            seq = int(rows[0]["last_seq"])
+            if sender_id:
+                ok = await conn.execute_query_dict(
+                    "SELECT 1 FROM memberships WHERE room_id = $1 AND user_id = $2 AND NOT banned",
+                    [room_id, sender_id])
+                if not ok:
+                    raise _NotMember()
+            if client_id:  # the room row lock serializes retries, so check-then-insert is safe
+                prev = await conn.execute_query_dict(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room_id = $1 AND sender_id IS NOT DISTINCT FROM $2"
+                    " AND client_id = $3 LIMIT 1", [room_id, sender_id, client_id])
+                if prev:
+                    raise _Duplicate((await _render_rows(prev))[0])
+            now = utcnow()
+            msg = {"id": str(uuid.uuid4()), "room_id": room_id, "seq": seq, "sender_id": sender_id, "kind": kind,
+                   "body": body, "file": file, "client_id": client_id, "created_at": iso(now)}
+            await conn.execute_query(
+                "INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [msg["id"], room_id, seq, sender_id, kind, body, file["id"] if file else None, client_id, now])
+            # Published while the room row is still locked: the next send of this room waits for
+            # our commit, so events leave in seq order (a publish after commit could overtake).
+            frame = '{"type":"message","message":' + dumps(msg) + "}"
+            await redis.publish(keys.events_channel(), encode(f"r:{room_id}", frame, conn_id))
+    except _Duplicate as dup:
+        return dup.message, False
+    except _NotMember:
+        await rooms.require_member(room_id=room_id, user_id=sender_id or "")
+        raise NotMember() from None
+    return msg, True
+
+
+# -- reads -------------------------------------------------------------------------
+
+_COLUMNS = "id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at"
+
+
+async def _render_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PostgreSQL rows -> the API's message objects (the same JSON the cache holds)."""
+    file_ids = {r["file_id"] for r in rows if r["file_id"] is not None}
+    files = {f.id: f for f in await File.filter(id__in=list(file_ids))} if file_ids else {}
+    out = []
+    for r in rows:
+        f = files.get(r["file_id"]) if r["file_id"] is not None else None
+        out.append({
+            "id": str(r["id"]), "room_id": str(r["room_id"]), "seq": int(r["seq"]),
+            "sender_id": str(r["sender_id"]) if r["sender_id"] is not None else None,
+            "kind": r["kind"], "body": r["body"], "file": file_object(f) if f is not None else None,
+            "client_id": r["client_id"], "created_at": iso(r["created_at"]),
+        })
+    return out
+
+
+async def _pg_range(room_id: str, *, lo: int, hi: int, ascending: bool, count: int) -> list[dict[str, Any]]:
+    """Up to `count` messages with lo <= seq <= hi from PostgreSQL, in the given direction."""
+    if count <= 0 or hi < lo:
+        return []
+    order = "ASC" if ascending else "DESC"
+    rows = await connections.get("default").execute_query_dict(
+        f"SELECT {_COLUMNS} FROM messages WHERE room_id = $1 AND seq >= $2 AND seq <= $3"
+        f" ORDER BY seq {order} LIMIT $4", [room_id, lo, hi, count])
+    return await _render_rows(rows)
+
+
+async def _overlay_files(items: list[dict[str, Any]]) -> None:
+    """Cached messages were rendered at send time: show their files' current expiry."""
+    ids = {m["file"]["id"] for m in items if m.get("file")}
+    if not ids:
+        return
+    current = {str(f.id): f for f in await File.filter(id__in=list(ids))}
+    for m in items:
+        f = current.get(m["file"]["id"]) if m.get("file") else None
+        if f is not None:
+            m["file"] = {**m["file"], "expired": f.expired, "expires_at": iso(f.expires_at)}
+
+
+def parse_seq_arg(raw: str | None, name: str, minimum: int) -> int | None:
+    """A `before`/`after`/`after_seq` value: None when absent, else an int >= minimum (422 otherwise)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValidationFailed({name: "must be an integer"}) from None
+    if value < minimum:
+        raise ValidationFailed({name: f"must be at least {minimum}"})
+    return value
+
+
+async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, before: int | None,
+                  after: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """(items ascending by seq, has_more). Newest `limit` by default; with `after` the oldest after it;
+    with both, strictly between. has_more: more exist in the paging direction."""
+    room_id = rooms.parse_id(room_id, RoomNotFound)
+    ascending = after is not None
+    lo = (after or 0) + 1
+    hi = before - 1 if before is not None else None
+    if hi is not None and hi < lo:
+        return [], False
+    want = limit + 1  # one extra tells has_more
+    got = await cache.read(redis, keys, room_id, ascending=ascending, lo=lo, hi=hi, count=want)
+    cached = [orjson.loads(m) for _, m in got.entries]
+    await _overlay_files(cached)
+    # Everything below the stream's first entry is committed in PostgreSQL (the worker trims
+    # only after its commit); with an empty stream, everything is.
+    pg_hi = got.first_seq - 1 if got.first_seq is not None else (hi if hi is not None else 2**62)
+    if hi is not None:
+        pg_hi = min(pg_hi, hi)
+    if ascending:
+        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=True, count=want) if lo <= pg_hi else []
+        items = older + cached
+    else:
+        need = want - len(cached)
+        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=False, count=need) if need > 0 else []
+        items = cached + older
+    has_more = len(items) > limit
+    items = items[:limit]
+    if not ascending:
+        items.reverse()
+    return items, has_more
+
+
+async def get_message(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, seq: int) -> dict[str, Any] | None:
+    """One message by seq, from the cache or (below the stream's first entry) the database."""
+    items, _ = await history(redis=redis, keys=keys, settings=settings, room_id=room_id,
+                             before=seq + 1, after=seq - 1, limit=1)
+    return items[0] if items and items[0]["seq"] == seq else None
+
+
+async def last_seqs(*, redis: Redis, keys: Keys, settings: Settings, room_ids: list[str]) -> dict[str, int]:
+    """Each room's latest seq (0 for an empty room), for the WebSocket hello."""
+    if not room_ids:
+        return {}
+    if settings.write_mode == "direct":
+        rows = await connections.get("default").execute_query_dict(
+            "SELECT id, last_seq FROM rooms WHERE id = ANY($1::uuid[])", [room_ids])
+        found = {str(r["id"]): int(r["last_seq"]) for r in rows}
+        return {rid: found.get(rid, 0) for rid in room_ids}
+    values = await cache.counters(redis, keys, room_ids)
+    out: dict[str, int] = {}
+    for rid, value in zip(room_ids, values):
+        if value is None:  # Redis lost the counter: re-seed it exactly as a send would
+            value = await cache.seed_seq(redis, keys, rid, await _pg_max_seq(rid))
+        out[rid] = value
+    return out
+

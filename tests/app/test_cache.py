@@ -1,0 +1,98 @@
+"""The Redis scripts of the message cache, called directly on the real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.asyncio import Redis
+
+from app import cache, events, members_cache
+from app.keys import Keys
+
+
+def room() -> str:
+    return str(uuid.uuid4())
+
+
+async def accept(redis: Redis, keys: Keys, room_id: str, sender: str = "u1", client_id: str | None = None,
+                 rate_limit: int = 0, threshold: int = 1000) -> cache.AcceptResult:
+    return await cache.accept(
+        redis, keys, room_id=room_id, sender_id=sender, client_id=client_id,
+        prefix='{"id":"x","seq":', suffix=',"body":"b"}', event_head=f'r:{room_id}|c1|{{"type":"message","message":',
+        rate_limit=rate_limit, rate_window_s=60, idempotency_ttl_s=60, backlog_threshold=threshold,
+        flush_queued_ttl_s=30)
+
+
+async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    assert (await accept(redis, keys, rid)).code == cache.MEMBERS_MISSING
+    await members_cache.load(redis, keys, rid, ["u1"])
+    assert (await accept(redis, keys, rid, sender="u2")).code == cache.NOT_MEMBER
+    assert (await accept(redis, keys, rid)).code == cache.SEQ_MISSING
+    assert not await redis.exists(keys.room_log(rid), keys.room_seq(rid))
+    assert await cache.seed_seq(redis, keys, rid, 0) == 0
+    res = await accept(redis, keys, rid)
+    assert (res.code, res.message, res.backlog) == (cache.OK, '{"id":"x","seq":1,"body":"b"}', 1)
+    assert await redis.xrange(keys.room_log(rid)) == [("1-0", {"m": res.message})]
+
+
+async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.events_channel())
+    await pubsub.get_message(timeout=5)
+    first = await accept(redis, keys, rid, client_id="a")
+    dup = await accept(redis, keys, rid, client_id="a")
+    assert dup.code == cache.DUPLICATE and dup.message == first.message
+    assert await redis.get(keys.room_seq(rid)) == "1"
+    got = []
+    while (msg := await pubsub.get_message(timeout=0.3)) is not None:
+        got.append(events.decode(msg["data"]))
+    await pubsub.aclose()
+    assert got == [(f"r:{rid}", "c1", '{"type":"message","message":' + first.message + "}")]
+    assert 0 < await redis.ttl(keys.room_client_id(rid, "u1", "a")) <= 60
+
+
+async def test_rate_limit_and_backlog_trigger(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await redis.delete(keys.rate("msg", "u1"))
+    results = [await accept(redis, keys, rid, rate_limit=2, threshold=2) for _ in range(3)]
+    assert [r.code for r in results] == [cache.OK, cache.OK, cache.RATE_LIMITED]
+    assert [r.flush_queued for r in results[:2]] == [False, True]
+    assert 0 < results[2].retry_ms <= 60_000
+    assert await redis.get(keys.room_seq(rid)) == "2"
+    await redis.set(keys.room_flushed(rid), 2)
+    await redis.delete(keys.rate("msg", "u1"))
+    assert (await accept(redis, keys, rid, rate_limit=2, threshold=2)).backlog == 1
+
+
+async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    for _ in range(4):
+        await accept(redis, keys, rid)
+    await redis.xtrim(keys.room_log(rid), maxlen=0, approximate=False)
+    await redis.delete(keys.room_seq(rid))
+    assert await cache.seed_seq(redis, keys, rid, 2) == 4  # the stream remembers 4
+    assert await cache.seed_seq(redis, keys, rid, 9) == 4  # an existing counter is left alone
+    await redis.delete(keys.room_seq(rid))
+    assert await cache.seed_seq(redis, keys, rid, 9) == 9
+    await redis.delete(keys.room_seq(rid), keys.room_log(rid))
+    await redis.set(keys.room_flushed(rid), 11)
+    assert await cache.seed_seq(redis, keys, rid, 3) == 11
+
+
+async def test_read_returns_the_first_id_and_ranges(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    assert await cache.read(redis, keys, rid, ascending=True, lo=1, hi=None, count=10) == cache.CacheRange(None, [])
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    for _ in range(6):
+        await accept(redis, keys, rid)
+    await redis.xtrim(keys.room_log(rid), minid=3, approximate=False)
+    got = await cache.read(redis, keys, rid, ascending=False, lo=1, hi=5, count=2)
+    assert got.first_seq == 3 and [s for s, _ in got.entries] == [5, 4]
+    got = await cache.read(redis, keys, rid, ascending=True, lo=1, hi=None, count=10)
+    assert [s for s, _ in got.entries] == [3, 4, 5, 6]
+    assert (await cache.counters(redis, keys, [rid, room()])) == [6, None]
