@@ -1,9 +1,116 @@
-"""Cross-process fan-out (placeholder: the real-time issue fills it in)."""
+"""Cross-process fan-out: one Redis pub/sub subscription per server process.
+
+Every event (app/events.py) is published once to `Keys.events_channel()`; each
+server process receives it on its single subscription and delivers it to its
+own connections through the local `Registry` (app/connections.py). Routes:
+
+    r:<room_id>            the room's local connections
+    u:<user_id>            the user's local connections
+    j:<room_id>:<user_id>  attach the user's connections to the room, then deliver to the room
+    l:<room_id>:<user_id>  deliver to the room (the user included), then detach the user
+    d:<room_id>            deliver to the room, then forget the room
+
+The exclude field is a connection id (the sender of a message: it gets its
+`ack` in the message's place, so acks keep seq order too), "~<user_id>" (all
+connections of that user, e.g. for typing), or empty.
+
+Redis pub/sub does not replay what a disconnected subscriber missed; clients
+catch up with `sync` from their last seq, which is what seqs are for.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from redis.asyncio import Redis
 from sanic import Sanic
+
+from app.connections import Registry
+from app.events import decode
+from app.keys import Keys
+
+log = logging.getLogger("chat.fanout")
+
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+
+
+def dispatch(registry: Registry, payload: str) -> None:
+    """Deliver one pub/sub payload to this process's connections."""
+    route, exclude, frame = decode(payload)
+    kind, _, target = route.partition(":")
+    if kind == "r":
+        registry.to_room(target, frame, exclude)
+    elif kind == "u":
+        registry.to_user(target, frame, exclude)
+    elif kind == "j":
+        room_id, _, user_id = target.partition(":")
+        registry.attach_user(user_id, room_id)
+        registry.to_room(room_id, frame, exclude)
+    elif kind == "l":
+        room_id, _, user_id = target.partition(":")
+        registry.to_room(room_id, frame, exclude)
+        registry.detach_user(user_id, room_id)
+    elif kind == "d":
+        registry.to_room(target, frame, exclude)
+        registry.forget_room(target)
+    else:
+        log.warning("unknown event route %r", route)
+
+
+async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None) -> None:
+    """Receive events and dispatch them; reconnect with backoff when Redis goes away."""
+    backoff = BACKOFF_MIN_S
+    channel = keys.events_channel()
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            if backoff > BACKOFF_MIN_S:
+                log.warning("fan-out subscription restored; clients resync from their last seq")
+            backoff = BACKOFF_MIN_S
+            if ready is not None:
+                ready.set()
+            async for msg in pubsub.listen():
+                if msg.get("type") != "message":
+                    continue
+                try:
+                    dispatch(registry, msg["data"])
+                except Exception:  # noqa: BLE001 - one bad payload must not stop the fan-out
+                    log.exception("could not deliver event")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis down or restarted: retry
+            log.warning("fan-out subscription lost (%s); retrying in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            try:
+                await pubsub.aclose()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def setup_fanout(app: Sanic) -> None:
-    return None
+    """Create the local registry and start the subscription with the server; stop it after."""
+
+    @app.before_server_start
+    async def _start(app: Sanic) -> None:
+        app.ctx.registry = Registry()
+        ready = asyncio.Event()
+        app.ctx.fanout_task = asyncio.create_task(
+            subscribe_forever(app.ctx.redis, app.ctx.keys, app.ctx.registry, ready))
+        try:  # serve only once subscribed, so a message sent right after start-up is not missed
+            await asyncio.wait_for(ready.wait(), 5.0)
+        except asyncio.TimeoutError:
+            log.warning("fan-out subscription not ready yet; continuing to retry in the background")
+
+    @app.before_server_stop
+    async def _stop(app: Sanic) -> None:
+        task = getattr(app.ctx, "fanout_task", None)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass

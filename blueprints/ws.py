@@ -1,7 +1,207 @@
-"""ws routes (placeholder, filled in by the issue that owns it)."""
+"""The WebSocket endpoint `/ws`: handshake checks, the hello, and one handler per frame type.
+
+Frames are parsed and validated here and handed to the services (app/messages.py,
+app/rooms.py); live events arrive through the process's fan-out (app/fanout.py)
+into the connection's ordered outbound queue (app/connections.py).
+"""
 
 from __future__ import annotations
 
-from sanic import Blueprint
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from sanic import Blueprint, Request
+
+from app import auth, events, messages, rooms
+from app.connections import Connection, Frame, Registry
+from app.errors import (ChatError, Forbidden, InvalidToken, MalformedJSON, RateLimited, RoomNotFound,
+                        UnknownFrameType, ValidationFailed, to_chat_error)
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.serialize import dumps
+from app.settings import Settings
+from app.validation import parse
+from blueprints.deps import bearer_token
+
+log = logging.getLogger("chat.ws")
 
 bp = Blueprint("ws")
+
+CLOSE_TOKEN = 4401
+CLOSE_FLOOD = 4429
+
+
+@bp.middleware("request")
+async def handshake_checks(request: Request) -> None:
+    """Before the upgrade: a foreign browser Origin is 403, a missing or bad token 401."""
+    settings: Settings = request.app.ctx.settings
+    origin = request.headers.get("origin")
+    # No Origin header: not a browser (bots, the load tool), nothing to hijack.
+    if origin is not None and origin not in settings.ws_allowed_origins:
+        raise Forbidden("This Origin may not open a WebSocket.", details={"origin": origin})
+    token = request.args.get("token") or bearer_token(request)
+    if not token:
+        raise InvalidToken("Missing token: pass ?token= or an Authorization header.")
+    app = request.app
+    request.ctx.claims = await auth.check_access_token(app.ctx.settings, app.ctx.redis, app.ctx.keys, token)
+
+
+@bp.websocket("/ws")
+async def ws_endpoint(request: Request, ws: Any) -> None:
+    await Session(request, ws).run()
+
+
+def _field(frame: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ValidationFailed({name: f"required, a {'string' if kind is str else 'number'}"})
+    return value
+
+
+class Session:
+    """One connected client: reads frames in order, answers through its Connection."""
+
+    def __init__(self, request: Request, ws: Any) -> None:
+        app = request.app
+        self.settings: Settings = app.ctx.settings
+        self.redis = app.ctx.redis
+        self.keys = app.ctx.keys
+        self.registry: Registry = app.ctx.registry
+        self.claims = request.ctx.claims
+        self.user_id: str = self.claims.user_id
+        self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames)
+        self.ws = ws
+        self.strikes = 0
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "send": self.on_send, "sync": self.on_sync, "typing": self.on_typing,
+            "create_room": self.on_create_room, "join": self.on_join, "leave": self.on_leave,
+            "ping": self.on_ping,
+        }
+
+    async def run(self) -> None:
+        conn, loop = self.conn, asyncio.get_running_loop()
+        # Register before reading the rooms, so a join published meanwhile attaches us too.
+        self.registry.add(conn)
+        expiry: asyncio.TimerHandle | None = None
+        try:
+            room_ids = await rooms.room_ids_of_user(self.user_id)
+            self.registry.attach(conn, room_ids)
+            last = await messages.last_seqs(redis=self.redis, keys=self.keys, settings=self.settings,
+                                            room_ids=room_ids)
+            hello = {"type": "hello", "user_id": self.user_id,
+                     "rooms": [{"room_id": rid, "last_seq": last.get(rid, 0)} for rid in room_ids],
+                     "heartbeat_s": self.settings.ws_heartbeat_s}
+            conn.start(first=Frame(dumps(hello)))
+            left = self.claims.expires_at.timestamp() - time.time()
+            expiry = loop.call_later(max(left, 0.0), conn.close, CLOSE_TOKEN, "token expired")
+            while not conn.closing:
+                data = await self.ws.recv()
+                if data is None:
+                    break
+                await self.handle(data)
+            await conn.drain()  # a close we queued (4429, 4401) goes out after the frames before it
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            self.registry.remove(conn)
+            conn.stop()
+
+    async def handle(self, data: str | bytes) -> None:
+        ref = None
+        try:
+            try:
+                frame = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise MalformedJSON("The frame is not valid JSON.") from None
+            if not isinstance(frame, dict):
+                raise MalformedJSON("A frame must be a JSON object.")
+            cid = frame.get("client_id")
+            ref = cid if isinstance(cid, str) else None
+            handler = self.handlers.get(frame.get("type"))  # type: ignore[arg-type]
+            if handler is None:
+                raise UnknownFrameType(f"Unknown frame type {frame.get('type')!r}.")
+            await handler(frame)
+        except RateLimited as exc:
+            self.strikes += 1
+            self.error(exc, ref)
+            if self.strikes > self.settings.rate_limit_strikes:
+                self.conn.close(CLOSE_FLOOD, "rate limited")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error is a frame; the connection stays open
+            err = to_chat_error(exc)
+            if err.status >= 500 and err.code == "internal_error":
+                log.exception("error handling a frame of user %s", self.user_id, exc_info=exc)
+            self.error(err, ref)
+
+    def error(self, err: ChatError, ref: str | None) -> None:
+        self.conn.send({"type": "error", "code": err.code, "message": err.message, "ref": ref,
+                        "details": err.details})
+
+    # -- frames -------------------------------------------------------------------
+    async def on_send(self, frame: dict[str, Any]) -> None:
+        room_id = _field(frame, "room_id", str)
+        body = frame.get("body")
+        msg, created = await messages.accept_message(
+            redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id, sender_id=self.user_id,
+            body=body, client_id=frame.get("client_id"), conn_id=self.conn.id)  # type: ignore[arg-type]
+        self.strikes = 0
+        if created:
+            self.conn.expect_ack(msg)  # rides the room's event stream, in seq order
+        else:
+            self.conn.send({"type": "ack", "client_id": msg.get("client_id"), "message": msg})
+
+    async def _require_member(self, room_id: str) -> str:
+        rid = rooms.parse_id(room_id, RoomNotFound)
+        if rid not in self.conn.rooms:  # the live registry knows our rooms; else ask PostgreSQL
+            await rooms.require_member(room_id=rid, user_id=self.user_id)
+        return rid
+
+    async def on_sync(self, frame: dict[str, Any]) -> None:
+        room_id = await self._require_member(_field(frame, "room_id", str))
+        after = _field(frame, "after_seq", int)
+        if after < 0:
+            raise ValidationFailed({"after_seq": "must be at least 0"})
+        limit = _field(frame, "limit", int, required=False)
+        if limit is None:
+            limit = DEFAULT_LIMIT
+        elif limit < 1:
+            raise ValidationFailed({"limit": "must be at least 1"})
+        items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
+                                                 room_id=room_id, before=None, after=after,
+                                                 limit=min(limit, MAX_LIMIT))
+        self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more})
+
+    async def on_typing(self, frame: dict[str, Any]) -> None:
+        room_id = await self._require_member(_field(frame, "room_id", str))
+        out = {"type": "typing", "room_id": room_id, "user_id": self.user_id}
+        await self.redis.publish(self.keys.events_channel(), events.encode(f"r:{room_id}", out, f"~{self.user_id}"))
+
+    async def on_create_room(self, frame: dict[str, Any]) -> None:
+        data = parse(rooms.CreateRoom, frame)
+        room = await rooms.create_room(redis=self.redis, keys=self.keys, owner_id=self.user_id, data=data)
+        # The create publishes member_joined for every member (which attaches sockets everywhere);
+        # attach this one now too, so a message sent right after the reply is not missed.
+        self.registry.attach(self.conn, (room["id"],))
+        out: dict[str, Any] = {"type": "room_created", "room": room}
+        if isinstance(frame.get("client_id"), str):
+            out["client_id"] = frame["client_id"]
+        self.conn.send(out)
+
+    async def on_join(self, frame: dict[str, Any]) -> None:
+        room_id = _field(frame, "room_id", str)
+        membership = await rooms.join_room(redis=self.redis, keys=self.keys, room_id=room_id, user_id=self.user_id)
+        self.registry.attach(self.conn, (membership["room_id"],))
+        self.conn.send({"type": "joined", "membership": membership})
+
+    async def on_leave(self, frame: dict[str, Any]) -> None:
+        room_id = rooms.parse_id(_field(frame, "room_id", str), RoomNotFound)
+        await rooms.leave_room(redis=self.redis, keys=self.keys, room_id=room_id, user_id=self.user_id)
+        self.conn.send({"type": "left", "room_id": room_id})
+
+    async def on_ping(self, frame: dict[str, Any]) -> None:
+        self.conn.send({"type": "pong"})

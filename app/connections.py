@@ -1,0 +1,292 @@
+"""This process's WebSocket connections: outbound queues, and who is in which room.
+
+The registry is only the LOCAL half of the fan-out: events reach every process
+through Redis pub/sub (app/fanout.py), and each process delivers to its own
+sockets from here.
+
+Each connection has a bounded outbound queue drained by one writer task, so
+one slow client never stalls delivery to the others and frames leave in the
+order they were queued. A frame is serialized and framed once (`Frame`) and
+the same bytes are written to every recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import uuid
+from collections import deque
+from typing import Any, Iterable
+
+import orjson
+from websockets.protocol import State
+
+from app.serialize import dumps
+
+log = logging.getLogger("chat.ws")
+
+MESSAGE_HEAD = '{"type":"message","message":'
+ACK_FALLBACK_S = 1.0  # an ack normally rides the ordered event stream; this long without it, send it anyway
+CLOSE_GRACE_S = 5.0  # after sending a close frame, how long the client may take to answer
+SLOW_CLIENT_CODE = 1013  # "try again later": the client did not read its frames fast enough
+
+
+class Frame:
+    """An outbound text frame: its JSON text and its wire bytes (a server frame is unmasked)."""
+
+    __slots__ = ("text", "data")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        payload = text.encode()
+        n = len(payload)
+        if n < 126:
+            header = bytes((0x81, n))
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x81, 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x81, 127, n)
+        self.data = header + payload
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+class Connection:
+    """One WebSocket of one user on this process."""
+
+    def __init__(self, ws: Any, user_id: str, max_queue: int = 1000) -> None:
+        self.id = uuid.uuid4().hex
+        self.user_id = user_id
+        self.ws = ws
+        self.rooms: set[str] = set()
+        self.closing = False
+        self._max = max_queue
+        self._q: deque[Frame | _Close] = deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._handler: asyncio.Task[Any] | None = None
+        # Write our pre-built frame bytes straight to the transport under Sanic's own send
+        # lock (same framing websockets would produce, without re-encoding per recipient).
+        self._raw = all(hasattr(ws, a) for a in ("io_proto", "ws_proto", "conn_mutex"))
+        # Acks travel with the room's events so they keep seq order on this connection.
+        self._pending_acks: dict[str, asyncio.TimerHandle] = {}
+        self._early: set[str] = set()  # our event arrived before the handler asked for its ack
+        self._sent_direct: set[str] = set()  # acked by the fallback; ignore the late event
+
+    # -- queueing ---------------------------------------------------------------
+    def push(self, frame: Frame) -> None:
+        """Queue a frame; a client whose queue overflows is too slow and is disconnected."""
+        if self.closing:
+            return
+        if len(self._q) >= self._max:
+            log.warning("closing slow connection %s of user %s (%d frames queued)", self.id, self.user_id, len(self._q))
+            self.abort(SLOW_CLIENT_CODE, "too slow")
+            return
+        self._q.append(frame)
+        self._wake.set()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.push(Frame(dumps(obj)))
+
+    def start(self, first: Frame | None = None) -> None:
+        """Start the writer; `first` goes out before anything queued so far (the hello)."""
+        if first is not None:
+            self._q.appendleft(first)
+        self._handler = asyncio.current_task()
+        self._writer = asyncio.create_task(self._run())
+        self._wake.set()
+
+    async def _run(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                if not self._q:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = list(self._q)
+                self._q.clear()
+                frames: list[Frame] = []
+                for item in batch:
+                    if isinstance(item, _Close):
+                        await self._write(frames)
+                        await ws.close(item.code, item.reason)
+                        return
+                    frames.append(item)
+                await self._write(frames)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the socket went away; the handler cleans up
+            log.debug("writer of %s stopped: %r", self.id, exc)
+            self.closing = True
+
+    async def _write(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        ws = self.ws
+        if not self._raw:
+            for f in frames:
+                await ws.send(f.text)
+            return
+        data = frames[0].data if len(frames) == 1 else b"".join(f.data for f in frames)
+        async with ws.conn_mutex:
+            if ws.ws_proto.state is not State.OPEN:
+                raise ConnectionError("websocket is not open")
+            await ws.io_proto.send(data)
+
+    # -- closing ----------------------------------------------------------------
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frames already queued (graceful close handshake)."""
+        if self.closing:
+            return
+        self._q.append(_Close(code, reason))
+        self.closing = True
+        self._wake.set()
+        self._cancel_handler_later()
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Close now, dropping queued frames (the client cannot keep up)."""
+        if self.closing and not self._q:
+            return
+        self.closing = True
+        self._q.clear()
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        try:
+            self.ws.fail_connection(code, reason)
+        except Exception:  # noqa: BLE001
+            log.debug("fail_connection on %s", self.id, exc_info=True)
+        self._cancel_handler_later()
+
+    def _cancel_handler_later(self) -> None:
+        handler = self._handler
+        if handler is not None and not handler.done():
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, lambda: handler.done() or handler.cancel())
+
+    async def drain(self, timeout: float = CLOSE_GRACE_S) -> None:
+        """Let the writer send what is queued (and a queued close) before the handler ends."""
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                pass
+
+    def stop(self) -> None:
+        """The handler ended: stop the writer and pending timers."""
+        self.closing = True
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        for timer in self._pending_acks.values():
+            timer.cancel()
+        self._pending_acks.clear()
+
+    # -- acks in event order ----------------------------------------------------
+    def own_message(self, text: str) -> None:
+        """Our own message came back through the event stream: the ack goes out in its place."""
+        body = text[len(MESSAGE_HEAD):-1]
+        msg = orjson.loads(body)
+        mid = msg["id"]
+        if mid in self._sent_direct:
+            self._sent_direct.discard(mid)
+            return
+        self.push(Frame('{"type":"ack","client_id":' + dumps(msg.get("client_id")) + ',"message":' + body + "}"))
+        timer = self._pending_acks.pop(mid, None)
+        if timer is not None:
+            timer.cancel()
+        else:
+            self._early.add(mid)
+
+    def expect_ack(self, message: dict[str, Any]) -> None:
+        """The handler accepted a message: its ack goes out with its event, or after a short wait."""
+        mid = message["id"]
+        if mid in self._early:
+            self._early.discard(mid)
+            return
+        loop = asyncio.get_running_loop()
+        self._pending_acks[mid] = loop.call_later(ACK_FALLBACK_S, self._ack_fallback, message)
+
+    def _ack_fallback(self, message: dict[str, Any]) -> None:
+        mid = message["id"]
+        self._pending_acks.pop(mid, None)
+        if len(self._sent_direct) > 1000:  # events that never came; do not grow forever
+            self._sent_direct.clear()
+        self._sent_direct.add(mid)
+        self.send({"type": "ack", "client_id": message.get("client_id"), "message": message})
+
+
+class Registry:
+    """Local connections by id, by user and by room."""
+
+    def __init__(self) -> None:
+        self.conns: dict[str, Connection] = {}
+        self.by_user: dict[str, set[Connection]] = {}
+        self.by_room: dict[str, set[Connection]] = {}
+
+    def add(self, conn: Connection) -> None:
+        self.conns[conn.id] = conn
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        self.conns.pop(conn.id, None)
+        users = self.by_user.get(conn.user_id)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self.by_user[conn.user_id]
+        for room_id in conn.rooms:
+            self._unlink(room_id, conn)
+        conn.rooms.clear()
+
+    def attach(self, conn: Connection, room_ids: Iterable[str]) -> None:
+        for room_id in room_ids:
+            self.by_room.setdefault(room_id, set()).add(conn)
+            conn.rooms.add(room_id)
+
+    def attach_user(self, user_id: str, room_id: str) -> None:
+        for conn in self.by_user.get(user_id, ()):
+            self.attach(conn, (room_id,))
+
+    def detach_user(self, user_id: str, room_id: str) -> None:
+        for conn in self.by_user.get(user_id, ()):
+            conn.rooms.discard(room_id)
+            self._unlink(room_id, conn)
+
+    def forget_room(self, room_id: str) -> None:
+        for conn in self.by_room.pop(room_id, ()):
+            conn.rooms.discard(room_id)
+
+    def _unlink(self, room_id: str, conn: Connection) -> None:
+        members = self.by_room.get(room_id)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self.by_room[room_id]
+
+    # -- delivery (the frame is framed once, whatever the number of recipients) --------
+    def to_room(self, room_id: str, text: str, exclude: str = "") -> None:
+        conns = self.by_room.get(room_id)
+        own = self.conns.get(exclude) if exclude and not exclude.startswith("~") else None
+        if conns:
+            frame = Frame(text)
+            skip_user = exclude[1:] if exclude.startswith("~") else None
+            for conn in tuple(conns):
+                if conn is own or (skip_user is not None and conn.user_id == skip_user):
+                    continue
+                conn.push(frame)
+        if own is not None and text.startswith(MESSAGE_HEAD):
+            own.own_message(text)
+
+    def to_user(self, user_id: str, text: str, exclude: str = "") -> None:
+        conns = self.by_user.get(user_id)
+        if conns:
+            frame = Frame(text)
+            for conn in tuple(conns):
+                if conn.id != exclude:
+                    conn.push(frame)

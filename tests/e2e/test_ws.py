@@ -1,0 +1,275 @@
+"""The WebSocket protocol against a real server process: handshake, frames, errors, close codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import TEST_ENV
+from tests.e2e.wsutil import WS
+from tests.factories import TestUser, make_room, make_user, unique
+from tests.support import ServerProc
+
+
+@pytest.fixture
+def alice(api: httpx.Client) -> TestUser:
+    return make_user(api)
+
+
+@pytest.fixture
+def bob(api: httpx.Client) -> TestUser:
+    return make_user(api)
+
+
+def own_server(name: str, **env: str) -> Iterator[ServerProc]:
+    proc = ServerProc({**TEST_ENV, **env}, name=f"{name}-{unique('')}")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+# -- handshake ---------------------------------------------------------------------------
+
+async def test_hello_lists_rooms_with_last_seq(server: ServerProc, api: httpx.Client, alice: TestUser) -> None:
+    empty = make_room(api, alice)
+    busy = make_room(api, alice)
+    for i in range(3):
+        assert api.post(f"/rooms/{busy['id']}/messages", json={"body": f"m{i}"}, headers=alice.headers).status_code == 201
+    ws = await WS.open(server.ws_url, alice.access_token)
+    assert ws.hello["user_id"] == alice.id and ws.hello["heartbeat_s"] == 5
+    assert {r["room_id"]: r["last_seq"] for r in ws.hello["rooms"]} == {empty["id"]: 0, busy["id"]: 3}
+    await ws.close()
+
+
+async def test_token_in_authorization_header_and_allowed_origin(server: ServerProc, alice: TestUser) -> None:
+    conn = await websockets.connect(server.ws_url, additional_headers={
+        "Authorization": f"Bearer {alice.access_token}", "Origin": "http://localhost:8000"})
+    assert json.loads(await conn.recv())["type"] == "hello"
+    await conn.close()
+
+
+@pytest.mark.parametrize("query,headers,status", [
+    ("", {}, 401),
+    ("?token=garbage", {}, 401),
+    ("?token={token}", {"Origin": "https://evil.example"}, 403),
+    ("?token={token}", {"Origin": "null"}, 403),
+])
+async def test_refused_before_the_upgrade(server: ServerProc, alice: TestUser, query: str,
+                                          headers: dict[str, str], status: int) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(server.ws_url + query.format(token=alice.access_token), additional_headers=headers)
+    assert info.value.response.status_code == status
+    assert json.loads(info.value.response.body)["error"]["code"] in ("invalid_token", "forbidden")
+
+
+async def test_refresh_token_is_not_an_access_token(server: ServerProc, alice: TestUser) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(f"{server.ws_url}?token={alice.refresh_token}")
+    assert info.value.response.status_code == 401
+
+
+# -- frames ------------------------------------------------------------------------------
+
+async def test_send_acks_the_sender_and_reaches_every_other_connection(server: ServerProc, api: httpx.Client,
+                                                                       alice: TestUser, bob: TestUser) -> None:
+    room = make_room(api, alice, member_ids=[bob.id])
+    a1 = await WS.open(server.ws_url, alice.access_token)
+    a2 = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(server.ws_url, bob.access_token)
+    ack = await a1.request({"type": "send", "room_id": room["id"], "body": "hello", "client_id": "k1"}, "ack")
+    assert ack["client_id"] == "k1" and ack["message"]["seq"] == 1 and ack["message"]["body"] == "hello"
+    for other in (a2, b):
+        got = await other.recv_until(lambda f: f["type"] == "message")
+        assert got["message"] == ack["message"]
+    await a1.nothing_for(0.3, lambda f: f["type"] == "message")  # the sender gets the ack instead
+    # HTTP sends reach every connection, the sender's too
+    api.post(f"/rooms/{room['id']}/messages", json={"body": "from http"}, headers=alice.headers)
+    for ws in (a1, a2, b):
+        got = await ws.recv_until(lambda f: f["type"] == "message")
+        assert got["message"]["seq"] == 2 and got["message"]["body"] == "from http"
+    for ws in (a1, a2, b):
+        await ws.close()
+
+
+async def test_retried_client_id_over_ws_and_http_returns_the_first_message(
+        server: ServerProc, api: httpx.Client, alice: TestUser, bob: TestUser) -> None:
+    room = make_room(api, alice, member_ids=[bob.id])
+    a = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(server.ws_url, bob.access_token)
+    frame = {"type": "send", "room_id": room["id"], "body": "once", "client_id": "retry-me"}
+    first = await a.request(frame, "ack")
+    again = await a.request({**frame, "body": "changed"}, "ack")
+    assert again == first
+    resp = api.post(f"/rooms/{room['id']}/messages", json={"body": "x", "client_id": "retry-me"}, headers=alice.headers)
+    assert resp.status_code == 200 and resp.json() == first["message"]
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["seq"] == 1
+    await b.nothing_for(0.5, lambda f: f["type"] == "message")  # not broadcast again
+    nxt = await a.request({**frame, "client_id": "another"}, "ack")
+    assert nxt["message"]["seq"] == 2
+    await a.close()
+    await b.close()
+
+
+async def test_sync_after_reconnect_returns_exactly_the_missed(server: ServerProc, api: httpx.Client,
+                                                              alice: TestUser, bob: TestUser) -> None:
+    room = make_room(api, alice, member_ids=[bob.id])
+    b = await WS.open(server.ws_url, bob.access_token)
+    a = await WS.open(server.ws_url, alice.access_token)
+    for i in range(3):
+        await a.request({"type": "send", "room_id": room["id"], "body": f"seen {i}"}, "ack")
+    last = 0
+    while last < 3:
+        last = (await b.recv_until(lambda f: f["type"] == "message"))["message"]["seq"]
+    await b.close()
+    for i in range(7):
+        await a.request({"type": "send", "room_id": room["id"], "body": f"missed {i}"}, "ack")
+    b = await WS.open(server.ws_url, bob.access_token)
+    assert {r["room_id"]: r["last_seq"] for r in b.hello["rooms"]}[room["id"]] == 10
+    got = await b.request({"type": "sync", "room_id": room["id"], "after_seq": last, "limit": 5}, "sync")
+    assert [m["seq"] for m in got["messages"]] == [4, 5, 6, 7, 8] and got["has_more"] is True
+    got = await b.request({"type": "sync", "room_id": room["id"], "after_seq": 8}, "sync")
+    assert [m["body"] for m in got["messages"]] == ["missed 5", "missed 6"] and got["has_more"] is False
+    assert got["room_id"] == room["id"]
+    await a.close()
+    await b.close()
+
+
+async def test_typing_reaches_other_members_only(server: ServerProc, api: httpx.Client,
+                                                 alice: TestUser, bob: TestUser) -> None:
+    room = make_room(api, alice, member_ids=[bob.id])
+    a1 = await WS.open(server.ws_url, alice.access_token)
+    a2 = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(server.ws_url, bob.access_token)
+    await a1.send({"type": "typing", "room_id": room["id"]})
+    got = await b.recv_until(lambda f: f["type"] == "typing")
+    assert got == {"type": "typing", "room_id": room["id"], "user_id": alice.id}
+    await a2.nothing_for(0.3, lambda f: f["type"] == "typing")
+    await a1.nothing_for(0.1, lambda f: f["type"] == "typing")
+    for ws in (a1, a2, b):
+        await ws.close()
+
+
+async def test_rooms_over_the_socket(server: ServerProc, api: httpx.Client, alice: TestUser, bob: TestUser) -> None:
+    a = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(server.ws_url, bob.access_token)
+    created = await a.request({"type": "create_room", "name": "from ws", "topic": "t", "client_id": "cr1"},
+                              "room_created")
+    room = created["room"]
+    assert room["name"] == "from ws" and room["my_role"] == "owner" and created["client_id"] == "cr1"
+    joined = await b.request({"type": "join", "room_id": room["id"]}, "joined")
+    assert joined["membership"]["user_id"] == bob.id and joined["membership"]["role"] == "member"
+    await a.recv_until(lambda f: f["type"] == "member_joined" and f["membership"]["user_id"] == bob.id)
+    ack = await a.request({"type": "send", "room_id": room["id"], "body": "welcome"}, "ack")
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"] == ack["message"]
+    left = await b.request({"type": "leave", "room_id": room["id"]}, "left")
+    assert left == {"type": "left", "room_id": room["id"]}
+    assert (await a.recv_until(lambda f: f["type"] == "member_left"))["user_id"] == bob.id
+    await a.request({"type": "send", "room_id": room["id"], "body": "gone?"}, "ack")
+    await b.nothing_for(0.5, lambda f: f["type"] == "message")
+    assert (await a.request({"type": "ping"}, "pong")) == {"type": "pong"}
+    await a.close()
+    await b.close()
+
+
+async def test_every_bad_frame_gets_an_error_and_the_connection_stays_open(
+        server: ServerProc, api: httpx.Client, alice: TestUser, bob: TestUser) -> None:
+    mine = make_room(api, alice)
+    public = make_room(api, bob)
+    private = make_room(api, bob, is_private=True)
+    a = await WS.open(server.ws_url, alice.access_token)
+    cases: list[tuple[Any, str, str | None]] = [
+        ("not json", "malformed_json", None),
+        ("[1, 2]", "malformed_json", None),
+        ({"type": "dance"}, "unknown_type", None),
+        ({"body": "no type"}, "unknown_type", None),
+        ({"type": "send", "body": "no room", "client_id": "c1"}, "validation_failed", "c1"),
+        ({"type": "send", "room_id": mine["id"], "client_id": "c2"}, "validation_failed", "c2"),
+        ({"type": "send", "room_id": mine["id"], "body": "", "client_id": "c3"}, "validation_failed", "c3"),
+        ({"type": "send", "room_id": mine["id"], "body": "x" * 4001, "client_id": "c4"}, "validation_failed", "c4"),
+        ({"type": "send", "room_id": mine["id"], "body": "x", "client_id": "c" * 65}, "validation_failed", "c" * 65),
+        ({"type": "send", "room_id": public["id"], "body": "x", "client_id": "c5"}, "not_member", "c5"),
+        ({"type": "send", "room_id": private["id"], "body": "x", "client_id": "c6"}, "room_not_found", "c6"),
+        ({"type": "send", "room_id": "nope", "body": "x"}, "room_not_found", None),
+        ({"type": "sync", "room_id": mine["id"]}, "validation_failed", None),
+        ({"type": "sync", "room_id": mine["id"], "after_seq": -1}, "validation_failed", None),
+        ({"type": "sync", "room_id": mine["id"], "after_seq": 0, "limit": 0}, "validation_failed", None),
+        ({"type": "sync", "room_id": public["id"], "after_seq": 0}, "not_member", None),
+        ({"type": "sync", "room_id": private["id"], "after_seq": 0}, "room_not_found", None),
+        ({"type": "typing", "room_id": public["id"]}, "not_member", None),
+        ({"type": "typing", "room_id": private["id"]}, "room_not_found", None),
+        ({"type": "join", "room_id": private["id"]}, "room_not_found", None),
+        ({"type": "leave", "room_id": public["id"]}, "not_member", None),
+        ({"type": "create_room", "name": ""}, "validation_failed", None),
+    ]
+    for frame, code, ref in cases:
+        await a.send(frame)
+        err = await a.recv()
+        assert err["type"] == "error" and err["code"] == code and err["ref"] == ref, (frame, err)
+        assert isinstance(err["message"], str) and err["message"]
+        assert (await a.request({"type": "ping"}, "pong"))["type"] == "pong"
+    ack = await a.request({"type": "send", "room_id": mine["id"], "body": "still fine"}, "ack")
+    assert ack["message"]["seq"] == 1  # none of the rejected sends consumed a seq
+    await a.close()
+
+
+async def test_oversized_frame_closes_with_1009(server: ServerProc, alice: TestUser) -> None:
+    a = await WS.open(server.ws_url, alice.access_token)
+    await a.send("x" * (64 * 1024 + 1))
+    with pytest.raises(ConnectionClosed) as info:
+        await a.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+# -- close codes with their own servers -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_tokens() -> Iterator[ServerProc]:
+    yield from own_server("short-tokens", ACCESS_TOKEN_TTL_S="2")
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[ServerProc]:
+    yield from own_server("strict", RATE_MESSAGES="3", RATE_MESSAGES_WINDOW_S="60", RATE_LIMIT_STRIKES="2")
+
+
+async def test_expired_token_closes_with_4401(short_tokens: ServerProc) -> None:
+    with httpx.Client(base_url=short_tokens.base_url, timeout=10) as api:
+        user = make_user(api)
+    a = await WS.open(short_tokens.ws_url, user.access_token)
+    assert (await a.request({"type": "ping"}, "pong"))["type"] == "pong"
+    with pytest.raises(ConnectionClosed) as info:
+        await a.recv_until(lambda f: False, timeout=10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+    await asyncio.sleep(1.5)
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(f"{short_tokens.ws_url}?token={user.access_token}")
+    assert refused.value.response.status_code == 401
+
+
+async def test_flooding_after_rate_limit_errors_closes_with_4429(strict: ServerProc) -> None:
+    with httpx.Client(base_url=strict.base_url, timeout=10) as api:
+        user = make_user(api)
+        room = make_room(api, user)
+        a = await WS.open(strict.ws_url, user.access_token)
+        frames = []
+        with pytest.raises(ConnectionClosed) as info:
+            for i in range(20):
+                frames.append(await a.request({"type": "send", "room_id": room["id"], "body": f"{i}",
+                                               "client_id": f"f{i}"}, "ack"))
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+        # RATE_LIMIT_STRIKES=2 rate-limited frames are tolerated; the third is answered, then closed
+        assert [f["type"] for f in frames] == ["ack"] * 3 + ["error"] * 3
+        assert all(f["code"] == "rate_limited" and f["details"]["retry_after"] >= 1 for f in frames[3:])
+        assert [f["ref"] for f in frames[3:]] == ["f3", "f4", "f5"]
+        resp = api.post(f"/rooms/{room['id']}/messages", json={"body": "http"}, headers=user.headers)
+        assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
+        assert resp.json()["error"]["code"] == "rate_limited"
+        history = api.get(f"/rooms/{room['id']}/messages", headers=user.headers).json()
+        assert [m["seq"] for m in history["items"]] == [1, 2, 3]
