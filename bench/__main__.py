@@ -1,0 +1,127 @@
+"""`python -m bench [realtime|direct|flush|history|idle|all|report] [options]` (`make bench` runs `all`).
+
+Every scenario starts its own Redis, database and server, measures, and removes them
+again; results go to bench/results/<scenario>.json and bench/results/summary.md.
+The defaults make `all` take about two minutes; docs/performance.md gives the longer
+command for the published figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+from bench import procs, report
+from bench.runner import say
+from bench.scenarios import SCENARIOS
+
+
+def _floats(raw: str) -> list[float]:
+    return [float(x) for x in raw.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("scenario", nargs="?", default="all", choices=[*SCENARIOS, "all", "report"],
+                   help="what to run; 'report' only rebuilds summary.md from the saved results")
+    g = p.add_argument_group("realtime and direct")
+    g.add_argument("--connections", type=int, default=1000, help="WebSocket connections (one user each)")
+    g.add_argument("--rooms", type=int, default=100, help="rooms the connections are spread over")
+    g.add_argument("--senders-share", type=float, default=0.2, help="share of each room's members that send")
+    g.add_argument("--rates", type=_floats, default=_floats("1000,2000,3000,5000,7500,10000,15000,20000"),
+                   help="aggregate send rates (msgs/s) tried in turn, cache mode")
+    g.add_argument("--direct-rates", type=_floats, default=_floats("250,500,1000,1500,2000,3000,5000,7500,10000"),
+                   help="rates tried against CHAT_WRITE_MODE=direct")
+    g.add_argument("--rate", type=float, default=None, help="run this single rate (both modes)")
+    g.add_argument("--duration", type=float, default=4.0, help="measured seconds per rate")
+    g.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per rate (not measured)")
+    g.add_argument("--drain", type=float, default=3.0, help="max seconds to wait for late acks/deliveries")
+    g.add_argument("--p99-ms", type=float, default=100.0, help="latency bound of a passing rate")
+    g.add_argument("--body-bytes", type=int, default=100, help="message body size")
+    g.add_argument("--no-stop", action="store_true", help="keep stepping after a failing rate")
+    g.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight")
+    g = p.add_argument_group("flush")
+    g.add_argument("--flush-messages", type=int, default=200_000,
+                   help="cached messages to flush (the issue's figure uses 1,000,000)")
+    g.add_argument("--flush-rooms", type=int, default=100)
+    g.add_argument("--flush-concurrency", type=int, default=4, help="rooms flushed at once")
+    g = p.add_argument_group("history")
+    g.add_argument("--history-messages", type=int, default=10_000, help="messages in the read room")
+    g.add_argument("--history-prefill-rate", type=float, default=5000)
+    g.add_argument("--history-rate", type=float, default=1000, help="background sends while reading")
+    g.add_argument("--history-seconds", type=float, default=4.0, help="seconds per page kind")
+    g.add_argument("--history-readers", type=int, default=8, help="concurrent keep-alive readers")
+    g.add_argument("--history-deep-before", type=int, default=1000, help="`before` seq of the deep page")
+    g.add_argument("--history-bg-connections", type=int, default=200)
+    g = p.add_argument_group("idle")
+    g.add_argument("--idle-connections", type=int, default=10_000)
+    g.add_argument("--idle-hold", type=float, default=3.0, help="seconds the connections are held")
+    return p
+
+
+async def run(opts: argparse.Namespace, names: list[str], run_id: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        t = time.monotonic()
+        say(f"=== {name} ===")
+        try:
+            results[name] = await SCENARIOS[name](opts, run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report it, go on with the next scenario
+            say(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
+            results[name] = {"scenario": name, "error": f"{type(exc).__name__}: {exc}"}
+        say(f"[{name}] done in {time.monotonic() - t:.0f}s")
+    return results
+
+
+async def main_async(opts: argparse.Namespace, names: list[str], run_id: str) -> dict[str, Any]:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    # SIGTERM behaves like Ctrl-C: cancel, so every `finally` stops its processes.
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run(opts, names, run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    if opts.scenario == "report":
+        print(report.write_summary().read_text())
+        return 0
+    if opts.rate is not None:
+        opts.rates = opts.direct_rates = [opts.rate]
+    names = [n for n in report.ORDER] if opts.scenario == "all" else [opts.scenario]
+    run_id = uuid.uuid4().hex[:8]
+    procs.raise_fd_limit()
+    pinning = "server+Redis on core 0, generator on core 1" if procs.can_pin() else "none (taskset missing or 1 core)"
+    meta = {**report.machine(), "argv": shlex.join(sys.argv[1:] if argv is None else argv), "pinning": pinning,
+            "run_id": run_id}
+    say(f"bench run {run_id}: {', '.join(names)}; pinning: {pinning}")
+    started = time.monotonic()
+    try:
+        results = asyncio.run(main_async(opts, names, run_id))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted: every process of this run has been stopped")
+        return 130
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    path = report.save(ok, meta)
+    summary = report.write_summary()
+    say(f"finished in {time.monotonic() - started:.0f}s; results {path.relative_to(procs.ROOT)}, "
+        f"summary {summary.relative_to(procs.ROOT)}")
+    text = report.summary_markdown(report.load_latest())
+    start = text.index("## Targets")
+    end = text.find("\n## ", start + 1)
+    print("\n" + text[start:end if end > 0 else None])
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Processes the benchmark starts and measures: each one tracked by PID, stopped by PID.
+
+Also the /proc readers (CPU seconds and RSS of a process tree) and CPU pinning.
+Nothing here ever signals a process the benchmark did not start itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / "var" / "bench-logs"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Server and Redis share core 0; the load generator gets core 1 (the issue's setup).
+SERVER_CORE = 0
+GENERATOR_CORE = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def can_pin() -> bool:
+    """`taskset` exists and the machine has at least two cores we may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return False
+    return shutil.which("taskset") is not None and cores >= 2
+
+
+def pinned(argv: list[str], core: int) -> list[str]:
+    """Prefix argv with `taskset -c core` when pinning is possible."""
+    return ["taskset", "-c", str(core), *argv] if can_pin() else argv
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (inherited by children); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+# -- /proc readers ---------------------------------------------------------
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def tree_pids(root: int) -> list[int]:
+    """The root process and all its descendants (Sanic runs a manager plus worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo and len(out) < 10_000:  # bounded walk
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (a process that exited contributes nothing)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def tree_cpu_seconds(root: int) -> float:
+    return cpu_seconds(tree_pids(root))
+
+
+def tree_rss_bytes(root: int) -> int:
+    return rss_bytes(tree_pids(root))
+
+
+# -- child processes ----------------------------------------------------------
+
+class Proc:
+    """A child process in its own session (so its children can be stopped with it), by PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 core: int | None = None, stdout: int | None = None, stdin: int | None = None,
+                 run_id: str = "") -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOG_DIR / f"{run_id or 'bench'}-{name}.log"
+        self._log = open(self.log_path, "ab")
+        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        if core is not None:
+            argv = pinned(argv, core)
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            argv, cwd=ROOT, env=full_env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else self._log, stderr=self._log,
+            start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _signal_group(self, sig: int) -> None:
+        # The group id is our child's PID (start_new_session): only what we started gets the signal.
+        try:
+            os.killpg(self.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, SIGKILL after `timeout`; always reaps."""
+        if self.alive():
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.popen.wait(5)
+        # Leftover children of the group (a worker that outlived its manager).
+        self._signal_group(signal.SIGKILL)
+        self._log.close()
+
+
+class RedisProc(Proc):
+    """A private redis-server on a free loopback port, with AOF (appendfsync everysec)."""
+
+    def __init__(self, workdir: Path, run_id: str, core: int | None = SERVER_CORE) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        workdir.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server") or str(ROOT / ".venv" / "bin" / "redis-server")
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir),
+                "--maxclients", "20000", "--protected-mode", "no", "--daemonize", "no"]
+        super().__init__("redis", argv, core=core, run_id=run_id)
+
+    def wait_ready(self, timeout: float = 10.0) -> "RedisProc":
+        import redis as redis_sync
+
+        deadline = time.monotonic() + timeout
+        client = redis_sync.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"redis-server exited early:\n{self.log_tail()}")
+                try:
+                    client.ping()
+                    return self
+                except redis_sync.RedisError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server not ready after {timeout}s:\n{self.log_tail()}")
+
+
+class ChatServerProc(Proc):
+    """`python -m app.server` on a free loopback port, pinned beside Redis."""
+
+    def __init__(self, env: dict[str, str], run_id: str, name: str = "server",
+                 core: int | None = SERVER_CORE) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        super().__init__(name, [sys.executable, "-m", "app.server"],
+                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, core=core, run_id=run_id)
+
+    def wait_ready(self, timeout: float = 60.0) -> "ChatServerProc":
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"server exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")

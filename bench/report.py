@@ -1,0 +1,235 @@
+"""Results on disk and the markdown summary (bench/results/summary.md) with the targets table.
+
+Each scenario's latest result is kept as bench/results/<scenario>.json (git-ignored),
+each full run as bench/results/run-<stamp>.json; the summary is rebuilt from the latest
+result of every scenario, so running one scenario again updates only its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+ORDER = ("realtime", "direct", "flush", "history", "idle")
+
+
+def save(results: dict[str, Any], meta: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, res in results.items():
+        (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": res}, indent=1))
+    path = RESULTS / f"run-{stamp}.json"
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return path
+
+
+def load_latest() -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in ORDER:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "commit": commit, "host": platform.node()}
+
+
+# -- formatting -------------------------------------------------------------------
+
+def _n(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int, float)):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _missed(value: float, target: float, higher_is_better: bool) -> str:
+    if higher_is_better:
+        return "met" if value >= target else f"missed by {100 * (1 - value / target):.0f}%"
+    return "met" if value <= target else f"missed by {100 * (value / target - 1):.0f}%"
+
+
+def _steps(res: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return (res or {}).get("steps", [])
+
+
+def _best_step(res: dict[str, Any] | None) -> dict[str, Any] | None:
+    passing = [s for s in _steps(res) if s["passed"]]
+    return max(passing, key=lambda s: s["rate"]) if passing else None
+
+
+def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(figure, target, measured, verdict) rows of the issue's targets table."""
+    rt = latest.get("realtime", {}).get("result")
+    direct = latest.get("direct", {}).get("result")
+    flush = latest.get("flush", {}).get("result")
+    idle = latest.get("idle", {}).get("result")
+    rows: list[tuple[str, str, str, str]] = []
+    not_run = ("not run", "-")
+
+    best = _best_step(rt)
+    if rt is None:
+        rows.append(("highest rate with p99 < 100 ms and 0 lost", ">= 5,000 msgs/s (45,000 deliveries/s)", *not_run))
+    elif best is None:
+        rows.append(("highest rate with p99 < 100 ms and 0 lost", ">= 5,000 msgs/s (45,000 deliveries/s)",
+                     f"no step passed (lowest tried {_n(_steps(rt)[0]['rate'])}/s)", "missed"))
+    else:
+        sat = "; generator saturated at the next step" if any(
+            s.get("generator_saturated") and not s["passed"] for s in _steps(rt)) else ""
+        top = " (highest step tried: raise --rates)" if best is _steps(rt)[-1] else ""
+        rows.append(("highest rate with p99 < 100 ms and 0 lost", ">= 5,000 msgs/s (45,000 deliveries/s)",
+                     f"{_n(best['rate'])} msgs/s ({_n(best['deliveries_per_s'])} deliveries/s){top}{sat}",
+                     _missed(best["rate"], 5000, True)))
+
+    at1k = next((s for s in _steps(rt) if s["rate"] == 1000), None)
+    if at1k is None:
+        rows.append(("p99 delivery latency at 1,000 msgs/s", "<= 3 ms", "no 1,000 msgs/s step", "-"))
+    else:
+        p99 = at1k["delivery_ms"]["p99"]
+        rows.append(("p99 delivery latency at 1,000 msgs/s", "<= 3 ms",
+                     f"{_n(p99, 2)} ms (p50 {_n(at1k['delivery_ms']['p50'], 2)} ms)",
+                     _missed(p99, 3, False) if p99 is not None else "-"))
+
+    if best is None:
+        rows.append(("server CPU per message", "<= 150 us", "not measured", "-"))
+    else:
+        us = best["server_cpu_us_per_msg"]
+        redis_us = best["redis_cpu_s_per_1000_msgs"] * 1000
+        rows.append(("server CPU per message", "<= 150 us",
+                     f"{_n(us)} us at {_n(best['rate'])} msgs/s (+ Redis {_n(redis_us)} us)",
+                     _missed(us, 150, False)))
+
+    if idle is None:
+        rows.append(("idle memory per connection", "<= 20 KB", *not_run))
+    else:
+        kb = idle["rss_per_connection_kb"]
+        rows.append(("idle memory per connection", "<= 20 KB",
+                     f"{_n(kb, 1)} KiB ({_n(idle['connections'])} connections)", _missed(kb, 20, False)))
+
+    if flush is None:
+        rows.append(("flush into PostgreSQL", ">= 250,000 msgs/s", *not_run))
+    else:
+        ok = "" if flush.get("passed") else " - CHECK FAILED (lost/duplicates/gaps)"
+        rows.append(("flush into PostgreSQL", ">= 250,000 msgs/s",
+                     f"{_n(flush['rows_per_s'])} rows/s ({_n(flush['messages'])} messages, "
+                     f"{flush['db_calls_per_batch']} DB calls per {_n(flush['batch_size'])}-row batch){ok}",
+                     _missed(flush["rows_per_s"], 250_000, True)))
+
+    dbest = _best_step(direct)
+    if rt is None or direct is None or best is None:
+        rows.append(("cache vs direct", ">= 3x the highest passing rate", *not_run))
+    elif dbest is None:
+        low = _steps(direct)[0]["rate"] if _steps(direct) else None
+        rows.append(("cache vs direct", ">= 3x the highest passing rate",
+                     f"direct passed no step (lowest {_n(low)}/s): > {_n(best['rate'] / low, 1) if low else 'n/a'}x",
+                     "met" if low and best["rate"] / low >= 3 else "-"))
+    else:
+        ratio = best["rate"] / dbest["rate"]
+        rows.append(("cache vs direct", ">= 3x the highest passing rate",
+                     f"{ratio:.1f}x ({_n(best['rate'])} vs {_n(dbest['rate'])} msgs/s)", _missed(ratio, 3, True)))
+
+    failing = next((s for s in _steps(rt) if not s["passed"]), None)
+    if failing is None:
+        rows.append(("past the limit", "back-pressure, goodput holds, nothing lost",
+                     "not reached (every step passed)" if rt else "not run", "-"))
+    else:
+        holds = failing["lost"] == 0 and failing["duplicates"] == 0 and (
+            best is None or failing["accepted_per_s"] >= 0.9 * best["accepted_per_s"])
+        rows.append(("past the limit", "back-pressure, goodput holds, nothing lost",
+                     f"{_n(failing['rate'])}/s offered: {_n(failing['accepted_per_s'])}/s acked, ack p99 "
+                     f"{_n(failing['ack_ms']['p99'])} ms, {_n(failing['rejected'])} rejected, "
+                     f"{_n(failing['lost'])} lost, {_n(failing['duplicates'])} duplicates",
+                     "holds" if holds else "does not hold"))
+    return rows
+
+
+def _step_table(res: dict[str, Any]) -> list[str]:
+    lines = ["| offered msgs/s | acked/s | deliveries/s | delivery p50 / p95 / p99 ms | ack p99 ms | lost | dup "
+             "| rejected | server us/msg | server+Redis core | RSS MB | generator core | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in _steps(res):
+        d = s["delivery_ms"]
+        sat = " (saturated)" if s.get("generator_saturated") else ""
+        lines.append(
+            f"| {_n(s['rate'])} | {_n(s['accepted_per_s'])} | {_n(s['deliveries_per_s'])} | "
+            f"{_n(d['p50'], 2)} / {_n(d['p95'], 2)} / {_n(d['p99'], 2)} | {_n(s['ack_ms']['p99'], 2)} | "
+            f"{s['lost']} | {s['duplicates']} | {s['rejected']} | {_n(s['server_cpu_us_per_msg'])} | "
+            f"{s['server_redis_cpu_share']:.0%} | {_n(s['server_rss_mb'], 1)} | "
+            f"{s['generator_cpu_share']:.0%}{sat} | {'pass' if s['passed'] else 'FAIL'} |")
+    return lines
+
+
+def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
+    out = ["# Benchmark summary", "",
+           "Generated by `make bench` (`python -m bench`); see docs/performance.md for the method.", ""]
+    meta = next((v["meta"] for v in latest.values()), {})
+    if meta:
+        out += [f"Machine: {meta.get('cpu')} ({meta.get('cores')} cores), Python {meta.get('python')}, "
+                f"commit {meta.get('commit')}, pinning: {meta.get('pinning')}.", ""]
+    out += ["## Targets", "", "| figure | target | measured | verdict |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(latest)]
+    for name in ORDER:
+        if name not in latest:
+            continue
+        res, meta = latest[name]["result"], latest[name]["meta"]
+        out += ["", f"## {name}", "", f"Run {meta.get('date')}, arguments `{meta.get('argv')}`.", ""]
+        if name in ("realtime", "direct"):
+            out.append(f"{res['connections']} connections, {res['rooms']} rooms of {res['room_size']}, "
+                       f"{res['senders']} senders, CHAT_WRITE_MODE={res['write_mode']}; highest passing rate: "
+                       f"{_n(res['highest_passing_rate'])} msgs/s.")
+            out += [""] + _step_table(res)
+        elif name == "flush":
+            out.append(f"{_n(res['messages'])} messages over {res['rooms']} rooms accepted through the real "
+                       f"accept path ({_n(res['accept_per_s'])}/s in one process), then flushed by "
+                       f"app.flush.flush_all_pending (concurrency {res['concurrency']}): "
+                       f"**{_n(res['rows_per_s'])} rows/s** ({res['flush_s']} s, {res['batches']} batches, "
+                       f"{res['db_calls']} database calls {res['db_calls_by_kind']}, "
+                       f"{res['redis_commands']} Redis commands). Lost {res['lost']}, duplicates "
+                       f"{res['duplicates']}, rooms with gaps {res['rooms_with_gaps']}.")
+        elif name == "history":
+            out += ["| page | requests/s | p50 ms | p99 ms | errors | background sends (p99 delivery ms, lost) |",
+                    "|---|---|---|---|---|---|"]
+            for kind, ph in res["phases"].items():
+                bg = ph["background_sends"]
+                out.append(f"| {kind} | {_n(ph['requests_per_s'])} | {_n(ph['latency_ms']['p50'], 2)} | "
+                           f"{_n(ph['latency_ms']['p99'], 2)} | {ph['errors'] or 0} | "
+                           f"{_n(bg['rate'])}/s ({_n(bg['delivery_ms']['p99'], 2)}, {bg['lost']}) |")
+        elif name == "idle":
+            out.append(f"{_n(res['connections'])} idle connections ({res['requested']} requested, failures "
+                       f"{res['connect_failures'] or 0}): server RSS {res['server_rss_before_mb']} MB -> "
+                       f"{res['server_rss_after_mb']} MB, **{res['rss_per_connection_kb']} KiB per connection**; "
+                       f"{res['connects_per_s']} connects/s; idle server CPU {res['idle_server_cpu_share']:.1%}; "
+                       f"{res['still_open']} still open after the hold.")
+    return "\n".join(out) + "\n"
+
+
+def write_summary() -> Path:
+    path = RESULTS / "summary.md"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(summary_markdown(load_latest()))
+    return path

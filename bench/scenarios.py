@@ -1,0 +1,202 @@
+"""The scenarios: each starts its own stack, drives it, returns a JSON-able result, cleans up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bench import procs
+from bench.runner import run_generator, say
+from bench.stack import Population, Stack
+
+# The flush and history scenarios drive the project's services in a child process
+# (pinned to the generator's core) or in the bench process: these need the app code.
+FLUSH_TIMEOUT_S = 1800
+
+
+def _groups(n_users: int, n_rooms: int) -> list[list[int]]:
+    """Users 0..n-1 split into n_rooms consecutive groups (sizes differ by at most one)."""
+    n_rooms = max(1, min(n_rooms, n_users))
+    base, extra = divmod(n_users, n_rooms)
+    out, start = [], 0
+    for r in range(n_rooms):
+        size = base + (1 if r < extra else 0)
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
+
+
+def _conn_specs(pop: Population, groups: list[list[int]], share: float, room_offset: int = 0) -> list[dict[str, Any]]:
+    """One connection per user; the first round(size*share) members of each room send."""
+    specs = []
+    for r, group in enumerate(groups):
+        n_send = max(1, round(len(group) * share)) if share > 0 else 0
+        for pos, user in enumerate(group):
+            specs.append({"token": pop.tokens[user], "rooms": [r + room_offset], "sender": pos < n_send})
+    return specs
+
+
+def _common(opts: argparse.Namespace) -> dict[str, Any]:
+    return {"warmup_s": opts.warmup, "duration_s": opts.duration, "drain_s": opts.drain,
+            "body_bytes": opts.body_bytes, "p99_bound_ms": opts.p99_ms,
+            "connect_concurrency": opts.connect_concurrency}
+
+
+async def realtime(opts: argparse.Namespace, run_id: str, mode: str = "cache") -> dict[str, Any]:
+    name = "realtime" if mode == "cache" else "direct"
+    rates = opts.rates if mode == "cache" else opts.direct_rates
+    stack = Stack(run_id, name, write_mode=mode)
+    try:
+        say(f"[{name}] starting Redis, database and server (CHAT_WRITE_MODE={mode})")
+        await stack.start()
+        groups = _groups(opts.connections, opts.rooms)
+        say(f"[{name}] creating {opts.connections} users and {len(groups)} rooms")
+        pop = await stack.populate(opts.connections, groups)
+        cfg = {"mode": "realtime", "ws_url": stack.server.ws_url, "rooms": pop.room_ids,  # type: ignore[union-attr]
+               "conns": _conn_specs(pop, groups, opts.senders_share), "rates": rates,
+               "stop_on_fail": not opts.no_stop, **_common(opts)}
+        per_step = opts.warmup + opts.duration + opts.drain + 5
+        res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300)
+        res.update({"scenario": name, "write_mode": mode, "room_size": len(groups[0]),
+                    "senders_share": opts.senders_share})
+        return res
+    finally:
+        stack.close()
+
+
+async def direct(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    return await realtime(opts, run_id, mode="direct")
+
+
+async def flush(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    stack = Stack(run_id, "flush")
+    try:
+        say("[flush] starting Redis, database and server")
+        await stack.start()
+        groups = _groups(opts.flush_rooms * 2, opts.flush_rooms)  # two members per room send
+        pop = await stack.populate(len(groups) * 2, groups)
+        cfg = {"env": stack.env, "rooms": pop.room_ids,
+               "senders": [[pop.user_ids[u] for u in g] for g in groups],
+               "messages": opts.flush_messages, "body_bytes": opts.body_bytes,
+               "concurrency": opts.flush_concurrency, "inject_tasks": 64}
+        res = await _run_flush_child(stack, cfg)
+        res["scenario"] = "flush"
+        return res
+    finally:
+        stack.close()
+
+
+async def _run_flush_child(stack: Stack, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`python -m bench.flushrun` pinned to the generator core; one JSON result line."""
+    import asyncio
+    import subprocess
+
+    path = stack.workdir / "flush.json"
+    path.write_text(json.dumps(cfg))
+    proc = procs.Proc("flushrun", [sys.executable, "-m", "bench.flushrun", str(path)],
+                      core=procs.GENERATOR_CORE, stdout=subprocess.PIPE, run_id=stack.tag)
+    try:
+        loop = asyncio.get_running_loop()
+        out = await asyncio.wait_for(loop.run_in_executor(None, _relay, proc), FLUSH_TIMEOUT_S)
+    finally:
+        proc.stop()
+    if proc.popen.returncode != 0 or out is None:
+        raise RuntimeError(f"flush run failed (exit {proc.popen.returncode}):\n{proc.log_tail()}")
+    return out
+
+
+def _relay(proc: procs.Proc) -> dict[str, Any] | None:
+    """Print the child's progress lines; return its result."""
+    result = None
+    assert proc.popen.stdout is not None
+    for raw in proc.popen.stdout:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if event.get("event") == "progress":
+            say(event["msg"])
+        elif event.get("event") == "result":
+            result = event["result"]
+    proc.popen.wait(30)
+    return result
+
+
+async def history(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    stack = Stack(run_id, "history")
+    try:
+        say("[history] starting Redis, database and server")
+        await stack.start()
+        bg_groups = _groups(opts.history_bg_connections, max(1, opts.history_bg_connections // 10))
+        n_bg = opts.history_bg_connections
+        hist_group = list(range(n_bg, n_bg + 10))
+        groups = bg_groups + [hist_group]
+        pop = await stack.populate(n_bg + 10, groups)
+        specs = _conn_specs(pop, groups, opts.senders_share)
+        hist_index = len(groups) - 1
+        cfg = {"mode": "history", "ws_url": stack.server.ws_url,  # type: ignore[union-attr]
+               "http_url": stack.server.base_url, "rooms": pop.room_ids, "conns": specs,  # type: ignore[union-attr]
+               "history_room": hist_index, "reader_token": pop.tokens[hist_group[0]],
+               "prefill": opts.history_messages, "prefill_rate": opts.history_prefill_rate,
+               "background_rate": opts.history_rate, "phase_s": opts.history_seconds,
+               "readers": opts.history_readers, "page_limit": 50, "deep_before": opts.history_deep_before,
+               **_common(opts)}
+
+        async def flush_history(_event: dict[str, Any]) -> None:
+            say("[history] flushing the prefilled room to PostgreSQL (the worker's flush service)")
+            await _flush_all(stack)
+
+        prefill_s = opts.history_messages / opts.history_prefill_rate
+        res = await run_generator(stack, cfg, "history", on_await=flush_history,
+                                  timeout_s=prefill_s + 4 * opts.history_seconds + 600)
+        res["scenario"] = "history"
+        return res
+    finally:
+        stack.close()
+
+
+async def _flush_all(stack: Stack) -> None:
+    """Move every pending room into PostgreSQL with app.flush (as the worker would)."""
+    import asyncpg
+    from redis.asyncio import Redis
+
+    from app.flush import flush_all_pending
+    from app.keys import Keys
+
+    assert stack.settings is not None and stack.redis is not None
+    redis = Redis.from_url(stack.redis.url, decode_responses=True)
+    pool = await asyncpg.create_pool(stack.db_url, min_size=1, max_size=4)
+    try:
+        await flush_all_pending(redis=redis, keys=Keys(stack.settings.redis_prefix), settings=stack.settings,
+                                pool=pool, concurrency=4)
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def idle(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    limit = procs.raise_fd_limit()
+    n = opts.idle_connections
+    if n + 1000 > limit:
+        n = max(100, limit - 1000)
+        say(f"[idle] file descriptor limit {limit}: holding {n} connections instead of {opts.idle_connections}")
+    stack = Stack(run_id, "idle")
+    try:
+        say("[idle] starting Redis, database and server")
+        await stack.start()
+        groups = _groups(n, max(1, n // 10))
+        say(f"[idle] creating {n} users and {len(groups)} rooms")
+        pop = await stack.populate(n, groups)
+        cfg = {"mode": "idle", "ws_url": stack.server.ws_url, "rooms": pop.room_ids,  # type: ignore[union-attr]
+               "conns": _conn_specs(pop, groups, 0.0), "hold_s": opts.idle_hold, "settle_s": 2,
+               "connect_concurrency": opts.connect_concurrency}
+        res = await run_generator(stack, cfg, "idle", timeout_s=n / 50 + opts.idle_hold + 300)
+        res.update({"scenario": "idle", "fd_limit": limit})
+        return res
+    finally:
+        stack.close()
+
+
+SCENARIOS = {"realtime": realtime, "direct": direct, "flush": flush, "history": history, "idle": idle}
