@@ -1,7 +1,109 @@
-"""files routes (placeholder, filled in by the issue that owns it)."""
+"""files routes: streamed upload into a room, member-only downloads (bytes, thumbnail, meta)."""
 
 from __future__ import annotations
 
-from sanic import Blueprint
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, json
+
+from app import files, media, rooms
+from app.errors import ChatError
+from blueprints.deps import authenticated
 
 bp = Blueprint("files")
+
+CHUNK = 64 * 1024
+INLINE_TYPES = frozenset(media.PILLOW_FORMATS)  # raster images only; never SVG or HTML
+
+
+@bp.post("/rooms/<room_id:str>/files", stream=True)
+@authenticated
+async def upload(request: Request, room_id: str) -> HTTPResponse:
+    """Multipart `file` (+ `body`, `client_id`): 202 with the file, status processing."""
+    try:
+        length = int(request.headers.get("content-length", ""))
+    except ValueError:
+        length = None
+    try:
+        # Membership first: nobody else gets a byte of their body read.
+        room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
+        meta, created = await files.upload(
+            settings=request.app.ctx.settings, room_id=str(room.id), uploader_id=request.ctx.user_id,
+            content_type=request.headers.get("content-type", ""), content_length=length,
+            chunks=_body(request))
+    except ChatError:
+        _stop_reading(request)
+        raise
+    return json(meta, status=202 if created else 200)
+
+
+async def _body(request: Request) -> Any:
+    while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
+        yield chunk
+
+
+def _stop_reading(request: Request) -> None:
+    """Refused mid-body: answer now and drop the connection instead of reading the rest.
+
+    After the handler, Sanic drains an unread body up to REQUEST_MAX_SIZE; a limit of 0
+    makes it stop at once, and keep_alive=False puts `Connection: close` on our error
+    response so the client does not reuse a connection we are about to close.
+    """
+    stream = request.stream
+    if stream is not None and getattr(stream, "request_body", None):
+        stream.request_max_size = 0  # type: ignore[union-attr]
+        stream.keep_alive = False  # type: ignore[union-attr]
+
+
+@bp.get("/files/<file_id:str>")
+@authenticated
+async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
+    """The stored bytes (409 while processing, 404 when rejected, 410 once expired)."""
+    return await _send(request, file_id, thumbnail=False)
+
+
+@bp.get("/files/<file_id:str>/thumbnail")
+@authenticated
+async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
+    """A small image of an image file."""
+    return await _send(request, file_id, thumbnail=True)
+
+
+@bp.get("/files/<file_id:str>/meta")
+@authenticated
+async def meta(request: Request, file_id: str) -> HTTPResponse:
+    """The file object with its status (and the reason of a rejection)."""
+    f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
+    return json(files.meta_object(f))
+
+
+async def _send(request: Request, file_id: str, *, thumbnail: bool) -> HTTPResponse | ResponseStream:
+    f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
+    path, mime = files.servable(f, request.app.ctx.settings, thumbnail=thumbnail)
+    etag = f'"{f.id}{"-thumb" if thumbnail else ""}"'  # stored bytes never change once ready
+    headers = {
+        "ETag": etag,
+        # Revalidate every time: membership is checked on each request, the 304 is cheap.
+        "Cache-Control": "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if _matches(request.headers.get("if-none-match"), etag):
+        return empty(status=304, headers=headers)
+    inline = mime in INLINE_TYPES
+    name = f.name
+    if thumbnail:
+        stem = name.rsplit(".", 1)[0] if "." in name else name
+        name = f"{stem}-thumbnail{path.suffix}"
+    headers["Content-Disposition"] = media.content_disposition("inline" if inline else "attachment", name)
+    headers["Content-Length"] = str(path.stat().st_size)
+    return await file_stream(path, chunk_size=CHUNK, mime_type=mime, headers=headers)
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    """If-None-Match: `*` or any listed tag (weak comparison, as RFC 9110 asks for GET)."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
