@@ -108,6 +108,7 @@ def test_media_paths_stay_under_the_root(tmp_path: Path) -> None:
 
 def test_jpeg_loses_exif_gps_and_gets_its_orientation(tmp_path: Path) -> None:
     assert samples.SECRET in samples.jpeg_with_gps()
+    assert "icc_profile" in Image.open(io.BytesIO(samples.jpeg_with_gps())).info
     dst, thumb, conv = _convert(tmp_path, samples.jpeg_with_gps(), "image/jpeg")
     im = _assert_clean(dst)
     assert im.format == "JPEG" and im.size == (40, 60)
@@ -154,6 +155,7 @@ def test_still_webp(tmp_path: Path) -> None:
     assert im.format == "WEBP" and im.size == (40, 60)
 
 
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as app.media sets it
 def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
     data = samples.bomb_png(30000)
     assert len(data) < 200_000 and media.sniff(data[: media.SNIFF_BYTES]) == "image/png"

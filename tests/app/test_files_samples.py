@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from PIL import ExifTags, Image, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 SECRET = b"SECRET-GPS-MARKER"
 LAT = (52.0, 31.0, 12.0)
@@ -42,7 +42,8 @@ def _halves(mode: str = "RGB") -> Image.Image:
 
 def jpeg_with_gps() -> bytes:
     bio = io.BytesIO()
-    _halves().save(bio, "JPEG", quality=95, exif=_exif(), comment=SECRET)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    _halves().save(bio, "JPEG", quality=95, exif=_exif(), comment=SECRET, icc_profile=icc)
     return bio.getvalue()
 
 
