@@ -31,5 +31,9 @@ test: $(VENV)/.dev
 migrate: $(VENV)/.runtime
 	$(PY) -m app.cli migrate
 
+## bench: load benchmark, about two minutes (own Redis, database and server; BENCH_ARGS, docs/performance.md)
+bench: $(VENV)/.dev
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
