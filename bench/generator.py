@@ -72,12 +72,19 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def idle(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Open the connections in two halves: RSS after each gives the total and the marginal cost."""
     pid = cfg["server_pid"]
+    settle = float(cfg.get("settle_s", 2))
     base_rss = procs.tree_rss_bytes(pid)
     specs = cfg["conns"]
+    half = len(specs) // 2
     emit("progress", msg=f"opening {len(specs)} idle connections (server RSS {base_rss / 2**20:.1f} MB)")
-    await load.connect_all(specs)
-    await asyncio.sleep(float(cfg.get("settle_s", 2)))
+    await load.connect_all(specs[:half])
+    n_half = len(load.conns)
+    await asyncio.sleep(settle)
+    mid_rss = procs.tree_rss_bytes(pid)
+    await load.connect_all(specs[half:], offset=half)
+    await asyncio.sleep(settle)
     rss = procs.tree_rss_bytes(pid)
     hold = float(cfg.get("hold_s", 5))
     cpu0, t0 = procs.tree_cpu_seconds(pid), time.perf_counter()
@@ -86,9 +93,12 @@ async def idle(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
     idle_cpu = (procs.tree_cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
     rss_end = procs.tree_rss_bytes(pid)
     n = max(1, len(load.conns))
+    n_second = max(1, len(load.conns) - n_half)
     return {"mode": "idle", "requested": len(specs), "server_rss_before_mb": round(base_rss / 2**20, 1),
+            "server_rss_half_mb": round(mid_rss / 2**20, 1),
             "server_rss_after_mb": round(rss / 2**20, 1), "server_rss_end_mb": round(rss_end / 2**20, 1),
             "rss_per_connection_kb": round((rss - base_rss) / n / 1024, 2),
+            "rss_per_connection_marginal_kb": round((rss - mid_rss) / n_second / 1024, 2),
             "connects_per_s": round(len(load.conns) / max(load.connect_s, 1e-9), 1),
             "idle_server_cpu_share": round(idle_cpu, 4),
             "still_open": sum(1 for c in load.conns if not c.closed), **_connections_report(load)}

@@ -63,6 +63,8 @@ class Load:
         self.expected_total = 0
         self.delivered_total = 0
         self.conns: list[WSConn] = []
+        self.connect_s = 0.0
+        self.connect_failures: dict[str, int] = {}
         self.hello: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.pad = "x" * max(0, int(cfg.get("body_bytes", 100)) - 32)
 
@@ -112,8 +114,11 @@ class Load:
                 fut.set_result(msg)
 
     # -- connecting ----------------------------------------------------------
-    async def connect_all(self, specs: list[dict[str, Any]]) -> list[WSConn | None]:
-        """Open one connection per spec (bounded concurrency); None where it failed."""
+    async def connect_all(self, specs: list[dict[str, Any]], offset: int = 0) -> list[WSConn | None]:
+        """Open one connection per spec (bounded concurrency); None where it failed.
+
+        `offset` numbers the connections of a second batch after those of the first.
+        """
         url = self.cfg["ws_url"]
         sem = asyncio.Semaphore(int(self.cfg.get("connect_concurrency", 100)))
         out: list[WSConn | None] = [None] * len(specs)
@@ -124,10 +129,10 @@ class Load:
         async def one(i: int, spec: dict[str, Any]) -> None:
             nonlocal done
             async with sem:
-                self.hello[i] = loop.create_future()
+                self.hello[offset + i] = loop.create_future()
                 try:
-                    conn = await open_ws(f"{url}?token={spec['token']}", self.on_text, index=i)
-                    await asyncio.wait_for(self.hello[i], 15.0)
+                    conn = await open_ws(f"{url}?token={spec['token']}", self.on_text, index=offset + i)
+                    await asyncio.wait_for(self.hello[offset + i], 15.0)
                     out[i] = conn
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     failures[type(exc).__name__ + ": " + str(exc)[:80]] += 1
@@ -137,9 +142,10 @@ class Load:
 
         t = time.perf_counter()
         await asyncio.gather(*(one(i, s) for i, s in enumerate(specs)))
-        self.connect_s = time.perf_counter() - t
-        self.connect_failures = dict(failures)
-        self.conns = [c for c in out if c is not None]
+        self.connect_s += time.perf_counter() - t
+        for reason, n in failures.items():
+            self.connect_failures[reason] = self.connect_failures.get(reason, 0) + n
+        self.conns += [c for c in out if c is not None]
         return out
 
     def set_fanout(self, conns: list[WSConn | None], specs: list[dict[str, Any]]) -> None:
@@ -164,10 +170,12 @@ class Load:
             self.errors["connection_closed"] += 1
 
     def snapshot(self) -> dict[str, float]:
-        pid, rpid = self.cfg.get("server_pid"), self.cfg.get("redis_pid")
+        pid, rpid, db = self.cfg.get("server_pid"), self.cfg.get("redis_pid"), self.cfg.get("db_name")
         return {"t": time.perf_counter(), "gen_cpu": own_cpu(),
                 "server_cpu": procs.tree_cpu_seconds(pid) if pid else 0.0,
-                "redis_cpu": procs.cpu_seconds([rpid]) if rpid else 0.0}
+                "redis_cpu": procs.cpu_seconds([rpid]) if rpid else 0.0,
+                # The machine's PostgreSQL is not ours to pin; its backends' CPU is measured apart.
+                "db_cpu": procs.cpu_seconds(procs.pg_backend_pids(db)) if db else 0.0}
 
     async def run_step(self, rate: float, warmup_s: float, duration_s: float, k0: int,
                        senders: list[tuple[WSConn, int]], drain_s: float) -> dict[str, Any]:
@@ -237,6 +245,7 @@ class Load:
         gen_share = (end["gen_cpu"] - start["gen_cpu"]) / wall
         server_cpu = end["server_cpu"] - start["server_cpu"]
         redis_cpu = end["redis_cpu"] - start["redis_cpu"]
+        db_cpu = end["db_cpu"] - start["db_cpu"]
         dups = self.dups - dups0 + extra
         errors = dict(self.errors - errors0)
         unacked = n - acked - rejected
@@ -257,6 +266,8 @@ class Load:
             "server_cpu_us_per_msg": round(server_cpu * per_k * 1000, 1),
             "redis_cpu_s_per_1000_msgs": round(redis_cpu * per_k, 4),
             "server_redis_cpu_share": round((server_cpu + redis_cpu) / wall, 3),
+            "postgres_cpu_s_per_1000_msgs": round(db_cpu * per_k, 4),
+            "postgres_cpu_share": round(db_cpu / wall, 3),
             "server_rss_mb": round(end.get("server_rss", 0) / 2**20, 1),
             "generator_cpu_share": round(gen_share, 3), "generator_saturated": saturated,
             "passed": passed,

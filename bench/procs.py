@@ -108,6 +108,22 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def pg_backend_pids(db_name: str) -> list[int]:
+    """PostgreSQL backend processes serving `db_name` (their title is "postgres: <user> <db> ...")."""
+    out = []
+    needle = f" {db_name} ".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"postgres: ") and needle in title:
+            out.append(int(entry))
+    return out
+
+
 def tree_cpu_seconds(root: int) -> float:
     return cpu_seconds(tree_pids(root))
 

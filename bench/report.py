@@ -129,7 +129,8 @@ def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
     else:
         kb = idle["rss_per_connection_kb"]
         rows.append(("idle memory per connection", "<= 20 KB",
-                     f"{_n(kb, 1)} KiB ({_n(idle['connections'])} connections)", _missed(kb, 20, False)))
+                     f"{_n(kb, 1)} KiB ({_n(idle['connections'])} connections; marginal "
+                     f"{_n(idle.get('rss_per_connection_marginal_kb'), 1)} KiB)", _missed(kb, 20, False)))
 
     if flush is None:
         rows.append(("flush into PostgreSQL", ">= 250,000 msgs/s", *not_run))
@@ -170,8 +171,9 @@ def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
 
 def _step_table(res: dict[str, Any]) -> list[str]:
     lines = ["| offered msgs/s | acked/s | deliveries/s | delivery p50 / p95 / p99 ms | ack p99 ms | lost | dup "
-             "| rejected | server us/msg | server+Redis core | RSS MB | generator core | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rejected | server us/msg | Redis us/msg | PostgreSQL us/msg | server+Redis core | RSS MB "
+             "| generator core, send lag p99 ms | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in _steps(res):
         d = s["delivery_ms"]
         sat = " (saturated)" if s.get("generator_saturated") else ""
@@ -179,8 +181,10 @@ def _step_table(res: dict[str, Any]) -> list[str]:
             f"| {_n(s['rate'])} | {_n(s['accepted_per_s'])} | {_n(s['deliveries_per_s'])} | "
             f"{_n(d['p50'], 2)} / {_n(d['p95'], 2)} / {_n(d['p99'], 2)} | {_n(s['ack_ms']['p99'], 2)} | "
             f"{s['lost']} | {s['duplicates']} | {s['rejected']} | {_n(s['server_cpu_us_per_msg'])} | "
+            f"{_n(s['redis_cpu_s_per_1000_msgs'] * 1000)} | {_n(s.get('postgres_cpu_s_per_1000_msgs', 0) * 1000)} | "
             f"{s['server_redis_cpu_share']:.0%} | {_n(s['server_rss_mb'], 1)} | "
-            f"{s['generator_cpu_share']:.0%}{sat} | {'pass' if s['passed'] else 'FAIL'} |")
+            f"{s['generator_cpu_share']:.0%}, {_n(s['send_lag_ms']['p99'], 1)}{sat} | "
+            f"{'pass' if s['passed'] else 'FAIL'} |")
     return lines
 
 
@@ -222,7 +226,9 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
         elif name == "idle":
             out.append(f"{_n(res['connections'])} idle connections ({res['requested']} requested, failures "
                        f"{res['connect_failures'] or 0}): server RSS {res['server_rss_before_mb']} MB -> "
-                       f"{res['server_rss_after_mb']} MB, **{res['rss_per_connection_kb']} KiB per connection**; "
+                       f"{res.get('server_rss_half_mb')} MB at half -> {res['server_rss_after_mb']} MB, "
+                       f"**{res['rss_per_connection_kb']} KiB per connection** (second half alone: "
+                       f"{res.get('rss_per_connection_marginal_kb')} KiB); "
                        f"{res['connects_per_s']} connects/s; idle server CPU {res['idle_server_cpu_share']:.1%}; "
                        f"{res['still_open']} still open after the hold.")
     return "\n".join(out) + "\n"

@@ -32,11 +32,19 @@ def step_line(step: dict[str, Any]) -> str:
             f"server {step['server_cpu_us_per_msg']} us/msg, gen cpu {step['generator_cpu_share']:.0%}{sat}")
 
 
+def read_line(step: dict[str, Any]) -> str:
+    """One progress line for a history read phase."""
+    lat, bg = step["latency_ms"], step["background_sends"]
+    return (f"{step['kind']} page: {step['requests_per_s']:.0f} requests/s, p50/p99 {lat['p50']}/{lat['p99']} ms, "
+            f"errors {step['errors'] or 0}; background {bg['rate']:g} msgs/s: delivery p99 "
+            f"{bg['delivery_ms']['p99']} ms, lost {bg['lost']}")
+
+
 async def run_generator(stack: Stack, cfg: dict[str, Any], name: str, *, timeout_s: float,
                         on_await: OnAwait | None = None) -> dict[str, Any]:
     """Run `python -m bench.generator` pinned to the generator core; return its result."""
     cfg = {**cfg, "server_pid": stack.server.pid if stack.server else None,
-           "redis_pid": stack.redis.pid if stack.redis else None}
+           "redis_pid": stack.redis.pid if stack.redis else None, "db_name": stack.db_name}
     path = stack.workdir / f"gen-{name}.json"
     path.write_text(json.dumps(cfg))
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -66,8 +74,7 @@ async def run_generator(stack: Stack, cfg: dict[str, Any], name: str, *, timeout
                 say(event["msg"])
             elif kind == "step":
                 step = event["step"]
-                say(step_line(step) if "delivery_ms" in step and "rate" in step and "passed" in step
-                    else json.dumps(step)[:300])
+                say(step_line(step) if "passed" in step else read_line(step))
             elif kind == "await" and on_await is not None:
                 await on_await(event)
                 proc.stdin.write(b"go\n")
