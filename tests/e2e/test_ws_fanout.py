@@ -1,0 +1,188 @@
+"""Fan-out across real server processes: ordering under concurrency, retries, kicks, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import TEST_ENV
+from tests.e2e.wsutil import WS
+from tests.factories import TestUser, make_room, make_user, unique
+from tests.support import ServerProc
+
+
+@pytest.fixture(scope="module")
+def second() -> Iterator[ServerProc]:
+    """A second server process on its own port, sharing the session's database and Redis."""
+    proc = ServerProc(TEST_ENV, name=f"second-{unique('')}")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+def is_room_msg(room_id: str) -> Any:
+    return lambda f: f["type"] in ("message", "ack") and f["message"]["room_id"] == room_id
+
+
+async def test_a_message_sent_on_one_process_reaches_members_on_the_other(
+        server: ServerProc, second: ServerProc, api: httpx.Client) -> None:
+    alice, bob = make_user(api), make_user(api)
+    room = make_room(api, alice, member_ids=[bob.id])
+    a = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(second.ws_url, bob.access_token)
+    ack = await a.request({"type": "send", "room_id": room["id"], "body": "across"}, "ack")
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"] == ack["message"]
+    with httpx.Client(base_url=second.base_url, timeout=10) as api_b:
+        resp = api_b.post(f"/rooms/{room['id']}/messages", json={"body": "via B"}, headers=bob.headers)
+        assert resp.status_code == 201 and resp.json()["seq"] == 2
+    assert (await a.recv_until(lambda f: f["type"] == "message"))["message"]["body"] == "via B"
+    # a retry on the other process returns the original
+    first = await a.request({"type": "send", "room_id": room["id"], "body": "r", "client_id": "x1"}, "ack")
+    b2 = await WS.open(second.ws_url, alice.access_token)
+    again = await b2.request({"type": "send", "room_id": room["id"], "body": "r", "client_id": "x1"}, "ack")
+    assert again["message"] == first["message"]
+    for ws in (a, b, b2):
+        await ws.close()
+
+
+async def test_concurrent_senders_on_two_processes_get_gap_free_seqs_delivered_in_order(
+        server: ServerProc, second: ServerProc, api: httpx.Client) -> None:
+    users = [make_user(api) for _ in range(10)]
+    room = make_room(api, users[0], member_ids=[u.id for u in users[1:]])
+    per_sender, senders = 8, 50
+    total = per_sender * senders
+    conns = [await WS.open((server if i % 2 else second).ws_url, users[i % len(users)].access_token)
+             for i in range(senders)]
+    received: list[list[int]] = [[] for _ in conns]
+
+    async def run(i: int) -> None:
+        ws = conns[i]
+
+        async def reader() -> None:
+            while len(received[i]) < total:
+                frame = await ws.recv(20)
+                if is_room_msg(room["id"])(frame):
+                    received[i].append(frame["message"]["seq"])
+
+        task = asyncio.create_task(reader())
+        for k in range(per_sender):
+            await ws.send({"type": "send", "room_id": room["id"], "body": f"{i}:{k}", "client_id": f"{i}-{k}"})
+            await asyncio.sleep(random.random() * 0.005)
+        await task
+
+    await asyncio.gather(*(run(i) for i in range(senders)))
+    for seqs in received:
+        assert seqs == list(range(1, total + 1))  # every connection: all N, each once, in seq order
+    history = api.get(f"/rooms/{room['id']}/messages", params={"limit": 200}, headers=users[0].headers).json()
+    assert [m["seq"] for m in history["items"]] == list(range(total - 199, total + 1))
+    for ws in conns:
+        await ws.close()
+
+
+async def test_kicked_member_stops_receiving_at_once(server: ServerProc, second: ServerProc,
+                                                     api: httpx.Client) -> None:
+    alice, bob, carol = make_user(api), make_user(api), make_user(api)
+    room = make_room(api, alice, member_ids=[bob.id, carol.id])
+    a = await WS.open(server.ws_url, alice.access_token)
+    b = await WS.open(second.ws_url, bob.access_token)
+    c = await WS.open(second.ws_url, carol.access_token)
+    await a.request({"type": "send", "room_id": room["id"], "body": "before"}, "ack")
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["body"] == "before"
+    resp = api.delete(f"/rooms/{room['id']}/members/{bob.id}", headers=alice.headers)
+    assert resp.status_code == 204
+    assert (await b.recv_until(lambda f: f["type"] == "member_left")) == {
+        "type": "member_left", "room_id": room["id"], "user_id": bob.id}
+    await a.request({"type": "send", "room_id": room["id"], "body": "after"}, "ack")
+    await c.recv_until(lambda f: f["type"] == "message" and f["message"]["body"] == "after")
+    await b.nothing_for(0.5, lambda f: f["type"] in ("message", "typing"))
+    err = await b.request({"type": "send", "room_id": room["id"], "body": "let me in"}, "ack")
+    assert err["type"] == "error" and err["code"] == "not_member"
+    for ws in (a, b, c):
+        await ws.close()
+
+
+async def test_deleted_room_is_announced_and_forgotten(server: ServerProc, second: ServerProc,
+                                                       api: httpx.Client) -> None:
+    alice, bob = make_user(api), make_user(api)
+    room = make_room(api, alice, member_ids=[bob.id])
+    b = await WS.open(second.ws_url, bob.access_token)
+    assert api.delete(f"/rooms/{room['id']}", headers=alice.headers).status_code == 204
+    assert await b.recv_until(lambda f: f["type"] == "room_deleted") == {"type": "room_deleted", "room_id": room["id"]}
+    err = await b.request({"type": "send", "room_id": room["id"], "body": "hello?"}, "ack")
+    assert err["code"] == "room_not_found"
+    await b.close()
+
+
+# -- WORKERS and slow consumers, on their own servers ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[ServerProc]:
+    proc = ServerProc({**TEST_ENV, "WORKERS": "2"}, name=f"workers2-{unique('')}")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+async def test_workers_2_serves_one_port_with_cross_process_fanout(two_workers: ServerProc) -> None:
+    with httpx.Client(base_url=two_workers.base_url, timeout=10) as api:
+        alice, bob = make_user(api), make_user(api)
+        room = make_room(api, alice, member_ids=[bob.id])
+        listeners = [await WS.open(two_workers.ws_url, bob.access_token) for _ in range(6)]
+        a = await WS.open(two_workers.ws_url, alice.access_token)
+        acks = [await a.request({"type": "send", "room_id": room["id"], "body": f"m{i}"}, "ack") for i in range(5)]
+        assert [x["message"]["seq"] for x in acks] == [1, 2, 3, 4, 5]
+        for ws in listeners:
+            got = [(await ws.recv_until(lambda f: f["type"] == "message"))["message"]["seq"] for _ in range(5)]
+            assert got == [1, 2, 3, 4, 5]
+        for ws in (*listeners, a):
+            await ws.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_outbox() -> Iterator[ServerProc]:
+    proc = ServerProc({**TEST_ENV, "WS_OUTBOX_FRAMES": "20"}, name=f"outbox-{unique('')}")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(tiny_outbox: ServerProc) -> None:
+    with httpx.Client(base_url=tiny_outbox.base_url, timeout=10) as api:
+        alice, bob, carol = make_user(api), make_user(api), make_user(api)
+        room = make_room(api, alice, member_ids=[bob.id, carol.id])
+    a = await WS.open(tiny_outbox.ws_url, alice.access_token)
+    # bob never reads: his client stops taking data off the socket once a few frames are buffered
+    stuck = await WS.open(tiny_outbox.ws_url, bob.access_token, max_queue=1)
+    c = await WS.open(tiny_outbox.ws_url, carol.access_token)
+    body = "x" * 4000
+    total = 3000
+
+    async def carol_reads() -> int:
+        last = 0
+        while last < total:
+            frame = await c.recv(30)
+            if frame["type"] == "message":
+                assert frame["message"]["seq"] == last + 1
+                last = frame["message"]["seq"]
+        return last
+
+    reader = asyncio.create_task(carol_reads())
+    for i in range(total):
+        await a.send({"type": "send", "room_id": room["id"], "body": body})
+        if i % 100 == 99:
+            await a.recv_until(lambda f: f["type"] == "ack" and f["message"]["seq"] == i + 1, 30)
+    assert await reader == total
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await stuck.recv(5)
+    assert stuck.conn.close_code in (1013, 1006)
+    await a.close()
+    await c.close()
