@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench import procs, report
@@ -63,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("idle")
     g.add_argument("--idle-connections", type=int, default=10_000)
     g.add_argument("--idle-hold", type=float, default=3.0, help="seconds the connections are held")
+    p.add_argument("--out", type=Path, default=report.RESULTS, help="directory of the results and summary.md")
     return p
 
 
@@ -94,7 +96,7 @@ async def main_async(opts: argparse.Namespace, names: list[str], run_id: str) ->
 def main(argv: list[str] | None = None) -> int:
     opts = parser().parse_args(argv)
     if opts.scenario == "report":
-        print(report.write_summary().read_text())
+        print(report.write_summary(opts.out).read_text())
         return 0
     if opts.rate is not None:
         opts.rates = opts.direct_rates = [opts.rate]
@@ -112,11 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: every process of this run has been stopped")
         return 130
     ok = {k: v for k, v in results.items() if "error" not in v}
-    path = report.save(ok, meta)
-    summary = report.write_summary()
-    say(f"finished in {time.monotonic() - started:.0f}s; results {path.relative_to(procs.ROOT)}, "
-        f"summary {summary.relative_to(procs.ROOT)}")
-    text = report.summary_markdown(report.load_latest())
+    path = report.save(ok, meta, opts.out)
+    summary = report.write_summary(opts.out)
+    say(f"finished in {time.monotonic() - started:.0f}s; results {path}, summary {summary}")
+    text = report.summary_markdown(report.load_latest(opts.out))
     start = text.index("## Targets")
     end = text.find("\n## ", start + 1)
     print("\n" + text[start:end if end > 0 else None])

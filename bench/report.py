@@ -21,23 +21,23 @@ RESULTS = ROOT / "bench" / "results"
 ORDER = ("realtime", "direct", "flush", "history", "idle")
 
 
-def save(results: dict[str, Any], meta: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save(results: dict[str, Any], meta: dict[str, Any], out: Path = RESULTS) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name, res in results.items():
-        (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": res}, indent=1))
-    path = RESULTS / f"run-{stamp}.json"
+        (out / f"{name}.json").write_text(json.dumps({"meta": meta, "result": res}, indent=1))
+    path = out / f"run-{stamp}.json"
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     return path
 
 
-def load_latest() -> dict[str, dict[str, Any]]:
-    out = {}
+def load_latest(out: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    latest = {}
     for name in ORDER:
-        path = RESULTS / f"{name}.json"
+        path = out / f"{name}.json"
         if path.exists():
-            out[name] = json.loads(path.read_text())
-    return out
+            latest[name] = json.loads(path.read_text())
+    return latest
 
 
 def machine() -> dict[str, Any]:
@@ -234,8 +234,8 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_summary() -> Path:
-    path = RESULTS / "summary.md"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(summary_markdown(load_latest()))
+def write_summary(out: Path = RESULTS) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.md"
+    path.write_text(summary_markdown(load_latest(out)))
     return path

@@ -1,0 +1,61 @@
+"""Smoke runs of the load tool (`python -m bench`): tiny, bounded, no timing assertions.
+
+Each run starts its own Redis, database and server, so these check the tool end to end:
+it produces a result, nothing is lost or duplicated, and it cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import ADMIN_DB_URL
+from tests.support import ROOT
+
+RUN_TIMEOUT_S = 240
+
+
+def run_bench(out: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "summary.md").exists()
+    return json.loads((out / f"{args[0]}.json").read_text())
+
+
+async def leftover_databases(run_id: str) -> list[str]:
+    conn = await asyncpg.connect(ADMIN_DB_URL)
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", f"chat_bench_{run_id}%")
+    finally:
+        await conn.close()
+    return [r["datname"] for r in rows]
+
+
+async def test_realtime_smoke_run_loses_nothing(tmp_path: Path) -> None:
+    data = run_bench(tmp_path, "realtime", "--connections", "20", "--rooms", "2", "--rate", "50",
+                     "--warmup", "0.5", "--duration", "2", "--drain", "5")
+    result = data["result"]
+    assert result["connections"] == 20
+    step = result["steps"][0]
+    assert step["sent"] > 0
+    assert step["acked"] == step["sent"]
+    assert step["expected_deliveries"] == step["acked"] * 9  # rooms of 10: every other member
+    assert step["lost"] == 0
+    assert step["duplicates"] == 0
+    assert step["rejected"] == 0 and step["unacked"] == 0
+    assert "## Targets" in (tmp_path / "summary.md").read_text()
+    assert await leftover_databases(data["meta"]["run_id"]) == []
+
+
+async def test_flush_smoke_run_moves_every_message(tmp_path: Path) -> None:
+    data = run_bench(tmp_path, "flush", "--flush-messages", "3000", "--flush-rooms", "3")
+    result = data["result"]
+    assert result["rows_written"] == 3000
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["rooms_with_gaps"] == 0
+    assert result["rooms_left_pending"] == 0
+    assert await leftover_databases(data["meta"]["run_id"]) == []
