@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, json
+from sanic_ext.extensions.openapi import openapi
+from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
 
 from app import files, media, rooms
 from app.errors import ChatError
@@ -17,7 +20,62 @@ CHUNK = 64 * 1024
 INLINE_TYPES = frozenset(media.PILLOW_FORMATS)  # raster images only; never SVG or HTML
 
 
+# -- documentation schemas ----------------------------------------------------------
+
+class UploadForm(BaseModel):
+    file: bytes = Field(description="the file; its type is sniffed from the bytes (MAX_UPLOAD_BYTES, default 10 MiB)")
+    body: str | None = Field(default=None, description="text of the file's message")
+    client_id: str | None = Field(default=None, max_length=64, description="retry key, as for messages")
+
+
+class FileMetaOut(BaseModel):
+    id: str
+    name: str
+    mime: str | None
+    size: int
+    url: str
+    thumbnail_url: str | None
+    expires_at: str | None
+    expired: bool
+    room_id: str
+    status: Literal["processing", "ready", "rejected", "expired"]
+    reason: str | None = Field(description="why it was rejected")
+    client_id: str | None
+    seq: int | None = Field(description="seq of the file's message once ready")
+    created_at: str
+
+
+class _ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class _ErrorOut(BaseModel):
+    error: _ErrorDetail
+
+
+def _resp(status: int, text: str, model: type[BaseModel] = _ErrorOut) -> Response:
+    return Response({"application/json": Component(model)}, status=str(status), description=text)  # type: ignore[arg-type]
+
+
+_E401 = _resp(401, "invalid_token")
+_E404 = _resp(404, "file_not_found (also: not a member of the file's room, malformed id)")
+_BYTES = Response({"application/octet-stream": {"type": "string", "format": "binary"}}, status="200",  # type: ignore[arg-type]
+                  description="the bytes, with the sniffed Content-Type and nosniff")
+_DOWNLOAD_ERRORS = [_E401, _E404, _resp(409, "file_not_ready: still processing"), _resp(410, "file_expired")]
+
+
 @bp.post("/rooms/<room_id:str>/files", stream=True)
+@openapi.definition(
+    summary="Upload a file or image into a room (202; checked and converted in the background)", tag="files",
+    secured={"bearer": []}, body=RequestBody({"multipart/form-data": Component(UploadForm)}, required=True),
+    response=[_resp(202, "the file, status processing", FileMetaOut),
+              _resp(200, "the first upload of a retried client_id", FileMetaOut),
+              _resp(400, "malformed multipart body"), _E401, _resp(403, "not_member (public room)"),
+              _resp(404, "room_not_found"), _resp(413, "payload_too_large: the file is over the limit"),
+              _resp(415, "unsupported_media_type: not multipart, or the first bytes show a disallowed type"),
+              _resp(422, "validation_failed: no file, empty file, body or client_id invalid")])
 @authenticated
 async def upload(request: Request, room_id: str) -> HTTPResponse:
     """Multipart `file` (+ `body`, `client_id`): 202 with the file, status processing."""
@@ -57,6 +115,8 @@ def _stop_reading(request: Request) -> None:
 
 
 @bp.get("/files/<file_id:str>")
+@openapi.definition(summary="Download a file (members of its room; attachment unless a raster image)",
+                    tag="files", secured={"bearer": []}, response=[_BYTES, *_DOWNLOAD_ERRORS])
 @authenticated
 async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """The stored bytes (409 while processing, 404 when rejected, 410 once expired)."""
@@ -64,6 +124,8 @@ async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStr
 
 
 @bp.get("/files/<file_id:str>/thumbnail")
+@openapi.definition(summary="A small image of an image file", tag="files", secured={"bearer": []},
+                    response=[_BYTES, *_DOWNLOAD_ERRORS])
 @authenticated
 async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """A small image of an image file."""
@@ -71,6 +133,8 @@ async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseSt
 
 
 @bp.get("/files/<file_id:str>/meta")
+@openapi.definition(summary="The file object with its status and rejection reason", tag="files",
+                    secured={"bearer": []}, response=[_resp(200, "the file", FileMetaOut), _E401, _E404])
 @authenticated
 async def meta(request: Request, file_id: str) -> HTTPResponse:
     """The file object with its status (and the reason of a rejection)."""

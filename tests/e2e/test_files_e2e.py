@@ -442,7 +442,7 @@ async def test_expired_file_is_gone_with_410(stack: Stack, people: dict[str, Any
 
 
 def test_nothing_in_media_root_is_named_by_a_client(stack: Stack) -> None:
-    """Runs last in this module: every file any test stored carries a server-chosen name."""
+    """After the upload tests of this module: every file any of them stored has a server-chosen name."""
     stored = [p for p in stack.media_root.rglob("*") if p.is_file()]
     assert stored
     for p in stored:
@@ -450,3 +450,12 @@ def test_nothing_in_media_root_is_named_by_a_client(stack: Stack) -> None:
         assert SERVER_NAME.match(p.name), p
         assert rel[0] == "incoming" or re.fullmatch(r"\d{4}", rel[0]), p
     assert not list(stack.media_root.rglob("*passwd*")) and not list(stack.media_root.rglob("*evil*"))
+
+
+def test_routes_are_documented(stack: Stack) -> None:
+    spec = stack.api.get("/docs/openapi.json").json()
+    post = spec["paths"]["/rooms/{room_id}/files"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    assert {"202", "413", "415"} <= set(post["responses"])
+    for path in ("/files/{file_id}", "/files/{file_id}/thumbnail", "/files/{file_id}/meta"):
+        assert {"200", "404"} <= set(spec["paths"][path]["get"]["responses"])
