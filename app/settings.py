@@ -62,6 +62,10 @@ class Settings:
     port: int = 8000
     workers: int = 1
     log_level: str = "INFO"
+    # `make run` (app.launcher) only: auto = start embedded PostgreSQL/Redis for whichever is
+    # neither configured nor reachable; always = embed both; never = use the URLs or fail.
+    embedded_servers: str = "auto"
+    var_dir: str = str(ROOT / "var")  # embedded servers' data: var/pg, var/redis
 
     database_url: str = "postgres://postgres@127.0.0.1:5432/chat"
     db_pool_max: int = 10
@@ -159,6 +163,8 @@ class Settings:
         """Refuse unsafe or impossible combinations; raise SettingsError."""
         if self.chat_env not in ("development", "test", "production"):
             raise SettingsError("CHAT_ENV must be development, test or production")
+        if self.embedded_servers not in ("auto", "always", "never"):
+            raise SettingsError("EMBEDDED_SERVERS must be auto, always or never")
         if self.write_mode not in ("cache", "direct"):
             raise SettingsError("CHAT_WRITE_MODE must be cache or direct")
         if self.jwt_algorithm not in ("HS256", "HS384", "HS512"):
