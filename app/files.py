@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from app import events, jobs, media, rooms, uploads
 from app.errors import (ChatError, FileExpired, FileNotFound, FileNotReady, PayloadTooLarge,
-                        ServiceUnavailable)
+                        ServiceUnavailable, ValidationFailed)
 from app.keys import Keys
 from app.serialize import iso, utcnow
 from app.settings import Settings
@@ -78,6 +78,11 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
         body = got.fields.get("body", "")
         client_id = got.fields.get("client_id") or None
         validate_send(settings, kind="file", body=body, client_id=client_id)
+        # PostgreSQL refuses NUL in text: a 422 here, not a 500 at the insert.
+        bad = {k: "must not contain NUL characters" for k, v in (("body", body), ("client_id", client_id))
+               if v and "\x00" in v}
+        if bad:
+            raise ValidationFailed(bad)
         if client_id is not None:
             first = await File.filter(room_id=room_id, uploader_id=uploader_id, client_id=client_id).first()
             if first is not None:

@@ -356,6 +356,8 @@ def test_bad_fields_are_422(stack: Stack, people: dict[str, Any]) -> None:
     resp = upload(stack, people["owner"], people["room"], samples.plain_png(), "x.png", "image/png",
                   client_id="x" * 65)
     assert resp.status_code == 422 and "client_id" in resp.json()["error"]["details"]["fields"]
+    nul = upload(stack, people["owner"], people["room"], samples.plain_png(), "x.png", "image/png", body="a\x00b")
+    assert nul.status_code == 422 and "body" in nul.json()["error"]["details"]["fields"]
     no_file = stack.api.post(f"/rooms/{people['room']}/files", headers=people["owner"].headers,
                              files={"other": ("x", b"abc")})
     assert no_file.status_code == 422 and "file" in no_file.json()["error"]["details"]["fields"]
