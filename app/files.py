@@ -69,7 +69,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
 
     if content_length is not None and content_length > settings.max_upload_bytes + uploads.MAX_FIELDS_BYTES:
         raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.",
-                                      details={"max_bytes": settings.max_upload_bytes})
+                              details={"max_bytes": settings.max_upload_bytes})
     file_id = str(uuid.uuid4())
     incoming = media.media_path(settings.media_root, media.incoming_rel(file_id))
     got = await uploads.receive(chunks, content_type=content_type, dest=incoming,
