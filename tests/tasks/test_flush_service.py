@@ -181,3 +181,49 @@ async def test_flush_all_pending_drains_every_pending_room(settings, keys, redis
     for room, n in rooms:
         assert results[room].drained and results[room].flushed == n
         assert await _db_seqs(pool, room) == list(range(1, n + 1))
+
+
+def _records(room: str, sender: str | None, seqs: range, file_id: str | None = None) -> list[tuple]:
+    now = datetime.now().astimezone()
+    return [(str(uuid.uuid4()), room, q, sender, "text", f"m{q}", file_id, None, now) for q in seqs]
+
+
+async def test_references_are_kept_valid_with_or_without_the_fk_triggers(pool):
+    for skip in (True, False):
+        sender, room = await make_room()
+        missing_user, missing_file, missing_room = (str(uuid.uuid4()) for _ in range(3))
+        await _write(pool, _records(room, sender, range(1, 3)), skip_fk=skip)
+        await _write(pool, _records(room, missing_user, range(3, 5), file_id=missing_file), skip_fk=skip)
+        await _write(pool, _records(missing_room, sender, range(1, 3)), skip_fk=skip)
+
+        rows = await pool.fetch("SELECT seq, sender_id, file_id FROM messages WHERE room_id = $1 ORDER BY seq",
+                                uuid.UUID(room))
+        assert [(r["seq"], r["sender_id"] and str(r["sender_id"]), r["file_id"]) for r in rows] == \
+            [(1, sender, None), (2, sender, None), (3, None, None), (4, None, None)]
+        assert await pool.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", uuid.UUID(missing_room)) == 0
+
+
+async def test_a_role_that_may_not_skip_triggers_still_flushes(settings, keys, redis, pool, monkeypatch):
+    import asyncpg
+
+    from app import flush as flush_module
+    from tests.conftest import TEST_DB_URL
+
+    role = f"chat_nosu_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await pool.execute(f'GRANT SELECT, INSERT ON messages, rooms, users, files TO "{role}"')
+        await pool.execute(f'GRANT UPDATE ON rooms, users, files TO "{role}"')  # FOR KEY SHARE needs it
+        monkeypatch.setitem(flush_module._skip_fk, "allowed", None)
+        limited = await asyncpg.create_pool(TEST_DB_URL.replace("postgres@", f"{role}@", 1), min_size=1, max_size=2)
+        try:
+            sender, room = await make_room()
+            await push(redis, keys, room, sender, 30)
+            res = await flush_room(room, redis=redis, keys=keys, settings=settings, pool=limited)
+        finally:
+            await limited.close()
+        assert flush_module._skip_fk["allowed"] is False
+        assert res.flushed == 30 and await _db_seqs(pool, room) == list(range(1, 31))
+    finally:
+        await pool.execute(f'REVOKE ALL ON messages, rooms, users, files FROM "{role}"')
+        await pool.execute(f'DROP ROLE "{role}"')
