@@ -1,0 +1,101 @@
+"""The Dramatiq broker of the worker and the scheduler: imported before any actor.
+
+Dramatiq binds actors to the global broker when they are declared, so this module builds
+it (app.jobs.build_broker: namespace, heartbeat and maintenance shared with the server's
+producer) and sets it at import time. Worker processes open their resources once, at
+boot, on the AsyncIO middleware's event loop thread, where every async actor runs:
+Tortoise (PostgreSQL) and one async Redis client. The scheduler process never boots a
+worker and opens nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import AsyncIO, Middleware
+from periodiq import PeriodiqMiddleware
+from redis.asyncio import Redis
+
+from app.jobs import build_broker
+from app.keys import Keys
+from app.settings import Settings
+
+log = logging.getLogger("chat.worker")
+
+
+@dataclass
+class Resources:
+    """What actors use; opened once per worker process."""
+
+    settings: Settings
+    keys: Keys
+    redis: Redis
+
+    def pool(self) -> Any:
+        """The asyncpg pool behind Tortoise (looked up per use: Tortoise may replace it)."""
+        from app.db import raw_pool
+
+        return raw_pool()
+
+
+class WorkerResources(Middleware):
+    """Opens Tortoise and Redis on the event loop thread at worker boot, closes them at shutdown.
+
+    Must come after AsyncIO in the middleware list: `before_*` hooks run in list order (the
+    loop exists by then) and `after_*` hooks in reverse (we close before the loop stops).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Resources | None = None
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        loop_thread = get_event_loop_thread()
+        assert loop_thread is not None, "AsyncIO middleware must come first"
+        self.current = loop_thread.run_coroutine(self._open())
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        loop_thread = get_event_loop_thread()
+        if self.current is not None and loop_thread is not None:
+            loop_thread.run_coroutine(self._close(self.current))
+            self.current = None
+
+    async def _open(self) -> Resources:
+        from app.db import init_db, ping_db
+        from app.redis import connect_redis
+
+        s = self.settings
+        await init_db(s.database_url, s.db_pool_max)
+        await ping_db()  # opens the pool now: a wrong DATABASE_URL fails the boot, not every job
+        res = Resources(settings=s, keys=Keys(s.redis_prefix), redis=connect_redis(s.redis_url))
+        await res.redis.ping()
+        log.info("worker resources open (database, redis prefix %r)", s.redis_prefix)
+        return res
+
+    async def _close(self, res: Resources) -> None:
+        from app.db import close_db
+
+        await res.redis.aclose()
+        await close_db()
+
+
+settings = Settings.load()
+logging.getLogger("chat").setLevel(settings.log_level)
+broker = build_broker(settings)
+broker.add_middleware(AsyncIO())
+# A scheduled job still queued after skip_delay seconds is dropped: the next tick replaces it.
+broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
+worker_resources = WorkerResources(settings)
+broker.add_middleware(worker_resources)
+dramatiq.set_broker(broker)
+
+
+def resources() -> Resources:
+    """The worker process's resources (only inside a booted worker)."""
+    if worker_resources.current is None:
+        raise RuntimeError("worker resources are not open (not inside a booted dramatiq worker)")
+    return worker_resources.current

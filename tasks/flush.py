@@ -1,0 +1,35 @@
+"""Flush actors: move cached messages to PostgreSQL (app/flush.py does the work)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import dramatiq
+from periodiq import cron
+
+from app import flush
+from tasks.broker import resources, settings
+
+log = logging.getLogger("chat.flush")
+
+
+@dramatiq.actor(max_retries=3, min_backoff=1_000, max_backoff=30_000, time_limit=5 * 60_000)
+async def flush_room(room_id: str) -> None:
+    """Flush one room until drained; idempotent, a no-op while another worker holds the room."""
+    res = resources()
+    await flush.flush_room(room_id, redis=res.redis, keys=res.keys, settings=res.settings, pool=res.pool())
+
+
+# No retries for scheduled actors: the next tick does the same work.
+@dramatiq.actor(periodic=cron(settings.flush_cron), max_retries=0, time_limit=60_000)
+async def flush_pending() -> None:
+    """Enqueue flush_room for every room with unflushed messages (the pending set, never KEYS)."""
+    res = resources()
+    rooms = await res.redis.smembers(res.keys.pending_rooms())
+    if not rooms:
+        return
+    loop = asyncio.get_running_loop()
+    # Broker sends are blocking Redis calls: keep them off the event loop other actors share.
+    await loop.run_in_executor(None, lambda: [flush_room.send(room_id) for room_id in sorted(rooms)])
+    log.info("flush_pending: %d rooms enqueued", len(rooms))
