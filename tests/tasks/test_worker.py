@@ -1,0 +1,118 @@
+"""The real worker (`dramatiq tasks.worker` subprocess) on the real Redis broker."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import timedelta
+from typing import Iterator
+
+import pytest
+
+from app.jobs import enqueue, enqueue_flush_room
+from app.serialize import utcnow
+from models.file import File
+from tests.support import Proc
+from tests.tasks.cache_fill import make_room, push, start_worker, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[Proc]:
+    proc = start_worker("worker")
+    deadline = time.monotonic() + 40
+    while "worker resources open" not in proc.log_tail(200):
+        assert proc.alive() and time.monotonic() < deadline, f"worker did not boot:\n{proc.log_tail(60)}"
+        time.sleep(0.1)
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.log_path.read_text(errors="replace"), proc.log_tail(80)
+
+
+async def _seqs(pool, room_id: str) -> list[int]:
+    return [r["seq"] for r in await pool.fetch("SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq",
+                                               uuid.UUID(room_id))]
+
+
+async def test_flush_pending_moves_10000_messages_of_20_rooms_exactly(settings, keys, redis, pool, worker):
+    rooms = [await make_room() for _ in range(20)]
+    sent = {}
+    for sender, room in rooms:
+        sent[room] = await push(redis, keys, room, sender, 500)
+
+    await enqueue(settings, "flush_pending")
+
+    ids = [uuid.UUID(r) for _, r in rooms]
+
+    async def all_there() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM messages WHERE room_id = ANY($1::uuid[])", ids) >= 10_000
+    await wait_for(all_there, 60, "10,000 messages in PostgreSQL", worker)
+
+    for _sender, room in rooms:
+        assert await _seqs(pool, room) == list(range(1, 501))
+        db_ids = {str(r["id"]) for r in await pool.fetch("SELECT id FROM messages WHERE room_id = $1",
+                                                         uuid.UUID(room))}
+        assert db_ids == {m["id"] for m in sent[room]}
+
+    async def caches_trimmed() -> bool:
+        pending = await redis.smismember(keys.pending_rooms(), [r for _, r in rooms])
+        lens = [await redis.xlen(keys.room_log(r)) for _, r in rooms]
+        return not any(pending) and lens == [settings.cache_tail] * 20
+    await wait_for(caches_trimmed, 10, "pending cleared and caches down to the tail", worker)
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE room_id = ANY($1::uuid[])", ids) == 10_000
+
+
+async def test_backlog_trigger_enqueues_one_job_that_flushes_the_room(settings, keys, redis, pool, worker):
+    sender, room = await make_room()
+    await push(redis, keys, room, sender, settings.flush_backlog_threshold + 1)
+    # what the accept path does when the backlog passes the threshold: flag, then enqueue
+    assert await redis.set(keys.room_flush_queued(room), "1", nx=True, ex=30)
+    await enqueue_flush_room(settings, room)
+
+    async def flushed() -> bool:
+        return int(await redis.get(keys.room_flushed(room)) or 0) == settings.flush_backlog_threshold + 1
+    await wait_for(flushed, 30, "the triggered flush", worker)
+    assert await _seqs(pool, room) == list(range(1, settings.flush_backlog_threshold + 2))
+    assert await redis.exists(keys.room_flush_queued(room)) == 0  # re-armed for the next backlog
+    assert worker.log_tail(400).count(f"flush room={room} ") == 1
+
+
+async def test_enqueue_puts_exactly_one_job_on_the_workers_queue(settings, keys, redis):
+    room = str(uuid.uuid4())  # no worker consumes a queue named after nothing: inspect the job itself
+    ns = keys.dramatiq_namespace()
+    from app.jobs import job, producer_broker
+
+    msg = producer_broker(settings).enqueue(job("flush_room", room).copy(queue_name="inspect-only"))
+    raw = await redis.hget(f"{ns}:inspect-only.msgs", msg.options["redis_message_id"])
+    assert json.loads(raw)["actor_name"] == "flush_room" and json.loads(raw)["args"] == [room]
+    assert await redis.llen(f"{ns}:inspect-only") == 1
+    # a producer leaves no heartbeat behind (maintenance would KEYS-scan for it once stale)
+    assert await redis.zscore(f"{ns}:__heartbeats__", producer_broker(settings).broker_id) is None
+    await redis.delete(f"{ns}:inspect-only", f"{ns}:inspect-only.msgs")
+
+
+async def test_prune_and_sweep_run_in_the_worker(settings, keys, redis, pool, worker, db):
+    sender, room = await make_room()
+    old = utcnow() - timedelta(days=settings.retention_days, hours=1)
+    await push(redis, keys, room, sender, 5, created_at=old)
+    await push(redis, keys, room, sender, 3)
+    expired = await File.create(room_id=room, uploader_id=sender, name="a.txt", status="ready",
+                                expires_at=utcnow() - timedelta(minutes=1))
+    await enqueue_flush_room(settings, room)
+    await wait_for(lambda: _count_is(pool, room, 8), 30, "the flush", worker)
+
+    await enqueue(settings, "prune_old_messages")
+    await enqueue(settings, "sweep_expired_files")
+
+    await wait_for(lambda: _count_is(pool, room, 3), 30, "the prune", worker)
+    assert await _seqs(pool, room) == [6, 7, 8]
+
+    async def swept() -> bool:
+        return (await File.get(id=expired.id)).status == "expired"
+    await wait_for(swept, 30, "the sweep", worker)
+
+
+async def _count_is(pool, room: str, n: int) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", uuid.UUID(room)) == n
