@@ -2,6 +2,8 @@
 
   migrate          apply committed database migrations
   makemigrations   write a new migration from model changes (developers)
+  flush            flush every pending room's cached messages to PostgreSQL now, and wait
+  status           backlog per pending room, and the job queues' depths
 """
 
 from __future__ import annotations
@@ -44,6 +46,87 @@ def _makemigrations(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(tortoise_config(settings.database_url, 2), fh)
     return subprocess.call([sys.executable, "-m", "tortoise", "--config-file", fh.name, "makemigrations"])
+
+
+@command("flush", "flush every pending room to PostgreSQL now and wait until done")
+def _flush(settings: Settings, args: argparse.Namespace) -> int:
+    from app.db import close_db, init_db, ping_db, raw_pool
+    from app.flush import flush_all_pending
+    from app.keys import Keys
+    from app.redis import connect_redis
+
+    async def run() -> int:
+        await init_db(settings.database_url, settings.db_pool_max)
+        redis = connect_redis(settings.redis_url)
+        try:
+            await ping_db()
+            results = await flush_all_pending(redis=redis, keys=Keys(settings.redis_prefix),
+                                              settings=settings, pool=raw_pool())
+        finally:
+            await redis.aclose()
+            await close_db()
+        for r in results:
+            state = "done" if r.drained and not r.busy else ("busy (a worker holds it)" if r.busy else "more left")
+            print(f"{r.room_id}  rows={r.rows}  ms={r.ms:.0f}  flushed={r.flushed}  {state}")
+        left = [r for r in results if r.busy or not r.drained]
+        print(f"{len(results)} rooms, {sum(r.rows for r in results)} messages flushed"
+              + (f", {len(left)} not finished" if left else ""))
+        return 1 if left else 0
+
+    return asyncio.run(run())
+
+
+@command("status", "backlog per pending room and the job queues' depths")
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from app.jobs import queues
+    from app.keys import Keys
+    from app.redis import connect_redis
+
+    keys = Keys(settings.redis_prefix)
+    ns = keys.dramatiq_namespace()
+
+    async def run() -> int:
+        redis = connect_redis(settings.redis_url)
+        try:
+            rooms = sorted(await redis.smembers(keys.pending_rooms()))
+            rows = []
+            for i in range(0, len(rooms), 500):
+                chunk = rooms[i:i + 500]
+                pipe = redis.pipeline(transaction=False)
+                for room in chunk:
+                    pipe.get(keys.room_seq(room))
+                    pipe.get(keys.room_flushed(room))
+                    pipe.xlen(keys.room_log(room))
+                values = await pipe.execute()
+                for j, room in enumerate(chunk):
+                    seq, flushed, cached = values[3 * j:3 * j + 3]
+                    rows.append((int(seq or 0) - int(flushed or 0), room, int(seq or 0), int(flushed or 0), cached))
+            pipe = redis.pipeline(transaction=False)
+            for q in queues():
+                # <ns>:<q> lists ready job ids; <ns>:<q>.msgs holds ready + fetched (running) jobs;
+                # .DQ is the delay queue (retries), .XQ the dead letters.
+                pipe.llen(f"{ns}:{q}")
+                pipe.hlen(f"{ns}:{q}.msgs")
+                pipe.hlen(f"{ns}:{q}.DQ.msgs")
+                pipe.zcard(f"{ns}:{q}.XQ")
+            depths = await pipe.execute()
+            workers = await redis.zcard(f"{ns}:__heartbeats__")
+        finally:
+            await redis.aclose()
+        rows.sort(reverse=True)
+        print(f"pending rooms: {len(rows)}, unflushed messages: {sum(r[0] for r in rows)}")
+        if rows:
+            print(f"{'backlog':>9} {'seq':>9} {'flushed':>9} {'cached':>7}  room")
+            for backlog, room, seq, flushed, cached in rows:
+                print(f"{backlog:>9} {seq:>9} {flushed:>9} {cached:>7}  {room}")
+        print(f"job queues (namespace {ns}, {workers} live or recently seen workers):")
+        print(f"{'ready':>7} {'fetched':>7} {'delayed':>7} {'dead':>7}  queue")
+        for i, q in enumerate(queues()):
+            ready, total, delayed, dead = depths[4 * i:4 * i + 4]
+            print(f"{ready:>7} {max(total - ready, 0):>7} {delayed:>7} {dead:>7}  {q}")
+        return 0
+
+    return asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:
