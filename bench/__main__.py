@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--body-bytes", type=int, default=100, help="message body size")
     g.add_argument("--no-stop", action="store_true", help="keep stepping after a failing rate")
     g.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight")
+    g.add_argument("--profile", action="store_true",
+                   help="sample the server with py-spy during the steps (needs py-spy; best with --rate)")
     g = p.add_argument_group("flush")
     g.add_argument("--flush-messages", type=int, default=200_000,
                    help="cached messages to flush (the issue's figure uses 1,000,000)")
@@ -88,8 +90,9 @@ async def main_async(opts: argparse.Namespace, names: list[str], run_id: str) ->
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
-    # SIGTERM behaves like Ctrl-C: cancel, so every `finally` stops its processes.
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    # Ctrl-C and SIGTERM cancel the run, so every `finally` stops the processes it started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     return await run(opts, names, run_id)
 
 

@@ -52,6 +52,9 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
     if not senders:
         raise RuntimeError("no sender connected")
     emit("progress", msg=f"{len(load.conns)} connected in {load.connect_s:.1f}s, {len(senders)} senders")
+    if cfg.get("await_before_steps"):  # the bench starts its profiler now, past the connection setup
+        emit("await", what="steps")
+        await wait_stdin_go(float(cfg.get("await_timeout_s", 120)))
     steps: list[dict[str, Any]] = []
     best: float | None = None
     k0 = 0

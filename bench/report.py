@@ -207,6 +207,10 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                        f"{res['senders']} senders, CHAT_WRITE_MODE={res['write_mode']}; highest passing rate: "
                        f"{_n(res['highest_passing_rate'])} msgs/s.")
             out += [""] + _step_table(res)
+            if res.get("profile"):
+                from bench.profile import markdown
+
+                out += ["", f"### Where the time goes ({name})", ""] + markdown(res["profile"])
         elif name == "flush":
             out.append(f"{_n(res['messages'])} messages over {res['rooms']} rooms accepted through the real "
                        f"accept path ({_n(res['accept_per_s'])}/s in one process), then flushed by "

@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from bench import procs
+from bench.profile import Profiler
+from bench.profile import summarize as summarize_profile
 from bench.runner import run_generator, say
 from bench.stack import Population, Stack
 
@@ -58,9 +60,24 @@ async def realtime(opts: argparse.Namespace, run_id: str, mode: str = "cache") -
                "conns": _conn_specs(pop, groups, opts.senders_share), "rates": rates,
                "stop_on_fail": not opts.no_stop, **_common(opts)}
         per_step = opts.warmup + opts.duration + opts.drain + 5
-        res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300)
+        profiler: Profiler | None = None
+
+        async def start_profile(_event: dict[str, Any]) -> None:
+            nonlocal profiler
+            say(f"[{name}] profiling the server with py-spy")
+            profiler = Profiler(stack.server.pid, opts.out, stack.tag, name)  # type: ignore[union-attr]
+
+        if opts.profile:
+            cfg["await_before_steps"] = True
+        try:
+            res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300,
+                                      on_await=start_profile if opts.profile else None)
+        finally:
+            raw = profiler.stop() if profiler is not None else None
         res.update({"scenario": name, "write_mode": mode, "room_size": len(groups[0]),
                     "senders_share": opts.senders_share})
+        if raw is not None:
+            res["profile"] = summarize_profile(raw)
         return res
     finally:
         stack.close()
