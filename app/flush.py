@@ -211,7 +211,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
     lease_key = keys.room_flush_lease(room_id)
     lease_ms = settings.flush_lease_s * 1000
     if not await redis.set(lease_key, token, nx=True, px=lease_ms):
-        # The holder loops until the room is drained, so it also writes what made us run.
+        # The holder reads on to the end of the stream, so it also writes what made us run.
         result.busy = True
         return result
     commit = redis.register_script(COMMIT_LUA)
@@ -238,7 +238,10 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
             flushed, drained, held = await commit(
                 keys=commit_keys, args=[batch.top, settings.cache_tail, room_id, token, lease_ms])
             result.flushed, result.drained = int(flushed), bool(drained)
-            if (not batch.entries or drained or not held
+            # A short batch means we reached the end of the stream as it was when read. What
+            # arrived since is pending and gets its own run (backlog trigger or next tick):
+            # chasing a live room's tail with tiny batches would pin this worker thread.
+            if (batch.entries < size or drained or not held
                     or time.perf_counter() - started > max_run_s):
                 break
     finally:
@@ -258,11 +261,15 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
 
 async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool,
                             concurrency: int = 4, wait_s: float | None = None) -> list[FlushResult]:
-    """Flush every room pending now, in this process; wait (up to wait_s) for rooms a worker holds."""
+    """Flush every room pending now up to its newest message now, in this process.
+
+    Rooms a worker holds are retried until it lets go (or `wait_s`, default three leases).
+    """
     deadline = time.monotonic() + (wait_s if wait_s is not None else 3 * settings.flush_lease_s)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(room_id: str) -> FlushResult:
+        target = int(await redis.get(keys.room_seq(room_id)) or 0)
         total = FlushResult(room_id)
         while True:
             async with gate:
@@ -271,9 +278,9 @@ async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, poo
             total.batches += res.batches
             total.skipped += res.skipped
             total.ms += res.ms
-            total.flushed, total.drained, total.busy = res.flushed, res.drained, res.busy
-            # busy: a worker holds the room; not drained: the run used up its time budget
-            if (res.drained and not res.busy) or time.monotonic() > deadline:
+            total.flushed, total.busy = res.flushed, res.busy
+            total.drained = res.drained or (not res.busy and res.flushed >= target)
+            if total.drained or time.monotonic() > deadline:
                 return total
             if res.busy:
                 await asyncio.sleep(0.2)
