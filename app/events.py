@@ -14,7 +14,8 @@ where route is one of
     d:<room_id>              deliver to the room, then forget the room
 
 and exclude_conn is a connection id that must not get the frame (the sender of
-a message, which gets an `ack` instead), or empty. The frame is serialized once
+a message, which gets an `ack` instead), "~<user_id>" (every connection of that
+user, e.g. for typing), or empty. The frame is serialized once
 here and sent as-is to every recipient.
 """
 

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sanic import Sanic
 
 from app.connections import Registry
@@ -33,6 +36,11 @@ from app.keys import Keys
 log = logging.getLogger("chat.fanout")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+
+
+def subscriber_name(prefix: str) -> str:
+    """The Redis client name of this process's subscription (CLIENT LIST shows it)."""
+    return f"{prefix}:fanout:{os.getpid()}"
 
 
 def dispatch(registry: Registry, payload: str) -> None:
@@ -98,8 +106,15 @@ def setup_fanout(app: Sanic) -> None:
     async def _start(app: Sanic) -> None:
         app.ctx.registry = Registry()
         ready = asyncio.Event()
+        # A client of its own, named, so the subscription never waits on the command pool
+        # and an operator can spot it in CLIENT LIST.
+        settings = app.ctx.settings
+        # No client-level retries: a silent internal reconnect would hide the gap from our loop.
+        app.ctx.fanout_redis = Redis.from_url(settings.redis_url, decode_responses=True,
+                                              client_name=subscriber_name(settings.redis_prefix),
+                                              retry=Retry(NoBackoff(), 0))
         app.ctx.fanout_task = asyncio.create_task(
-            subscribe_forever(app.ctx.redis, app.ctx.keys, app.ctx.registry, ready))
+            subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, app.ctx.registry, ready))
         try:  # serve only once subscribed, so a message sent right after start-up is not missed
             await asyncio.wait_for(ready.wait(), 5.0)
         except asyncio.TimeoutError:
@@ -114,3 +129,6 @@ def setup_fanout(app: Sanic) -> None:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        client = getattr(app.ctx, "fanout_redis", None)
+        if client is not None:
+            await client.aclose()

@@ -186,3 +186,52 @@ async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(ti
     assert stuck.conn.close_code in (1013, 1006)
     await a.close()
     await c.close()
+
+
+@pytest.fixture(scope="module")
+def own_prefix_server() -> Iterator[ServerProc]:
+    """A server with a Redis prefix of its own, so its subscriber can be told from the others."""
+    proc = ServerProc({**TEST_ENV, "REDIS_PREFIX": f"{TEST_ENV['REDIS_PREFIX']}-fo"}, name=f"fanout-{unique('')}")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+async def test_fanout_resubscribes_after_losing_its_redis_connection(own_prefix_server: ServerProc,
+                                                                     redis: Any) -> None:
+    srv = own_prefix_server
+    name = f"{TEST_ENV['REDIS_PREFIX']}-fo:fanout:"
+
+    async def subscriber_ids() -> set[str]:
+        return {c["id"] for c in await redis.client_list() if c.get("name", "").startswith(name)}
+
+    with httpx.Client(base_url=srv.base_url, timeout=10) as api:
+        alice, bob = make_user(api), make_user(api)
+        room = make_room(api, alice, member_ids=[bob.id])
+    b = await WS.open(srv.ws_url, bob.access_token)
+    a = await WS.open(srv.ws_url, alice.access_token)
+    before = await subscriber_ids()
+    assert len(before) == 1
+    for cid in before:
+        await redis.client_kill_filter(_id=cid)
+    # Events published while the process is resubscribing are lost (clients resync by seq);
+    # keep sending until one arrives, then everything after it must arrive, in order.
+    for attempt in range(100):
+        ack = await a.request({"type": "send", "room_id": room["id"], "body": f"probe {attempt}"}, "ack")
+        try:
+            got = await b.recv_until(lambda f: f["type"] == "message", timeout=0.3)
+        except asyncio.TimeoutError:
+            continue
+        assert got["message"]["seq"] <= ack["message"]["seq"]
+        break
+    else:
+        raise AssertionError("the fan-out did not resubscribe")
+    assert await subscriber_ids() and not await subscriber_ids() & before
+    last = await a.request({"type": "send", "room_id": room["id"], "body": "after the blip"}, "ack")
+    got = await b.recv_until(lambda f: f["type"] == "message" and f["message"]["body"] == "after the blip")
+    assert got["message"] == last["message"]
+    missed = await b.request({"type": "sync", "room_id": room["id"], "after_seq": 0, "limit": 200}, "sync")
+    assert [m["seq"] for m in missed["messages"]] == list(range(1, last["message"]["seq"] + 1))
+    await a.close()
+    await b.close()
