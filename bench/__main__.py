@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import signal
 import sys
@@ -86,6 +87,30 @@ async def run(opts: argparse.Namespace, names: list[str], run_id: str) -> dict[s
     return results
 
 
+async def ensure_postgres() -> Any:
+    """None when PostgreSQL answers; else (no URL given) an embedded server we start and stop."""
+    import asyncpg
+
+    from bench.stack import base_db_url, db_url_for
+
+    url = base_db_url()
+    try:
+        conn = await asyncpg.connect(db_url_for(url, "postgres"), timeout=5)
+        await conn.close()
+        return None
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        if os.environ.get("BENCH_DATABASE_URL"):
+            raise RuntimeError(f"PostgreSQL at BENCH_DATABASE_URL is not reachable: {exc}") from None
+        reason = exc
+    from app.embedded import EmbeddedPostgres
+
+    say(f"no PostgreSQL at {url} ({reason}); starting an embedded one under var/bench-pg")
+    pg = EmbeddedPostgres(procs.ROOT / "var" / "bench-pg")
+    loop = asyncio.get_running_loop()
+    os.environ["BENCH_DATABASE_URL"] = await loop.run_in_executor(None, pg.start, "postgres")
+    return pg
+
+
 async def main_async(opts: argparse.Namespace, names: list[str], run_id: str) -> dict[str, Any]:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -93,7 +118,12 @@ async def main_async(opts: argparse.Namespace, names: list[str], run_id: str) ->
     # Ctrl-C and SIGTERM cancel the run, so every `finally` stops the processes it started.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
-    return await run(opts, names, run_id)
+    embedded = await ensure_postgres()
+    try:
+        return await run(opts, names, run_id)
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

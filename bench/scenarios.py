@@ -158,7 +158,9 @@ async def history(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
                "history_room": hist_index, "reader_token": pop.tokens[hist_group[0]],
                "prefill": opts.history_messages, "prefill_rate": opts.history_prefill_rate,
                "background_rate": opts.history_rate, "phase_s": opts.history_seconds,
-               "readers": opts.history_readers, "page_limit": 50, "deep_before": opts.history_deep_before,
+               "readers": opts.history_readers, "page_limit": 50,
+               # the deep page must lie inside the room's history, below the cached tail
+               "deep_before": max(51, min(opts.history_deep_before, opts.history_messages // 2)),
                **_common(opts)}
 
         async def flush_history(_event: dict[str, Any]) -> None:
