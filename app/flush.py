@@ -140,9 +140,28 @@ class _Batch:
     skipped: int
 
 
-async def _read(redis: Redis, keys: Keys, room_id: str, after: int, count: int) -> _Batch:
-    """The next `count` cache entries after seq `after`, parsed into rows."""
-    entries = await redis.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
+def _raw_reader(redis: Redis) -> Redis:
+    """A client on the same pool whose XRANGE replies stay as Redis sends them.
+
+    redis-py turns every stream entry into a dict, about a fifth of the flush's Python
+    time; the raw reply is [[entry_id, [field, value, ...]], ...]. Shares the pool (and
+    its decode_responses), so it opens no connection of its own and needs no closing.
+    """
+    raw = Redis(connection_pool=redis.connection_pool)
+    raw.set_response_callback("XRANGE", lambda response, **options: response)
+    return raw
+
+
+def _message_json(fields: list[str]) -> str:
+    """The "m" field of a raw stream entry (the only field the accept path writes)."""
+    if fields[0] == "m":
+        return fields[1]
+    return dict(zip(fields[::2], fields[1::2]))["m"]
+
+
+async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) -> _Batch:
+    """The next `count` cache entries after seq `after`, parsed into rows (`raw`: _raw_reader)."""
+    entries = await raw.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
     records: list[tuple[Any, ...]] = []
     top = after
     skipped = 0
@@ -150,12 +169,12 @@ async def _read(redis: Redis, keys: Keys, room_id: str, after: int, count: int) 
         seq = int(entry_id.partition("-")[0])
         top = seq
         try:
-            m = loads(fields["m"])
+            m = loads(_message_json(fields))
             f = m.get("file")
             records.append((m["id"], room_id, seq, m.get("sender_id"), m["kind"], m.get("body") or "",
                             f["id"] if f else None, m.get("client_id"),
                             datetime.fromisoformat(m["created_at"])))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             # Skipping loses this one message; refusing would block every later message
             # of the room and grow Redis without bound.
             skipped += 1
@@ -223,13 +242,14 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         await redis.delete(keys.room_flush_queued(room_id))
         flushed = int(await redis.get(keys.room_flushed(room_id)) or 0)
         size = settings.flush_batch_size
+        raw = _raw_reader(redis)
         while True:
-            batch = await (read_ahead or _read(redis, keys, room_id, flushed, size))
+            batch = await (read_ahead or _read(raw, keys, room_id, flushed, size))
             read_ahead = None
             if batch.entries == size:
                 # Probably more: read and parse the next batch while this one is written.
                 # Safe: entries after batch.top are trimmed only once some flush committed them.
-                read_ahead = asyncio.create_task(_read(redis, keys, room_id, batch.top, size))
+                read_ahead = asyncio.create_task(_read(raw, keys, room_id, batch.top, size))
             if batch.records:
                 await _write(pool, batch.records)
             result.rows += len(batch.records)
