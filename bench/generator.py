@@ -67,8 +67,14 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
         emit("step", step=res)
         if res["passed"]:
             best = rate
-        elif cfg.get("stop_on_fail", True):
-            break
+        else:
+            if res["lost"] or res["unacked"]:
+                # Past the limit "late" is not "lost": give the backlog time to arrive, then count again.
+                final = await load.settle(res["k0"], res["sent"], float(cfg.get("final_drain_s", 30)))
+                res["after_final_drain"] = {key: final[key] for key in ("lost", "unacked", "acked", "rejected")}
+                emit("progress", msg=f"after a longer drain: lost {final['lost']}, unacked {final['unacked']}")
+            if cfg.get("stop_on_fail", True):
+                break
         await asyncio.sleep(float(cfg.get("pause_s", 0.5)))
     return {"mode": "realtime", "senders": len(senders), "rooms": len(load.rooms),
             "highest_passing_rate": best, "steps": steps, **_connections_report(load)}

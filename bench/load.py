@@ -218,8 +218,8 @@ class Load:
             await asyncio.sleep(0.05)
         return self.step_result(rate, k0, n, start, end, lags, dups0, errors0)
 
-    def step_result(self, rate: float, k0: int, n: int, start: dict[str, float], end: dict[str, float],
-                    lags: array, dups0: int, errors0: Counter[str]) -> dict[str, Any]:
+    def tally(self, k0: int, n: int) -> dict[str, int]:
+        """Messages k0..k0+n-1 as they stand now: acked, rejected, lost and extra deliveries."""
         acked = rejected = lost = expected = extra = delivered_unacked = 0
         state, deliv, fan, room_of = self.state, self.deliv, self.fanout, self.msg_room
         for k in range(k0, k0 + n):
@@ -235,6 +235,25 @@ class Load:
             else:
                 rejected += st == 2
                 delivered_unacked += got
+        return {"acked": acked, "rejected": rejected, "lost": lost, "expected": expected, "extra": extra,
+                "delivered_unacked": delivered_unacked, "unacked": n - acked - rejected}
+
+    async def settle(self, k0: int, n: int, timeout_s: float) -> dict[str, int]:
+        """Wait (bounded) until the step's messages are all answered and delivered; then tally."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            t = self.tally(k0, n)
+            if t["lost"] == 0 and t["unacked"] == 0:
+                return t
+            await asyncio.sleep(0.25)
+        return self.tally(k0, n)
+
+    def step_result(self, rate: float, k0: int, n: int, start: dict[str, float], end: dict[str, float],
+                    lags: array, dups0: int, errors0: Counter[str]) -> dict[str, Any]:
+        t = self.tally(k0, n)
+        acked, rejected, lost, expected = t["acked"], t["rejected"], t["lost"], t["expected"]
+        extra, delivered_unacked = t["extra"], t["delivered_unacked"]
+        state, deliv = self.state, self.deliv
         lo, hi = self.window
         wall = max(1e-9, end["t"] - start["t"])
         window_acked = sum(1 for k in range(lo, hi) if state[k] == 1)
@@ -255,7 +274,7 @@ class Load:
                   and dlv["p99"] is not None and dlv["p99"] <= bound)
         per_k = 1000.0 / max(1, hi - lo)
         return {
-            "rate": rate, "sent": n, "acked": acked, "rejected": rejected, "unacked": unacked,
+            "k0": k0, "rate": rate, "sent": n, "acked": acked, "rejected": rejected, "unacked": unacked,
             "errors": errors, "expected_deliveries": expected, "lost": lost, "duplicates": dups,
             "delivered_unacked": delivered_unacked,
             "window_s": round(wall, 3), "accepted_per_s": round(window_acked / wall, 1),

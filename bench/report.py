@@ -171,12 +171,17 @@ def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
         rows.append(("past the limit", "back-pressure, goodput holds, nothing lost",
                      "not reached (every step passed)" if rt else "not run", "-"))
     else:
-        holds = failing["lost"] == 0 and failing["duplicates"] == 0 and (
+        final = failing.get("after_final_drain") or {}
+        lost = final.get("lost", failing["lost"])
+        late = failing["lost"] - lost
+        holds = lost == 0 and failing["duplicates"] == 0 and (
             best is None or failing["accepted_per_s"] >= 0.9 * best["accepted_per_s"])
         rows.append(("past the limit", "back-pressure, goodput holds, nothing lost",
                      f"{_n(failing['rate'])}/s offered: {_n(failing['accepted_per_s'])}/s acked, ack p99 "
-                     f"{_n(failing['ack_ms']['p99'])} ms, {_n(failing['rejected'])} rejected, "
-                     f"{_n(failing['lost'])} lost, {_n(failing['duplicates'])} duplicates",
+                     f"{_n(failing['ack_ms']['p99'])} ms, delivery p99 {_n(failing['delivery_ms']['p99'])} ms, "
+                     f"{_n(failing['rejected'])} rejected, {_n(lost)} lost"
+                     + (f" ({_n(late)} more arrived late)" if late else "")
+                     + f", {_n(failing['duplicates'])} duplicates",
                      "holds" if holds else "does not hold"))
     return rows
 
