@@ -74,6 +74,7 @@ class Connection:
         # Write our pre-built frame bytes straight to the transport under Sanic's own send
         # lock (same framing websockets would produce, without re-encoding per recipient).
         self._raw = all(hasattr(ws, a) for a in ("io_proto", "ws_proto", "conn_mutex"))
+        self._idle = False  # True: the writer has nothing in hand (see push)
         # Acks travel with the room's events so they keep seq order on this connection.
         self._pending_acks: dict[str, asyncio.TimerHandle] = {}
         self._early: set[str] = set()  # our event arrived before the handler asked for its ack
@@ -81,8 +82,10 @@ class Connection:
 
     # -- queueing ---------------------------------------------------------------
     def push(self, frame: Frame) -> None:
-        """Queue a frame; a client whose queue overflows is too slow and is disconnected."""
+        """Send or queue a frame; a client whose queue overflows is too slow and is disconnected."""
         if self.closing:
+            return
+        if not self._q and self._idle and self._write_now(frame.data):
             return
         if len(self._q) >= self._max:
             log.warning("closing slow connection %s of user %s (%d frames queued)", self.id, self.user_id, len(self._q))
@@ -90,6 +93,20 @@ class Connection:
             return
         self._q.append(frame)
         self._wake.set()
+
+    def _write_now(self, data: bytes) -> bool:
+        """The common case, without a task switch: nothing is queued, nothing else is being
+        written and the socket is not pushing back, so write the frame to the transport."""
+        ws = self.ws
+        io = ws.io_proto
+        if io is None or ws.conn_mutex.locked() or ws.ws_proto.state is not State.OPEN:
+            return False
+        can_write = getattr(io, "_can_write", None)
+        transport = io.transport
+        if (can_write is not None and not can_write.is_set()) or transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
 
     def send(self, obj: dict[str, Any]) -> None:
         self.push(Frame(dumps(obj)))
@@ -101,6 +118,8 @@ class Connection:
         self._handler = asyncio.current_task()
         self._writer = asyncio.create_task(self._run())
         self._wake.set()
+        # From now on a frame may skip the queue when the queue is empty and the writer idle.
+        self._idle = self._raw
 
     async def _run(self) -> None:
         ws = self.ws
@@ -113,6 +132,7 @@ class Connection:
                 batch = list(self._q)
                 self._q.clear()
                 frames: list[Frame] = []
+                self._idle = False
                 for item in batch:
                     if isinstance(item, _Close):
                         await self._write(frames)
@@ -120,6 +140,7 @@ class Connection:
                         return
                     frames.append(item)
                 await self._write(frames)
+                self._idle = self._raw and not self._q
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket went away; the handler cleans up
