@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from tasks.broker import broker  # noqa: F401 - must be imported before any actor
 
+import tasks.files  # noqa: E402,F401
 import tasks.flush  # noqa: E402,F401
 import tasks.maintenance  # noqa: E402,F401

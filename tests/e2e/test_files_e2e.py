@@ -48,9 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     media_root = tmp_path_factory.mktemp("media")
     env = {**TEST_ENV, "MEDIA_ROOT": str(media_root)}
     server = ServerProc(env, name=f"files-server-{RUN_ID}")
-    argv = worker_argv(processes=1, threads=2)
-    argv.insert(argv.index("tasks.worker") + 1, "tasks.files")  # harmless once tasks.worker imports it
-    worker = Proc(f"files-worker-{RUN_ID}", argv, env)
+    worker = Proc(f"files-worker-{RUN_ID}", worker_argv(processes=1, threads=2), env)
     try:
         server.wait_ready()
         s = Stack(media_root, server, worker)
