@@ -40,7 +40,8 @@ def capacity(cfg: dict[str, Any]) -> int:
 def _connections_report(load: Load) -> dict[str, Any]:
     codes = Counter(str(c.close_code) for c in load.conns if c.closed)
     return {"connections": len(load.conns), "connect_failures": load.connect_failures,
-            "connect_s": round(load.connect_s, 2), "closed_during_run": dict(codes)}
+            "connect_s": round(load.connect_s, 2), "closed_during_run": dict(codes),
+            "unrecognised_frames": load.foreign}
 
 
 async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +49,7 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
     emit("progress", msg=f"connecting {len(specs)} WebSocket clients")
     conns = await load.connect_all(specs)
     load.set_fanout(conns, specs)
-    senders = sender_list(load, conns, specs)
+    senders = sender_list(conns, specs)
     if not senders:
         raise RuntimeError("no sender connected")
     emit("progress", msg=f"{len(load.conns)} connected in {load.connect_s:.1f}s, {len(senders)} senders")
@@ -167,8 +168,8 @@ async def history(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
     conns = await load.connect_all(specs)
     load.set_fanout(conns, specs)
     drain = float(cfg.get("drain_s", 5))
-    prefill_senders = sender_list(load, conns, specs, only_rooms={hist})
-    bg_senders = sender_list(load, conns, specs, only_rooms=set(range(len(load.rooms))) - {hist})
+    prefill_senders = sender_list(conns, specs, only_rooms={hist})
+    bg_senders = sender_list(conns, specs, only_rooms=set(range(len(load.rooms))) - {hist})
     n, rate = int(cfg["prefill"]), float(cfg["prefill_rate"])
     emit("progress", msg=f"prefilling the history room with {n} messages at {rate:g}/s")
     prefill = await load.run_step(rate, 0, n / rate, 0, prefill_senders, drain)

@@ -70,6 +70,12 @@ class Load:
 
     # -- receiving (hot path) --------------------------------------------------
     def on_text(self, conn: WSConn, data: bytes) -> None:
+        try:
+            self._on_text(conn, data)
+        except (ValueError, KeyError, TypeError, IndexError):  # not a frame of ours: count, never crash
+            self.foreign += 1
+
+    def _on_text(self, conn: WSConn, data: bytes) -> None:
         msg = orjson.loads(data)
         kind = msg.get("type")
         if kind == "message":
@@ -293,7 +299,7 @@ class Load:
         }
 
 
-def sender_list(load: Load, conns: list[WSConn | None], specs: list[dict[str, Any]],
+def sender_list(conns: list[WSConn | None], specs: list[dict[str, Any]],
                 only_rooms: set[int] | None = None) -> list[tuple[WSConn, int]]:
     """Senders interleaved across rooms, so consecutive messages hit different rooms."""
     by_rank: dict[int, list[tuple[WSConn, int]]] = {}

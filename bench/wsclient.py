@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 # Server frames are small JSON; the contract's limit is 64 KiB, a sync page can be larger.
@@ -52,10 +53,11 @@ class WSConn(asyncio.Protocol):
                 elif event.opcode is Opcode.CLOSE:
                     self.close_code = proto.close_code
             elif isinstance(event, Response) and not self.opened.done():
-                if event.status_code == 101 and event._exception is None:  # noqa: SLF001
+                if proto.state is State.OPEN:
                     self.opened.set_result(event)
                 else:
-                    self.opened.set_exception(ConnectionError(f"handshake refused: HTTP {event.status_code}"))
+                    self.opened.set_exception(ConnectionError(
+                        f"handshake refused: HTTP {event.status_code} {proto.handshake_exc or ''}".strip()))
         self._flush()  # pongs, close replies
 
     def connection_lost(self, exc: Exception | None) -> None:
