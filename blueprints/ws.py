@@ -31,6 +31,7 @@ bp = Blueprint("ws")
 
 CLOSE_TOKEN = 4401
 CLOSE_FLOOD = 4429
+TYPING_EVERY_S = 1.0  # at most one typing event per room and connection per interval
 
 
 @bp.middleware("request")
@@ -76,6 +77,7 @@ class Session:
         self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames)
         self.ws = ws
         self.strikes = 0
+        self.typing_at: dict[str, float] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "send": self.on_send, "sync": self.on_sync, "typing": self.on_typing,
             "create_room": self.on_create_room, "join": self.on_join, "leave": self.on_leave,
@@ -178,6 +180,10 @@ class Session:
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         room_id = await self._require_member(_field(frame, "room_id", str))
+        now = time.monotonic()
+        if now - self.typing_at.get(room_id, -TYPING_EVERY_S) < TYPING_EVERY_S:
+            return  # a client repeating typing on each keystroke: one event per interval is enough
+        self.typing_at[room_id] = now
         out = {"type": "typing", "room_id": room_id, "user_id": self.user_id}
         await self.redis.publish(self.keys.events_channel(), events.encode(f"r:{room_id}", out, f"~{self.user_id}"))
 

@@ -235,3 +235,24 @@ async def test_fanout_resubscribes_after_losing_its_redis_connection(own_prefix_
     assert [m["seq"] for m in missed["messages"]] == list(range(1, last["message"]["seq"] + 1))
     await a.close()
     await b.close()
+
+
+async def test_a_member_added_over_http_starts_receiving_on_the_other_process(
+        server: ServerProc, second: ServerProc, api: httpx.Client) -> None:
+    alice, bob = make_user(api), make_user(api)
+    room = make_room(api, alice, is_private=True)
+    b = await WS.open(second.ws_url, bob.access_token)
+    a = await WS.open(server.ws_url, alice.access_token)
+    await a.request({"type": "send", "room_id": room["id"], "body": "private"}, "ack")
+    await b.nothing_for(0.3, lambda f: f["type"] == "message")
+    assert api.post(f"/rooms/{room['id']}/members", json={"user_id": bob.id}, headers=alice.headers).status_code == 201
+    joined = await b.recv_until(lambda f: f["type"] == "member_joined")
+    assert joined["membership"]["user_id"] == bob.id
+    ack = await a.request({"type": "send", "room_id": room["id"], "body": "welcome in"}, "ack")
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"] == ack["message"]
+    await b.send({"type": "typing", "room_id": room["id"]})
+    await b.send({"type": "typing", "room_id": room["id"]})  # within the interval: not repeated
+    assert (await a.recv_until(lambda f: f["type"] == "typing"))["user_id"] == bob.id
+    await a.nothing_for(0.3, lambda f: f["type"] == "typing")
+    await a.close()
+    await b.close()
