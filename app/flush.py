@@ -1,16 +1,15 @@
 """Write-behind flush: move a room's cached messages from its Redis stream into PostgreSQL.
 
 Detach, write, then trim. One run per room at a time (a short lease, renewed each batch).
-Each batch reads up to FLUSH_BATCH_SIZE entries after `flushed`, COPYs them into a
-per-session staging table and moves them with one INSERT ... SELECT ... ON CONFLICT
-(room_id, seq) DO NOTHING, commits, and only then one Lua script advances `flushed`,
-trims the stream below it (keeping the newest CACHE_TAIL entries for reads) and drops the
-room from the pending set once nothing is left.
+Each batch reads up to FLUSH_BATCH_SIZE entries after `flushed` and writes them in one
+transaction: straight COPY into `messages` when that is safe, else COPY into a staging
+table and INSERT ... SELECT ... ON CONFLICT (room_id, seq) DO NOTHING. Only after the
+commit does one Lua script advance `flushed`, trim the stream below it (keeping the newest
+CACHE_TAIL entries for reads) and drop the room from the pending set once nothing is left.
 
 A crash anywhere leaves `flushed` at or below what PostgreSQL holds: the next run re-reads
 at most one batch and the unique (room_id, seq) turns the rewrite into a no-op. Losing
-the lease (a stalled batch outlived it) is harmless for the same reason.
-"""
+the lease (a stalled batch outlived it) is harmless for the same reason."""
 
 from __future__ import annotations
 
@@ -89,13 +88,31 @@ CREATE TEMP TABLE IF NOT EXISTS chat_flush_stage (
 ) ON COMMIT DELETE ROWS"""
 
 # Per-row foreign-key triggers cost more than the insert itself (about 60% of a batch).
-# The INSERT below takes the locks those triggers would take (KEY SHARE on the room, the
-# senders and the files), once per batch, and keeps only rows whose references it locked,
+# Both write paths take the locks those triggers would take (KEY SHARE on the room, the
+# senders and the files) once per batch and never write a reference they did not lock,
 # so the triggers are redundant; where the database role may (a superuser, or PostgreSQL
 # 15+ `GRANT SET ON PARAMETER session_replication_role`), the flush transaction turns
 # them off. It also turns off any other trigger on `messages`: there are none, and one
-# added later must be added to this statement instead. Other roles keep the triggers.
+# added later must be added to these statements instead. Other roles keep the triggers.
 SKIP_FK_SQL = "\nSET LOCAL session_replication_role = replica;"
+
+# The direct path (the common case: nothing of the batch in PostgreSQL yet, every
+# reference alive) locks the references and checks they all exist; if one is missing it
+# raises, and the batch goes the staging way, which drops or nulls it. Ids are inlined
+# as canonical UUID text (uuid.UUID re-formats them), so BEGIN, the role switch and this
+# check share one round trip: 4 per batch, as on the staging path.
+CHECK_REFS_SQL = """
+DO $$
+DECLARE n bigint;
+BEGIN
+  PERFORM 1 FROM rooms WHERE id = '{room}' FOR KEY SHARE;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n <> 1 THEN RAISE foreign_key_violation; END IF;{more}
+END $$"""
+CHECK_MORE_SQL = """
+  PERFORM 1 FROM {table} WHERE id IN ({ids}) FOR KEY SHARE;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n <> {count} THEN RAISE foreign_key_violation; END IF;"""
 
 # Rows of a room deleted meanwhile are dropped; a deleted sender or file becomes NULL (as
 # ON DELETE SET NULL would have done). A delete that commits first is not seen by the
@@ -114,7 +131,7 @@ LEFT JOIN f ON f.id = s.file_id
 ON CONFLICT (room_id, seq) DO NOTHING;
 COMMIT"""
 
-# Whether this process's database role may skip the triggers: None until first tried.
+# Whether this process's database role may skip the triggers: None until tried.
 _skip_fk: dict[str, bool | None] = {"allowed": None}
 
 
@@ -182,28 +199,50 @@ async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) ->
     return _Batch(len(entries), records, top, skipped)
 
 
-async def _write(pool: asyncpg.Pool, records: list[tuple[Any, ...]], *, skip_fk: bool | None = None) -> None:
-    """One transaction: stage with COPY, then insert what is new (4 round trips per batch)."""
-    while True:
-        skip = _skip_fk["allowed"] is not False if skip_fk is None else skip_fk
+def _check_refs_sql(room_id: str, records: list[tuple[Any, ...]]) -> str:
+    more = ""
+    for table, col in (("users", 3), ("files", 6)):
+        ids = {str(uuid.UUID(r[col])) for r in records if r[col] is not None}
+        if ids:
+            more += CHECK_MORE_SQL.format(table=table, ids=",".join(f"'{i}'" for i in sorted(ids)),
+                                          count=len(ids))
+    return CHECK_REFS_SQL.format(room=uuid.UUID(room_id), more=more)
+
+
+async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]], *,
+                 skip_fk: bool | None = None) -> str:
+    """Write one batch in one transaction; returns the path taken ("copy" or "stage")."""
+    skip = _skip_fk["allowed"] is not False if skip_fk is None else skip_fk
+    if skip:
         async with pool.acquire() as conn:
             try:
-                await conn.execute(BEGIN_SQL.format(skip_fk=SKIP_FK_SQL if skip else ""))
-                await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
-                await conn.execute(INSERT_COMMIT_SQL)
-                if skip and _skip_fk["allowed"] is None:
-                    _skip_fk["allowed"] = True
-                return
+                await conn.execute("BEGIN;" + SKIP_FK_SQL + _check_refs_sql(room_id, records))
+                await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
+                await conn.execute("COMMIT")
+                _skip_fk["allowed"] = True
+                return "copy"
+            except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+                # Rows already there (a re-run after a crash), or a reference is gone.
+                await _rollback(conn)
             except asyncpg.InsufficientPrivilegeError:
                 await _rollback(conn)
-                if not skip or skip_fk is not None:
+                if skip_fk:
                     raise
-                _skip_fk["allowed"] = False
+                skip = _skip_fk["allowed"] = False
                 log.info("flush: the database role may not set session_replication_role; "
                          "per-row foreign-key checks stay on (slower flushes)")
             except BaseException:
                 await _rollback(conn)
                 raise
+    async with pool.acquire() as conn:
+        try:
+            await conn.execute(BEGIN_SQL.format(skip_fk=SKIP_FK_SQL if skip else ""))
+            await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
+            await conn.execute(INSERT_COMMIT_SQL)
+            return "stage"
+        except BaseException:
+            await _rollback(conn)
+            raise
 
 
 async def _rollback(conn: Any) -> None:
@@ -251,7 +290,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                 # Safe: entries after batch.top are trimmed only once some flush committed them.
                 read_ahead = asyncio.create_task(_read(raw, keys, room_id, batch.top, size))
             if batch.records:
-                await _write(pool, batch.records)
+                await _write(pool, room_id, batch.records)
             result.rows += len(batch.records)
             result.skipped += batch.skipped
             result.batches += 1 if batch.entries else 0
