@@ -110,10 +110,6 @@ class LaunchError(RuntimeError):
     """A server the operator asked for cannot be used; the message says which and why."""
 
 
-class _Stop(Exception):
-    """SIGINT/SIGTERM arrived before the children were running."""
-
-
 def process_table() -> list[tuple[str, list[str]]]:
     """The processes of one deployment on one host (the Procfile, in code)."""
     py = sys.executable
@@ -179,7 +175,6 @@ class Launcher:
         self.var_dir = Path(settings.var_dir).resolve()
         self.children: list[Child] = []
         self.embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
-        self.supervising = False
 
     # -- servers -------------------------------------------------------------------------
 
@@ -287,35 +282,35 @@ class Launcher:
     # -- main ----------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Signals only set a flag, checked between steps: interrupting initdb, a server's
+        # start or a migration half-way would leave a broken data directory or schema.
+        # Every step is bounded (probe timeouts, pg_ctl -w, one-shot migrations).
         self.stopping = threading.Event()
-
-        def on_signal(signum: int, frame: object) -> None:
-            self.stopping.set()
-            if not self.supervising:
-                raise _Stop()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, lambda signum, frame: self.stopping.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
         code = 0
         try:
             db_url, redis_url = self.resolve_servers()
             say(f"PostgreSQL {redact(db_url)}, Redis {redact(redis_url)}")
-            from app.db import migrate
+            if not self.stopping.is_set():
+                from app.db import migrate
 
-            asyncio.run(migrate(db_url))
-            say("migrations applied")
-            self.start_children(db_url, redis_url)
-            say(f"started {', '.join(f'{c.name} (pid {c.pid})' for c in self.children)}; "
-                f"serving on {self.base_url()} once ready")
-            self.supervising = True
-            code = self.supervise()
-        except _Stop:
-            code = 0
+                asyncio.run(migrate(db_url))
+                say("migrations applied")
+            if not self.stopping.is_set():
+                self.start_children(db_url, redis_url)
+                say(f"started {', '.join(f'{c.name} (pid {c.pid})' for c in self.children)}; "
+                    f"serving on {self.base_url()} once ready")
+                code = self.supervise()
         except LaunchError as exc:
             say(f"error: {exc}")
             code = 2
+        except Exception:
+            if not self.stopping.is_set():
+                raise
+            # Ctrl-C also reaches a tool running in our process group (initdb): its failure
+            # is the interruption the user asked for, not an error.
         finally:
-            self.supervising = True  # a second Ctrl-C must not interrupt the clean-up
             self.stop_children()
             self.stop_embedded()
         say("stopped")
