@@ -14,12 +14,14 @@ messages published in seq order.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError, ResponseError
 
 from app.keys import Keys
 
@@ -134,6 +136,85 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
+class _Batcher:
+    """Runs accept scripts for one Redis client on a connection of its own, pipelined.
+
+    Concurrent sends of a process share round trips: while one batch is on the wire the
+    next ones queue, and go out together in one write (Redis runs them in order, each
+    atomically). No automatic retry: the script is not idempotent without a client_id,
+    and a silent replay after a lost reply would append the same message twice. A send
+    whose reply is lost fails (503 / error frame) and the client retries with its client_id.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.conn: Any = None
+        self.queue: list[tuple[Script, int, list[Any], asyncio.Future[Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((script, len(keys), [*keys, *args], fut))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue, []
+            try:
+                await self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - fail the batch, never hang a sender
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+    async def _run(self, batch: list[tuple[Script, int, list[Any], asyncio.Future[Any]]]) -> None:
+        if self.conn is None:
+            self.conn = await self.pool.get_connection()  # held for good; pool.disconnect() closes it
+        conn = self.conn
+        try:
+            await conn.send_packed_command(
+                conn.pack_commands([("EVALSHA", sc.sha, nkeys, *argv) for sc, nkeys, argv, _ in batch]))
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as err:
+                    replies.append(err)
+        except BaseException:
+            await conn.disconnect()  # the stream's state is unknown; the next batch reconnects
+            raise
+        missing: list[tuple[Script, int, list[Any], asyncio.Future[Any]]] = []
+        for item, reply in zip(batch, replies):
+            fut = item[3]
+            if fut.done():
+                continue
+            if isinstance(reply, NoScriptError):  # not run at all: load it and run again
+                missing.append(item)
+            elif isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+        if missing:
+            for source in {item[0].source for item in missing}:
+                await conn.send_command("SCRIPT", "LOAD", source)
+                await conn.read_response()
+            self.queue[:0] = missing
+
+
+_batchers: "weakref.WeakKeyDictionary[Redis, _Batcher]" = weakref.WeakKeyDictionary()
+
+
+def _batcher(redis: Redis) -> _Batcher:
+    b = _batchers.get(redis)
+    if b is None:
+        b = _batchers[redis] = _Batcher(redis.connection_pool)
+    return b
+
+
 _accept = Script(ACCEPT_LUA)
 _seed = Script(SEED_LUA)
 _read = Script(READ_LUA)
@@ -169,7 +250,7 @@ async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | Non
     ]
     args = [sender, rate_limit, rate_window_s * 1000, idempotency_ttl_s, prefix, suffix, event_head,
             room_id, keys.events_channel(), backlog_threshold, flush_queued_ttl_s, "1" if client_id else ""]
-    res: list[Any] = await _accept(redis, script_keys, args)
+    res: list[Any] = await _batcher(redis).call(_accept, script_keys, args)
     code = int(res[0])
     if code == OK:
         return AcceptResult(OK, res[1], int(res[2]), bool(int(res[3])))

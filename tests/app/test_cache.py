@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import cache, events, members_cache
 from app.keys import Keys
@@ -96,3 +98,28 @@ async def test_read_returns_the_first_id_and_ranges(redis: Redis, keys: Keys) ->
     got = await cache.read(redis, keys, rid, ascending=True, lo=1, hi=None, count=10)
     assert [s for s, _ in got.entries] == [3, 4, 5, 6]
     assert (await cache.counters(redis, keys, [rid, room()])) == [6, None]
+
+
+async def test_batched_calls_load_a_missing_script_and_share_round_trips(redis: Redis) -> None:
+    script = cache.Script(f"-- {uuid.uuid4()}\nreturn tonumber(ARGV[1]) * 2")  # never loaded before
+    batcher = cache._batcher(redis)
+    results = await asyncio.gather(*(batcher.call(script, [], [i]) for i in range(50)))
+    assert results == [i * 2 for i in range(50)]
+
+
+async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    assert (await accept(redis, keys, rid)).code == cache.OK
+    conn = cache._batcher(redis).conn
+    await conn.send_command("CLIENT", "ID")
+    await redis.client_kill_filter(_id=str(await conn.read_response()))
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append((await accept(redis, keys, rid)).code)
+        except RedisConnectionError:
+            outcomes.append("lost")
+    assert outcomes[-1] == cache.OK and outcomes.count("lost") <= 1
+    seqs = [int(i.split("-")[0]) for i, _ in await redis.xrange(keys.room_log(rid))]
+    assert seqs == list(range(1, len(seqs) + 1))  # a failed send left no gap
