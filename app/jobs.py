@@ -27,9 +27,11 @@ ACTOR_QUEUES: dict[str, str] = {}
 # Out of a million broker commands, how many also run Dramatiq's queue maintenance (requeue
 # the fetched-but-unacked jobs of workers whose heartbeat is older than the timeout). The
 # default (1,000) means an idle worker, polling about once a second, notices a dead peer
-# only after many minutes. Maintenance costs two tiny ZRANGEBYSCOREs when nobody is dead,
-# so a quarter of the commands is cheap and brings jobs back within seconds.
-MAINTENANCE_CHANCE = 250_000
+# only after many minutes. With no dead worker, maintenance is two ZRANGEBYSCOREs over
+# tiny sorted sets, so every command runs it: a killed worker's jobs come back with the
+# first command after BROKER_HEARTBEAT_TIMEOUT_S. (Its KEYS scan runs per dead worker,
+# usually once: the worker leaves the heartbeat set as soon as it holds no fetched jobs.)
+MAINTENANCE_CHANCE = 1_000_000
 
 
 def queues() -> list[str]:
