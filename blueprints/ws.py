@@ -123,9 +123,10 @@ class Session:
                 raise MalformedJSON("A frame must be a JSON object.")
             cid = frame.get("client_id")
             ref = cid if isinstance(cid, str) else None
-            handler = self.handlers.get(frame.get("type"))  # type: ignore[arg-type]
+            kind = frame.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise UnknownFrameType(f"Unknown frame type {frame.get('type')!r}.")
+                raise UnknownFrameType(f"Unknown frame type {kind!r}.")
             await handler(frame)
         except RateLimited as exc:
             self.strikes += 1

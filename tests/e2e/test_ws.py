@@ -189,6 +189,7 @@ async def test_every_bad_frame_gets_an_error_and_the_connection_stays_open(
         ("[1, 2]", "malformed_json", None),
         ({"type": "dance"}, "unknown_type", None),
         ({"body": "no type"}, "unknown_type", None),
+        ({"type": ["send"], "client_id": "t1"}, "unknown_type", "t1"),
         ({"type": "send", "body": "no room", "client_id": "c1"}, "validation_failed", "c1"),
         ({"type": "send", "room_id": mine["id"], "client_id": "c2"}, "validation_failed", "c2"),
         ({"type": "send", "room_id": mine["id"], "body": "", "client_id": "c3"}, "validation_failed", "c3"),

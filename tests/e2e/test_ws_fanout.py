@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import TEST_ENV
 from tests.e2e.wsutil import WS
-from tests.factories import TestUser, make_room, make_user, unique
+from tests.factories import make_room, make_user, unique
 from tests.support import ServerProc
 
 
