@@ -274,3 +274,28 @@ async def test_flooding_after_rate_limit_errors_closes_with_4429(strict: ServerP
         assert resp.json()["error"]["code"] == "rate_limited"
         history = api.get(f"/rooms/{room['id']}/messages", headers=user.headers).json()
         assert [m["seq"] for m in history["items"]] == [1, 2, 3]
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(server: ServerProc, alice: TestUser) -> None:
+    """A raw socket that completes the handshake and then never reads (so never pongs)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write((f"GET /ws?token={alice.access_token} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101")
+    # heartbeat_s is 5 in the tests: a ping after 5 s, the close 5 s later without a pong
+    data = await asyncio.wait_for(reader.read(-1), 30)  # until the server closes the TCP connection
+    writer.close()
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        frames.append((opcode, data[i:i + n]))
+        i += n
+    assert 0x9 in [op for op, _ in frames]  # the server pinged
+    closes = [payload for op, payload in frames if op == 0x8]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1011
