@@ -297,7 +297,9 @@ class Registry:
         if conns:
             frame = Frame(text)
             skip_user = exclude[1:] if exclude.startswith("~") else None
-            for conn in tuple(conns):
+            # push never changes the registry (a dropped connection is removed by its own
+            # handler later), so the set is iterated as is, without a copy per event
+            for conn in conns:
                 if conn is own or (skip_user is not None and conn.user_id == skip_user):
                     continue
                 conn.push(frame)
@@ -308,6 +310,6 @@ class Registry:
         conns = self.by_user.get(user_id)
         if conns:
             frame = Frame(text)
-            for conn in tuple(conns):
+            for conn in conns:
                 if conn.id != exclude:
                     conn.push(frame)
