@@ -1,4 +1,4 @@
-"""`python -m bench [realtime|direct|flush|history|idle|all|report] [options]` (`make bench` runs `all`).
+"""`python -m bench [realtime|direct|flush|history|idle|bare|all|report] [options]` (`make bench` runs `all`).
 
 Every scenario starts its own Redis, database and server, measures, and removes them
 again; results go to bench/results/<scenario>.json and bench/results/summary.md.
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.rate is not None:
         opts.rates = opts.direct_rates = [opts.rate]
-    names = [n for n in report.ORDER] if opts.scenario == "all" else [opts.scenario]
+    names = list(report.ALL) if opts.scenario == "all" else [opts.scenario]
     run_id = uuid.uuid4().hex[:8]
     procs.raise_fd_limit()
     pinning = "server+Redis on core 0, generator on core 1" if procs.can_pin() else "none (taskset missing or 1 core)"

@@ -51,7 +51,7 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
     load.set_fanout(conns, specs)
     senders = sender_list(conns, specs)
     if not senders:
-        raise RuntimeError("no sender connected")
+        raise RuntimeError(f"no sender connected; connection failures: {load.connect_failures}")
     emit("progress", msg=f"{len(load.conns)} connected in {load.connect_s:.1f}s, {len(senders)} senders")
     if cfg.get("await_before_steps"):  # the bench starts its profiler now, past the connection setup
         emit("await", what="steps")

@@ -18,7 +18,8 @@ from typing import Any
 from bench.procs import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-ORDER = ("realtime", "direct", "flush", "history", "idle")
+ORDER = ("realtime", "direct", "flush", "history", "idle", "bare")
+ALL = ("realtime", "direct", "flush", "history", "idle")  # `all`; `bare` is the optional yardstick
 
 
 def save(results: dict[str, Any], meta: dict[str, Any], out: Path = RESULTS) -> Path:
@@ -214,12 +215,20 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                 f"commit {meta.get('commit')}, pinning: {meta.get('pinning')}.", ""]
     out += ["## Targets", "", "| figure | target | measured | verdict |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(latest)]
+    bare = latest.get("bare", {}).get("result")
+    if bare:
+        bb = _best_step(bare)
+        top = max(_steps(bare), key=lambda s: s["generator_cpu_share"], default=None)
+        out += ["", f"For scale, the bare in-memory broadcast server (bench/bare.py) with the same generator: "
+                    f"{_n(bb['rate']) if bb else 'no step passed'} msgs/s passing; generator CPU up to "
+                    f"{top['generator_cpu_share']:.0%} of its core at {_n(top['rate'])} msgs/s offered."
+                if top else ""]
     for name in ORDER:
         if name not in latest:
             continue
         res, meta = latest[name]["result"], latest[name]["meta"]
         out += ["", f"## {name}", "", f"Run {meta.get('date')}, arguments `{meta.get('argv')}`.", ""]
-        if name in ("realtime", "direct"):
+        if name in ("realtime", "direct", "bare"):
             out.append(f"{res['connections']} connections, {res['rooms']} rooms of {res['room_size']}, "
                        f"{res['senders']} senders, CHAT_WRITE_MODE={res['write_mode']}; highest passing rate: "
                        f"{_n(res['highest_passing_rate'])} msgs/s.")

@@ -24,7 +24,7 @@ def step_line(step: dict[str, Any]) -> str:
     """One progress line for a realtime step."""
     d, a = step["delivery_ms"], step["ack_ms"]
     flag = "PASS" if step["passed"] else "FAIL"
-    sat = " [generator saturated]" if step.get("generator_saturated") else ""
+    sat = f" [generator saturated: {step.get('generator_saturated_by')}]" if step.get("generator_saturated") else ""
     return (f"{flag} {step['rate']:>7g}/s offered: {step['accepted_per_s']:>8.0f} acked/s "
             f"{step['deliveries_per_s']:>8.0f} deliveries/s, delivery p50/p99 {d['p50']}/{d['p99']} ms, "
             f"ack p99 {a['p99']} ms, lost {step['lost']}, dup {step['duplicates']}, "

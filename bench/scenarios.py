@@ -218,4 +218,65 @@ async def idle(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
         stack.close()
 
 
-SCENARIOS = {"realtime": realtime, "direct": direct, "flush": flush, "history": history, "idle": idle}
+class BareStack:
+    """The bare broadcast server (bench/bare.py) alone, pinned where the chat server would be."""
+
+    def __init__(self, run_id: str) -> None:
+        self.tag = f"{run_id}_bare"
+        self.workdir = procs.ROOT / "var" / "bench" / self.tag
+        self.redis = None
+        self.db_name = None
+        self.server: procs.Proc | None = None
+        self.ws_url = ""
+
+    async def start(self) -> "BareStack":
+        import asyncio
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = procs.free_port()
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        self.server = procs.Proc("bare", [sys.executable, "-m", "bench.bare", str(port)],
+                                 core=procs.SERVER_CORE, run_id=self.tag)
+        for _ in range(200):  # bounded: 20 s
+            if not self.server.alive():
+                raise RuntimeError(f"bare server exited:\n{self.server.log_tail()}")
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                return self
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("bare server did not listen within 20 s")
+
+    def close(self) -> None:
+        import shutil
+
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def bare(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """The realtime load against the bare broadcast server: the yardstick and the generator's ceiling."""
+    stack = BareStack(run_id)
+    try:
+        say("[bare] starting the bare in-memory broadcast server (bench/bare.py)")
+        await stack.start()
+        groups = _groups(opts.connections, opts.rooms)
+        room_ids = [f"bare-room-{r}" for r in range(len(groups))]
+        pop = Population(user_ids=[str(u) for u in range(opts.connections)],
+                         tokens=[f"{room_ids[r]}:{u}" for r, g in enumerate(groups) for u in g])
+        cfg = {"mode": "realtime", "ws_url": stack.ws_url, "rooms": room_ids,
+               "conns": _conn_specs(pop, groups, opts.senders_share), "rates": opts.rates,
+               "stop_on_fail": not opts.no_stop, **_common(opts)}
+        per_step = opts.warmup + opts.duration + opts.drain + 5
+        res = await run_generator(stack, cfg, "bare", timeout_s=len(opts.rates) * per_step + 300)  # type: ignore[arg-type]
+        res.update({"scenario": "bare", "write_mode": "bare", "room_size": len(groups[0]),
+                    "senders_share": opts.senders_share})
+        return res
+    finally:
+        stack.close()
+
+
+SCENARIOS = {"realtime": realtime, "direct": direct, "flush": flush, "history": history, "idle": idle,
+             "bare": bare}
