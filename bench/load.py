@@ -145,7 +145,7 @@ class Load:
                     failures[type(exc).__name__ + ": " + str(exc)[:80]] += 1
                 done += 1
                 if done % 1000 == 0:
-                    emit("progress", msg=f"connected {done}/{len(specs)}")
+                    emit("progress", msg=f"connected {offset + done}/{offset + len(specs)}")
 
         t = time.perf_counter()
         await asyncio.gather(*(one(i, s) for i, s in enumerate(specs)))
