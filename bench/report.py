@@ -229,8 +229,10 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
         res, meta = latest[name]["result"], latest[name]["meta"]
         out += ["", f"## {name}", "", f"Run {meta.get('date')}, arguments `{meta.get('argv')}`.", ""]
         if name in ("realtime", "direct", "bare"):
+            target = ("the bare broadcast server (bench/bare.py)" if name == "bare"
+                      else f"CHAT_WRITE_MODE={res['write_mode']}")
             out.append(f"{res['connections']} connections, {res['rooms']} rooms of {res['room_size']}, "
-                       f"{res['senders']} senders, CHAT_WRITE_MODE={res['write_mode']}; highest passing rate: "
+                       f"{res['senders']} senders, {target}; highest passing rate: "
                        f"{_n(res['highest_passing_rate'])} msgs/s.")
             out += [""] + _step_table(res)
             if res.get("profile"):
