@@ -8,16 +8,20 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from sanic import Request
 
-from app.errors import MalformedJSON, ValidationFailed
+from app.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or 400 malformed_json."""
+    """The body as a JSON object, or 400 malformed_json (413 over REQUEST_MAX_BYTES)."""
     raw = request.body
     if not raw:
         return {}
+    # Sanic's own cap is sized for uploads (MAX_UPLOAD_BYTES); JSON bodies get the smaller one.
+    limit = request.app.ctx.settings.request_max_bytes
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The JSON body is larger than {limit} bytes.", details={"limit": limit})
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
