@@ -67,23 +67,36 @@ def dispatch(registry: Registry, payload: str) -> None:
 
 
 async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None) -> None:
-    """Receive events and dispatch them; reconnect with backoff when Redis goes away."""
+    """Receive events and dispatch them; reconnect with backoff when Redis goes away.
+
+    The subscription is one dedicated connection read directly (SUBSCRIBE, then one reply
+    per event): redis-py's PubSub.listen() adds a health check, a retry wrapper, a timeout
+    context and a dict per message, which cost more than the delivery of a small event.
+    """
     backoff = BACKOFF_MIN_S
     channel = keys.events_channel()
+    pool = redis.connection_pool
     while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        conn = None
         try:
-            await pubsub.subscribe(channel)
+            conn = await pool.get_connection()
+            await conn.send_command("SUBSCRIBE", channel)
+            while True:  # the confirmation (a reply of another kind cannot come before it)
+                reply = await conn.read_response()
+                if isinstance(reply, list) and reply and reply[0] == "subscribe":
+                    break
             if backoff > BACKOFF_MIN_S:
                 log.warning("fan-out subscription restored; clients resync from their last seq")
             backoff = BACKOFF_MIN_S
             if ready is not None:
                 ready.set()
-            async for msg in pubsub.listen():
-                if msg.get("type") != "message":
+            read = conn.read_response  # no socket timeout on this client: blocks until an event
+            while True:
+                reply = await read()
+                if type(reply) is not list or len(reply) != 3 or reply[0] != "message":
                     continue
                 try:
-                    dispatch(registry, msg["data"])
+                    dispatch(registry, reply[2])
                 except Exception:  # noqa: BLE001 - one bad payload must not stop the fan-out
                     log.exception("could not deliver event")
         except asyncio.CancelledError:
@@ -93,10 +106,12 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
-            try:
-                await pubsub.aclose()
-            except Exception:  # noqa: BLE001
-                pass
+            if conn is not None:
+                try:  # the connection is in subscribed state: never hand it back usable
+                    await conn.disconnect()
+                    await pool.release(conn)
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def setup_fanout(app: Sanic) -> None:
@@ -110,9 +125,11 @@ def setup_fanout(app: Sanic) -> None:
         # and an operator can spot it in CLIENT LIST.
         settings = app.ctx.settings
         # No client-level retries: a silent internal reconnect would hide the gap from our loop.
+        # RESP2: an event is a plain ["message", channel, data] reply (RESP3 sends pushes, which
+        # redis-py routes through its push handler); no socket timeout: the read waits for events.
         app.ctx.fanout_redis = Redis.from_url(settings.redis_url, decode_responses=True,
                                               client_name=subscriber_name(settings.redis_prefix),
-                                              retry=Retry(NoBackoff(), 0))
+                                              retry=Retry(NoBackoff(), 0), protocol=2, socket_timeout=None)
         app.ctx.fanout_task = asyncio.create_task(
             subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, app.ctx.registry, ready))
         try:  # serve only once subscribed, so a message sent right after start-up is not missed
