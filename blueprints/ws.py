@@ -16,7 +16,7 @@ import orjson
 from sanic import Blueprint, Request
 
 from app import auth, events, messages, rooms
-from app.connections import Connection, Frame, Registry
+from app.connections import Connection, Frame, Inbox, Registry
 from app.errors import (ChatError, Forbidden, InvalidToken, MalformedJSON, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -49,6 +49,12 @@ async def handshake_checks(request: Request) -> None:
     request.ctx.claims = await auth.check_access_token(app.ctx.settings, app.ctx.redis, app.ctx.keys, token)
 
 
+@bp.signal("websocket.handler.before")
+async def take_over_reading(request: Request, websocket: Any) -> None:
+    """Right after the upgrade, before any frame can reach Sanic's assembler: read frames ourselves."""
+    request.ctx.inbox = Inbox(websocket)
+
+
 @bp.websocket("/ws")
 async def ws_endpoint(request: Request, ws: Any) -> None:
     await Session(request, ws).run()
@@ -76,6 +82,8 @@ class Session:
         self.user_id: str = self.claims.user_id
         self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames)
         self.ws = ws
+        inbox = getattr(request.ctx, "inbox", None)
+        self.inbox: Inbox = inbox if inbox is not None else Inbox(ws)
         self.strikes = 0
         self.typing_at: dict[str, float] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -100,11 +108,9 @@ class Session:
             conn.start(first=Frame(dumps(hello)))
             left = self.claims.expires_at.timestamp() - time.time()
             expiry = loop.call_later(max(left, 0.0), conn.close, CLOSE_TOKEN, "token expired")
+            recv, handle = self.inbox.recv, self.handle
             while not conn.closing:
-                data = await self.ws.recv()
-                if data is None:
-                    break
-                await self.handle(data)
+                await handle(await recv())
             await conn.drain()  # a close we queued (4429, 4401) goes out after the frames before it
         finally:
             if expiry is not None:
