@@ -144,6 +144,9 @@ class _Batcher:
     atomically). No automatic retry: the script is not idempotent without a client_id,
     and a silent replay after a lost reply would append the same message twice. A send
     whose reply is lost fails (503 / error frame) and the client retries with its client_id.
+
+    One drain loop per batcher and event loop, parked on a future while the queue is empty
+    (a task per batch cost a task creation and its scheduling on every round trip).
     """
 
     def __init__(self, pool: Any) -> None:
@@ -151,25 +154,45 @@ class _Batcher:
         self.conn: Any = None
         self.queue: list[tuple[Script, int, list[Any], asyncio.Future[Any]]] = []
         self.task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the loop waits for work
 
     async def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self.queue.append((script, len(keys), [*keys, *args], fut))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
+        wake = self._wake
+        if wake is not None and wake.get_loop() is loop:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+        elif self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self._wake = None  # a loop parked on another (closed) event loop is abandoned
+            self.task = loop.create_task(self._drain())
         return await fut
 
     async def _drain(self) -> None:
-        while self.queue:
-            batch, self.queue = self.queue, []
-            try:
-                await self._run(batch)
-            except BaseException as exc:  # noqa: BLE001 - fail the batch, never hang a sender
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self.queue:
+                    self._wake = wake = loop.create_future()
+                    await wake
+                    continue
+                batch, self.queue = self.queue, []
+                try:
+                    await self._run(batch)
+                except BaseException as exc:  # noqa: BLE001 - fail the batch, never hang a sender
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+        finally:
+            self._wake = None
+            for *_, fut in self.queue:  # queued while the loop was being cancelled
+                if not fut.done():
+                    fut.set_exception(RedisConnectionError("accept batcher stopped"))
+            self.queue = []
 
     async def _run(self, batch: list[tuple[Script, int, list[Any], asyncio.Future[Any]]]) -> None:
         if self.conn is None:
