@@ -87,6 +87,9 @@ class Inbox:
         # Instance attributes shadow the methods Sanic's io protocol and tasks call.
         ws.data_received = self.data_received
         ws.process_events = self.process_events
+        # Sanic's frame assembler is only used by its recv(), which nothing calls any more;
+        # its queue, events and locks weigh ~5 KB per connection.
+        ws.assembler = None
 
     def data_received(self, data: bytes) -> None:
         proto = self.proto
@@ -179,7 +182,15 @@ class Inbox:
 
 
 class Connection:
-    """One WebSocket of one user on this process."""
+    """One WebSocket of one user on this process.
+
+    Lean while idle (the idle-memory target counts every connection): slots, no writer task
+    until a frame has to wait (backpressure, or the close), the ack bookkeeping allocated on
+    first use.
+    """
+
+    __slots__ = ("id", "user_id", "ws", "rooms", "closing", "_max", "_q", "_writer", "_handler", "_raw",
+                 "_idle", "_pending_acks", "_early", "_sent_direct")
 
     def __init__(self, ws: Any, user_id: str, max_queue: int = 1000) -> None:
         self.id = uuid.uuid4().hex
@@ -188,32 +199,40 @@ class Connection:
         self.rooms: set[str] = set()
         self.closing = False
         self._max = max_queue
-        self._q: deque[Frame | _Close] = deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._q: list[Frame | _Close] = []  # a list: a deque costs 760 bytes even when empty
+        self._writer: asyncio.Task[None] | None = None  # runs only while frames wait
         self._handler: asyncio.Task[Any] | None = None
         # Write our pre-built frame bytes straight to the transport under Sanic's own send
         # lock (same framing websockets would produce, without re-encoding per recipient).
         self._raw = all(hasattr(ws, a) for a in ("io_proto", "ws_proto", "conn_mutex"))
-        self._idle = False  # True: the writer has nothing in hand (see push)
+        self._idle = False  # True: started, and no writer has frames in hand (see push)
         # Acks travel with the room's events so they keep seq order on this connection.
-        self._pending_acks: dict[str, asyncio.TimerHandle] = {}
-        self._early: set[str] = set()  # our event arrived before the handler asked for its ack
-        self._sent_direct: set[str] = set()  # acked by the fallback; ignore the late event
+        self._pending_acks: dict[str, asyncio.TimerHandle] | None = None
+        self._early: set[str] | None = None  # our event arrived before the handler asked for its ack
+        self._sent_direct: set[str] | None = None  # acked by the fallback; ignore the late event
 
     # -- queueing ---------------------------------------------------------------
     def push(self, frame: Frame) -> None:
         """Send or queue a frame; a client whose queue overflows is too slow and is disconnected."""
         if self.closing:
             return
-        if not self._q and self._idle and self._write_now(frame.data):
+        if self._idle and not self._q and self._write_now(frame.data):
             return
         if len(self._q) >= self._max:
             log.warning("closing slow connection %s of user %s (%d frames queued)", self.id, self.user_id, len(self._q))
             self.abort(SLOW_CLIENT_CODE, "too slow")
             return
         self._q.append(frame)
-        self._wake.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make sure a writer runs for the queued frames (once started: the hello goes first)."""
+        if self._handler is None:
+            return
+        writer = self._writer
+        if writer is None or writer.done():
+            self._idle = False
+            self._writer = asyncio.get_running_loop().create_task(self._run())
 
     def _write_now(self, data: bytes) -> bool:
         """The common case, without a task switch: nothing is queued, nothing else is being
@@ -233,27 +252,22 @@ class Connection:
         self.push(Frame(dumps(obj)))
 
     def start(self, first: Frame | None = None) -> None:
-        """Start the writer; `first` goes out before anything queued so far (the hello)."""
+        """Start sending; `first` goes out before anything queued so far (the hello)."""
         if first is not None:
-            self._q.appendleft(first)
+            self._q.insert(0, first)
         self._handler = asyncio.current_task()
-        self._writer = asyncio.create_task(self._run())
-        self._wake.set()
-        # From now on a frame may skip the queue when the queue is empty and the writer idle.
-        self._idle = self._raw
+        if self._q:
+            self._kick()
+        else:  # from now on a frame may skip the queue when the queue is empty and no writer runs
+            self._idle = self._raw
 
     async def _run(self) -> None:
+        """Write what is queued, in order; end when the queue is empty (push starts another)."""
         ws = self.ws
         try:
-            while True:
-                if not self._q:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                batch = list(self._q)
-                self._q.clear()
+            while self._q:
+                batch, self._q = self._q, []
                 frames: list[Frame] = []
-                self._idle = False
                 for item in batch:
                     if isinstance(item, _Close):
                         await self._write(frames)
@@ -261,7 +275,9 @@ class Connection:
                         return
                     frames.append(item)
                 await self._write(frames)
-                self._idle = self._raw and not self._q
+            # Nothing in hand and nothing queued: frames may go straight out again. Set with no
+            # await after the last check, so no frame can slip in between.
+            self._idle = self._raw
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket went away; the handler cleans up
@@ -289,7 +305,8 @@ class Connection:
             return
         self._q.append(_Close(code, reason))
         self.closing = True
-        self._wake.set()
+        self._idle = False
+        self._kick()
         self._cancel_handler_later()
 
     def abort(self, code: int, reason: str = "") -> None:
@@ -297,7 +314,8 @@ class Connection:
         if self.closing and not self._q:
             return
         self.closing = True
-        self._q.clear()
+        self._idle = False
+        self._q = []
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         try:
@@ -323,44 +341,72 @@ class Connection:
     def stop(self) -> None:
         """The handler ended: stop the writer and pending timers."""
         self.closing = True
+        self._idle = False
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
-        for timer in self._pending_acks.values():
-            timer.cancel()
-        self._pending_acks.clear()
+        if self._pending_acks:
+            for timer in self._pending_acks.values():
+                timer.cancel()
+            self._pending_acks.clear()
 
     # -- acks in event order ----------------------------------------------------
     def own_message(self, text: str) -> None:
         """Our own message came back through the event stream: the ack goes out in its place."""
         body = text[len(MESSAGE_HEAD):-1]
-        msg = orjson.loads(body)
-        mid = msg["id"]
-        if mid in self._sent_direct:
+        mid, client_id = _id_and_client_id(body)
+        if self._sent_direct and mid in self._sent_direct:
             self._sent_direct.discard(mid)
             return
-        self.push(Frame('{"type":"ack","client_id":' + dumps(msg.get("client_id")) + ',"message":' + body + "}"))
-        timer = self._pending_acks.pop(mid, None)
+        self.push(Frame('{"type":"ack","client_id":' + client_id + ',"message":' + body + "}"))
+        timer = self._pending_acks.pop(mid, None) if self._pending_acks else None
         if timer is not None:
             timer.cancel()
         else:
+            if self._early is None:
+                self._early = set()
             self._early.add(mid)
 
     def expect_ack(self, message: dict[str, Any]) -> None:
         """The handler accepted a message: its ack goes out with its event, or after a short wait."""
         mid = message["id"]
-        if mid in self._early:
+        if self._early and mid in self._early:
             self._early.discard(mid)
             return
+        if self._pending_acks is None:
+            self._pending_acks = {}
         loop = asyncio.get_running_loop()
         self._pending_acks[mid] = loop.call_later(ACK_FALLBACK_S, self._ack_fallback, message)
 
     def _ack_fallback(self, message: dict[str, Any]) -> None:
         mid = message["id"]
-        self._pending_acks.pop(mid, None)
+        if self._pending_acks:
+            self._pending_acks.pop(mid, None)
+        if self._sent_direct is None:
+            self._sent_direct = set()
         if len(self._sent_direct) > 1000:  # events that never came; do not grow forever
             self._sent_direct.clear()
         self._sent_direct.add(mid)
         self.send({"type": "ack", "client_id": message.get("client_id"), "message": message})
+
+
+_ID_HEAD = '{"id":"'
+_CID_KEY, _AT_KEY = ',"client_id":', ',"created_at":'
+
+
+def _id_and_client_id(body: str) -> tuple[str, str]:
+    """A message JSON's id and its client_id as JSON text, sliced out without a full parse.
+
+    The cache and direct mode both render id first and client_id just before created_at
+    (app/messages.py); any other shape is parsed. A quote inside a string value is always
+    escaped, so the last ',"client_id":' is the top-level key.
+    """
+    if body.startswith(_ID_HEAD) and body[43:44] == '"':
+        i = body.rfind(_CID_KEY)
+        j = body.find(_AT_KEY, i) if i > 0 else -1
+        if j > 0:
+            return body[7:43], body[i + len(_CID_KEY):j]
+    msg = orjson.loads(body)
+    return msg["id"], dumps(msg.get("client_id"))
 
 
 class Registry:

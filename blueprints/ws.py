@@ -72,6 +72,9 @@ def _field(frame: dict[str, Any], name: str, kind: type, required: bool = True) 
 class Session:
     """One connected client: reads frames in order, answers through its Connection."""
 
+    __slots__ = ("settings", "redis", "keys", "registry", "claims", "user_id", "conn", "ws", "inbox", "strikes",
+                 "typing_at")
+
     def __init__(self, request: Request, ws: Any) -> None:
         app = request.app
         self.settings: Settings = app.ctx.settings
@@ -86,11 +89,6 @@ class Session:
         self.inbox: Inbox = inbox if inbox is not None else Inbox(ws)
         self.strikes = 0
         self.typing_at: dict[str, float] = {}
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
-            "send": self.on_send, "sync": self.on_sync, "typing": self.on_typing,
-            "create_room": self.on_create_room, "join": self.on_join, "leave": self.on_leave,
-            "ping": self.on_ping,
-        }
 
     async def run(self) -> None:
         conn, loop = self.conn, asyncio.get_running_loop()
@@ -130,10 +128,10 @@ class Session:
             cid = frame.get("client_id")
             ref = cid if isinstance(cid, str) else None
             kind = frame.get("type")
-            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            handler = HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise UnknownFrameType(f"Unknown frame type {kind!r}.")
-            await handler(frame)
+            await handler(self, frame)
         except RateLimited as exc:
             self.strikes += 1
             self.error(exc, ref)
@@ -218,3 +216,11 @@ class Session:
 
     async def on_ping(self, frame: dict[str, Any]) -> None:
         self.conn.send({"type": "pong"})
+
+
+# One table for every session (a dict of bound methods per connection cost ~1 KB each).
+HANDLERS: dict[str, Callable[[Session, dict[str, Any]], Awaitable[None]]] = {
+    "send": Session.on_send, "sync": Session.on_sync, "typing": Session.on_typing,
+    "create_room": Session.on_create_room, "join": Session.on_join, "leave": Session.on_leave,
+    "ping": Session.on_ping,
+}
