@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import uuid
 from typing import Any
 
 import orjson
@@ -33,6 +32,7 @@ from app import cache, members_cache, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.events import encode
 from app.files import file_object
+from app.ids import uuid7
 from app.keys import Keys
 from app.serialize import dumps, iso, utcnow
 from app.settings import Settings
@@ -81,7 +81,7 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
         return await _accept_direct(redis=redis, keys=keys, settings=settings, room_id=room_id,
                                     sender_id=sender_id, body=body, kind=kind, file=file,
                                     client_id=client_id, conn_id=conn_id, rate_limit=rate_limit)
-    mid = str(uuid.uuid4())
+    mid = uuid7()  # time-ordered: flushed batches append to the primary-key index
     prefix = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
     suffix = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
                           "client_id": client_id, "created_at": iso(utcnow())})[1:]
@@ -194,7 +194,7 @@ async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_i
                 if prev:
                     raise _Duplicate((await _render_rows(prev))[0])
             now = utcnow()
-            msg = {"id": str(uuid.uuid4()), "room_id": room_id, "seq": seq, "sender_id": sender_id, "kind": kind,
+            msg = {"id": uuid7(), "room_id": room_id, "seq": seq, "sender_id": sender_id, "kind": kind,
                    "body": body, "file": file, "client_id": client_id, "created_at": iso(now)}
             await conn.execute_query(
                 "INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)"
