@@ -34,7 +34,7 @@ from app.events import encode
 from app.files import file_object
 from app.ids import uuid7
 from app.keys import Keys
-from app.serialize import dumps, iso, utcnow
+from app.serialize import dumps, iso, now_iso, utcnow
 from app.settings import Settings
 from models.file import File
 
@@ -84,7 +84,7 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
     mid = uuid7()  # time-ordered: flushed batches append to the primary-key index
     prefix = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
     suffix = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
-                          "client_id": client_id, "created_at": iso(utcnow())})[1:]
+                          "client_id": client_id, "created_at": now_iso()})[1:]
     event_head = f'r:{room_id}|{conn_id}|{{"type":"message","message":'
     for _ in range(_ATTEMPTS):
         res = await cache.accept(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,3 +30,19 @@ def iso(dt: datetime | None) -> str | None:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_second_cache: list[Any] = [-1, ""]
+
+
+def now_iso() -> str:
+    """The current time as `iso(utcnow())` would give it, for the message accept path.
+
+    Formats the date and time only when the second changes (strftime is a sizeable
+    share of a send's CPU), then appends the milliseconds.
+    """
+    t = time.time()
+    sec = int(t)
+    if sec != _second_cache[0]:
+        _second_cache[0], _second_cache[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+    return f"{_second_cache[1]}{int((t - sec) * 1000):03d}Z"
