@@ -13,6 +13,7 @@ from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Res
 from app import files, media, rooms
 from app.errors import ChatError
 from blueprints.deps import authenticated
+from blueprints.messages import FileOut
 
 bp = Blueprint("files")
 
@@ -28,15 +29,9 @@ class UploadForm(BaseModel):
     client_id: str | None = Field(default=None, max_length=64, description="retry key, as for messages")
 
 
-class FileMetaOut(BaseModel):
-    id: str
-    name: str
-    mime: str | None
-    size: int
-    url: str
-    thumbnail_url: str | None
-    expires_at: str | None
-    expired: bool
+class FileMetaOut(FileOut):
+    """The file object of a message, plus its processing state."""
+
     room_id: str
     status: Literal["processing", "ready", "rejected", "expired"]
     reason: str | None = Field(description="why it was rejected")
