@@ -31,6 +31,8 @@ MESSAGE_HEAD = '{"type":"message","message":'
 ACK_FALLBACK_S = 1.0  # an ack normally rides the ordered event stream; this long without it, send it anyway
 CLOSE_GRACE_S = 5.0  # after sending a close frame, how long the client may take to answer
 SLOW_CLIENT_CODE = 1013  # "try again later": the client did not read its frames fast enough
+PING_TIMEOUT_CODE = 1011  # the client stopped answering pings
+PING_FRAME = b"\x89\x02hb"  # a server ping (unmasked, FIN), the same bytes for every connection
 
 
 class Frame:
@@ -66,12 +68,13 @@ class Inbox:
     `asyncio.wait`. Here `data_received` parses the bytes and appends whole messages to a
     deque; the handler awaits one future only when the deque is empty. Close handling is
     Sanic's: a close frame or EOF cancels the waiting read (as `recv()` does), replies the
-    protocol generates (pong, close) go out through Sanic's `send_data`, pongs reach its
-    keepalive through `process_pong`, and an oversized message fails the connection with
-    1009 in the protocol itself. Reading pauses while too many messages wait.
+    protocol generates (pong, close) go out through Sanic's `send_data`, a pong clears the
+    connection's outstanding heartbeat ping (and reaches Sanic's `process_pong` when a
+    `ws.ping()` waits for one), and an oversized message fails the connection with 1009 in
+    the protocol itself. Reading pauses while too many messages wait.
     """
 
-    __slots__ = ("ws", "proto", "items", "waiter", "closed", "paused", "parts", "text")
+    __slots__ = ("ws", "proto", "items", "waiter", "closed", "paused", "parts", "text", "conn")
 
     PAUSE_AT, RESUME_AT = 32, 4
 
@@ -84,6 +87,7 @@ class Inbox:
         self.paused = False
         self.parts: list[bytes] | None = None  # a fragmented message being assembled
         self.text = False
+        self.conn: Connection | None = None  # set by the session: whose heartbeat a pong answers
         # Instance attributes shadow the methods Sanic's io protocol and tasks call.
         ws.data_received = self.data_received
         ws.process_events = self.process_events
@@ -126,7 +130,10 @@ class Inbox:
                         data, self.parts = b"".join(self.parts), None
                         got = self._put(self.text, data) or got
             elif op is Opcode.PONG:
-                asyncio.get_running_loop().create_task(self.ws.process_pong(ev))
+                if self.conn is not None:
+                    self.conn.ping_out = False
+                if self.ws.pings:  # someone awaits ws.ping(): Sanic matches the payload
+                    asyncio.get_running_loop().create_task(self.ws.process_pong(ev))
             elif op is Opcode.CLOSE:
                 self.closed = True
                 self._cancel()
@@ -190,7 +197,7 @@ class Connection:
     """
 
     __slots__ = ("id", "user_id", "ws", "rooms", "closing", "_max", "_q", "_writer", "_handler", "_raw",
-                 "_idle", "_pending_acks", "_early", "_sent_direct")
+                 "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
 
     def __init__(self, ws: Any, user_id: str, max_queue: int = 1000) -> None:
         self.id = uuid.uuid4().hex
@@ -210,6 +217,7 @@ class Connection:
         self._pending_acks: dict[str, asyncio.TimerHandle] | None = None
         self._early: set[str] | None = None  # our event arrived before the handler asked for its ack
         self._sent_direct: set[str] | None = None  # acked by the fallback; ignore the late event
+        self.ping_out = False  # a heartbeat ping went out and no pong has come back yet
 
     # -- queueing ---------------------------------------------------------------
     def push(self, frame: Frame) -> None:
@@ -297,6 +305,31 @@ class Connection:
             if ws.ws_proto.state is not State.OPEN:
                 raise ConnectionError("websocket is not open")
             await ws.io_proto.send(data)
+
+    # -- heartbeat --------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """One beat of the process's heartbeat loop (app/fanout.py): close with 1011 when the
+        previous ping got no pong within the interval, else ping again.
+
+        The ping is written straight to the transport: a control frame may go between any two
+        frames, and transport.write never splits a frame, so no lock is needed; it is written
+        even when the client is not reading, so a client that stops reading is closed too.
+        """
+        if self.closing or self._handler is None or not self._raw:
+            return
+        ws = self.ws
+        if ws.ws_proto.state is not State.OPEN:
+            return  # closing already: the close handshake has its own timeout
+        if self.ping_out:
+            log.info("closing connection %s of user %s: no pong to the last ping", self.id, self.user_id)
+            self.abort(PING_TIMEOUT_CODE)
+            return
+        io = ws.io_proto
+        transport = io.transport if io is not None else None
+        if transport is None or transport.is_closing():
+            return
+        transport.write(PING_FRAME)
+        self.ping_out = True
 
     # -- closing ----------------------------------------------------------------
     def close(self, code: int, reason: str = "") -> None:

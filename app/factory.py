@@ -32,9 +32,10 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     app.ctx.settings = settings
     app.config.REQUEST_MAX_SIZE = max(settings.request_max_bytes, settings.max_upload_bytes + 64 * 1024)
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
-    # Our own heartbeat (hello.heartbeat_s) drives pings; keep Sanic's at the same period.
-    app.config.WEBSOCKET_PING_INTERVAL = settings.ws_heartbeat_s
-    app.config.WEBSOCKET_PING_TIMEOUT = settings.ws_heartbeat_s
+    # One heartbeat loop per process pings every connection each hello.heartbeat_s and closes
+    # (1011) those that miss a pong (app/fanout.py); Sanic's keepalive task per connection is off.
+    app.config.WEBSOCKET_PING_INTERVAL = None
+    app.config.WEBSOCKET_PING_TIMEOUT = None
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_URL_PREFIX = "/docs"

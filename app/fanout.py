@@ -36,6 +36,7 @@ from app.keys import Keys
 log = logging.getLogger("chat.fanout")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+HEARTBEAT_SLICE = 250  # connections pinged per loop iteration: a beat never stalls delivery for long
 
 
 def subscriber_name(prefix: str) -> str:
@@ -114,8 +115,23 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
                     pass
 
 
+async def heartbeat_forever(registry: Registry, interval_s: float) -> None:
+    """Every `interval_s`: ping each local connection, closing (1011) those whose previous ping
+    got no pong. One loop per process instead of a keepalive task per connection (~2 KB each)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        conns = list(registry.conns.values())
+        for i in range(0, len(conns), HEARTBEAT_SLICE):
+            for conn in conns[i:i + HEARTBEAT_SLICE]:
+                try:
+                    conn.heartbeat()
+                except Exception:  # noqa: BLE001 - one broken socket must not stop the heartbeat
+                    log.debug("heartbeat of %s failed", conn.id, exc_info=True)
+            await asyncio.sleep(0)
+
+
 def setup_fanout(app: Sanic) -> None:
-    """Create the local registry and start the subscription with the server; stop it after."""
+    """Create the local registry, start the subscription and the heartbeat with the server; stop them after."""
 
     @app.before_server_start
     async def _start(app: Sanic) -> None:
@@ -132,6 +148,7 @@ def setup_fanout(app: Sanic) -> None:
                                               retry=Retry(NoBackoff(), 0), protocol=2, socket_timeout=None)
         app.ctx.fanout_task = asyncio.create_task(
             subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, app.ctx.registry, ready))
+        app.ctx.heartbeat_task = asyncio.create_task(heartbeat_forever(app.ctx.registry, settings.ws_heartbeat_s))
         try:  # serve only once subscribed, so a message sent right after start-up is not missed
             await asyncio.wait_for(ready.wait(), 5.0)
         except asyncio.TimeoutError:
@@ -139,13 +156,14 @@ def setup_fanout(app: Sanic) -> None:
 
     @app.before_server_stop
     async def _stop(app: Sanic) -> None:
-        task = getattr(app.ctx, "fanout_task", None)
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        for name in ("heartbeat_task", "fanout_task"):
+            task = getattr(app.ctx, name, None)
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
         client = getattr(app.ctx, "fanout_redis", None)
         if client is not None:
             await client.aclose()

@@ -87,6 +87,7 @@ class Session:
         self.ws = ws
         inbox = getattr(request.ctx, "inbox", None)
         self.inbox: Inbox = inbox if inbox is not None else Inbox(ws)
+        self.inbox.conn = self.conn  # its pongs answer the process's heartbeat pings
         self.strikes = 0
         self.typing_at: dict[str, float] = {}
 
