@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 _RAND_A_MASK = (1 << 12) - 1
 _RAND_B_MASK = (1 << 62) - 1
@@ -22,4 +21,5 @@ def uuid7() -> str:
     rand = int.from_bytes(os.urandom(10), "big")
     value = ((ms & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (((rand >> 62) & _RAND_A_MASK) << 64) \
         | (0b10 << 62) | (rand & _RAND_B_MASK)
-    return str(uuid.UUID(int=value))
+    h = "%032x" % value  # formatted directly: a uuid.UUID object only to str() it cost ~3x as much
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
