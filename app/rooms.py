@@ -14,6 +14,7 @@ send_event_on_commit).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import datetime
@@ -99,9 +100,15 @@ class UpdateRoom(BaseModel):
 def parse_id(raw: str, error: type[ChatError]) -> str:
     """The canonical form of a UUID id, or `error` (a 404) when it is not one."""
     try:
-        return str(uuid.UUID(str(raw)))
+        return _canonical_id(str(raw))
     except (ValueError, TypeError, AttributeError):
         raise error() from None
+
+
+@functools.lru_cache(maxsize=2048)
+def _canonical_id(raw: str) -> str:
+    """Valid ids only are cached (an exception is not): every send checks its room id."""
+    return str(uuid.UUID(raw))
 
 
 def deny(room: Room) -> NoReturn:
