@@ -16,7 +16,8 @@ import orjson
 from sanic import Blueprint, Request
 
 from app import auth, events, messages, rooms
-from app.connections import Connection, Frame, Inbox, Registry
+from app.connections import Connection, Frame, Registry
+from app.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, MalformedJSON, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
