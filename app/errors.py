@@ -206,4 +206,7 @@ def register_error_handlers(app: Sanic) -> None:
         err = to_chat_error(exc)
         if err.status >= 500 and err.code == "internal_error":
             log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        elif err.status == 503 and not isinstance(exc, ChatError):
+            # A backing service failed under a request: say which call and why, for operators.
+            log.warning("%s %s: %s (%r)", request.method, request.path, err.message, exc)
         return error_response(err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from sanic import Sanic
 
 from app.keys import Keys
@@ -13,8 +13,19 @@ from app.settings import Settings
 log = logging.getLogger("chat.redis")
 
 
-def connect_redis(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True, health_check_interval=30)
+# How long a command waits for a free pooled connection before failing with 503.
+POOL_WAIT_S = 10.0
+
+
+def connect_redis(url: str, max_connections: int = 256) -> Redis:
+    """A client whose pool WAITS for a free connection when all are in use.
+
+    redis-py's default pool fails at once ("Too many connections", a 503 to the client)
+    past 100 connections, which a burst of concurrent requests reaches easily.
+    """
+    pool = BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
+                                           max_connections=max_connections, timeout=POOL_WAIT_S)
+    return Redis.from_pool(pool)
 
 
 async def check_persistence(redis: Redis, settings: Settings) -> None:
@@ -41,7 +52,7 @@ def setup_redis(app: Sanic) -> None:
     async def _open(app: Sanic) -> None:
         s: Settings = app.ctx.settings
         app.ctx.keys = Keys(s.redis_prefix)
-        app.ctx.redis = connect_redis(s.redis_url)
+        app.ctx.redis = connect_redis(s.redis_url, s.redis_pool_max)
         await check_persistence(app.ctx.redis, s)
 
     @app.after_server_stop

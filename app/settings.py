@@ -70,6 +70,8 @@ class Settings:
     database_url: str = "postgres://postgres@127.0.0.1:5432/chat"
     db_pool_max: int = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis connections per process; a request waits (up to 10 s) for one when all are busy.
+    redis_pool_max: int = 256
     # Prefix of every Redis key and channel (and the Dramatiq namespace), so that
     # several deployments or test sessions can share one Redis.
     redis_prefix: str = "chat"
