@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from functools import partial
 
 from sanic import Sanic
@@ -11,8 +12,23 @@ from app.factory import create_app
 from app.settings import Settings
 
 
+def raise_open_files_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: every WebSocket holds a descriptor, and a
+    soft limit of 1024 (a common default) would refuse clients long before memory runs out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def main() -> None:
     settings = Settings.load()
+    raise_open_files_limit()  # before Sanic forks its workers, which inherit it
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
