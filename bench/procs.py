@@ -7,7 +7,6 @@ Nothing here ever signals a process the benchmark did not start itself.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -48,16 +47,9 @@ def pinned(argv: list[str], core: int) -> list[str]:
 
 def raise_fd_limit() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit (inherited by children); returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
+    from app.server import raise_open_files_limit  # the server's own rule, shared
+
+    return raise_open_files_limit()
 
 
 # -- /proc readers ---------------------------------------------------------
