@@ -1,13 +1,13 @@
 """Account and session routes: register, login, refresh, logout.
 
-Also home of the OpenAPI pieces every blueprint shares: the error envelope
-schema (`ErrorEnvelope`, `document_errors`) and the user object (`UserOut`).
+Also home of `document_errors` (error responses in the OpenAPI document; the
+envelope schema itself is `blueprints.deps.ErrorEnvelope`) and the user object (`UserOut`).
 The "bearer" security scheme is registered here at start-up.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Callable, Optional, TypeVar
 
 from pydantic import BaseModel, Field, StringConstraints
 from sanic import Blueprint, Request, Sanic
@@ -19,7 +19,7 @@ from app import auth, ratelimit
 from app.errors import RateLimited
 from app.users import render_user
 from app.validation import body
-from blueprints.deps import authenticated
+from blueprints.deps import ErrorEnvelope, authenticated
 
 bp = Blueprint("auth")
 
@@ -27,17 +27,6 @@ T = TypeVar("T")
 
 
 # -- OpenAPI schemas shared by the blueprints -------------------------------
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error body: {"error": {"code", "message", "details"}}."""
-
-    error: ErrorDetail
 
 
 class UserOut(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any, Awaitable, Callable
 
+from pydantic import BaseModel
 from sanic import Request
 
 from app.errors import InvalidToken
@@ -34,3 +35,17 @@ def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Await
         return await handler(request, *args, **kwargs)
 
     return wrapper
+
+
+# -- OpenAPI schema of the error envelope, shared by every blueprint's docs ----------
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error body: {"error": {"code", "message", "details"}}."""
+
+    error: ErrorDetail

@@ -12,7 +12,7 @@ from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Res
 
 from app import files, media, rooms
 from app.errors import ChatError
-from blueprints.deps import authenticated
+from blueprints.deps import ErrorEnvelope, authenticated
 from blueprints.messages import FileOut
 
 bp = Blueprint("files")
@@ -40,17 +40,7 @@ class FileMetaOut(FileOut):
     created_at: str
 
 
-class _ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class _ErrorOut(BaseModel):
-    error: _ErrorDetail
-
-
-def _resp(status: int, text: str, model: type[BaseModel] = _ErrorOut) -> Response:
+def _resp(status: int, text: str, model: type[BaseModel] = ErrorEnvelope) -> Response:
     return Response({"application/json": Component(model)}, status=str(status), description=text)  # type: ignore[arg-type]
 
 

@@ -14,7 +14,7 @@ from app import messages, rooms
 from app.errors import MessageNotFound
 from app.pagination import parse_limit
 from app.validation import body
-from blueprints.deps import authenticated
+from blueprints.deps import ErrorEnvelope, authenticated
 
 bp = Blueprint("messages")
 
@@ -58,24 +58,14 @@ class MessagePage(BaseModel):
     has_more: bool
 
 
-class _ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class _ErrorOut(BaseModel):
-    error: _ErrorDetail
-
-
 def _resp(status: int, model: type[BaseModel], text: str) -> Response:
     return Response({"application/json": Component(model)}, status=str(status), description=text)  # type: ignore[arg-type]
 
 
-_E401 = _resp(401, _ErrorOut, "invalid_token")
-_E403 = _resp(403, _ErrorOut, "not_member: a public room the caller is not in")
-_E404 = _resp(404, _ErrorOut, "room_not_found (also private rooms the caller is not in, malformed ids)")
-_E422 = _resp(422, _ErrorOut, "validation_failed (details.fields)")
+_E401 = _resp(401, ErrorEnvelope, "invalid_token")
+_E403 = _resp(403, ErrorEnvelope, "not_member: a public room the caller is not in")
+_E404 = _resp(404, ErrorEnvelope, "room_not_found (also private rooms the caller is not in, malformed ids)")
+_E422 = _resp(422, ErrorEnvelope, "validation_failed (details.fields)")
 
 
 def _svc(request: Request) -> dict[str, Any]:
@@ -88,8 +78,8 @@ def _svc(request: Request) -> dict[str, Any]:
     summary="Send a message (201; 200 with the original for a retried client_id)", tag="messages",
     secured={"bearer": []}, body=RequestBody({"application/json": Component(SendMessage)}, required=True),
     response=[_resp(201, MessageOut, "the new message"), _resp(200, MessageOut, "the original (retried client_id)"),
-              _resp(400, _ErrorOut, "malformed_json"), _E401, _E403, _E404, _E422,
-              _resp(429, _ErrorOut, "rate_limited (Retry-After)")])
+              _resp(400, ErrorEnvelope, "malformed_json"), _E401, _E403, _E404, _E422,
+              _resp(429, ErrorEnvelope, "rate_limited (Retry-After)")])
 @authenticated
 async def send_message(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, SendMessage)
@@ -120,7 +110,7 @@ async def list_messages(request: Request, room_id: str) -> HTTPResponse:
 @bp.get("/rooms/<room_id>/messages/<seq>")
 @openapi.definition(summary="One message by seq", tag="messages", secured={"bearer": []},
                     response=[_resp(200, MessageOut, "the message"), _E401, _E403,
-                              _resp(404, _ErrorOut, "room_not_found or message_not_found")])
+                              _resp(404, ErrorEnvelope, "room_not_found or message_not_found")])
 @authenticated
 async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)

@@ -15,8 +15,7 @@ from app.membership import AddMember, ChangeRole
 from app.pagination import parse_limit
 from app.rooms import CreateRoom, UpdateRoom
 from app.validation import body
-from blueprints.auth import ErrorEnvelope
-from blueprints.deps import authenticated
+from blueprints.deps import ErrorEnvelope, authenticated
 
 bp = Blueprint("rooms")
 
