@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -40,8 +41,10 @@ async def handshake_checks(request: Request) -> None:
     """Before the upgrade: a foreign browser Origin is 403, a missing or bad token 401."""
     settings: Settings = request.app.ctx.settings
     origin = request.headers.get("origin")
-    # No Origin header: not a browser (bots, the load tool), nothing to hijack.
-    if origin is not None and origin not in settings.ws_allowed_origins:
+    # No Origin header: not a browser (bots, the load tool), nothing to hijack. A page served
+    # from this very host and port (same origin) is not cross-site either.
+    if origin is not None and origin not in settings.ws_allowed_origins \
+            and not _same_origin(origin, request.headers.get("host")):
         raise Forbidden("This Origin may not open a WebSocket.", details={"origin": origin})
     token = request.args.get("token") or bearer_token(request)
     if not token:
@@ -54,6 +57,15 @@ async def handshake_checks(request: Request) -> None:
 async def take_over_reading(request: Request, websocket: Any) -> None:
     """Right after the upgrade, before any frame can reach Sanic's assembler: read frames ourselves."""
     request.ctx.inbox = Inbox(websocket)
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """The Origin names the host:port the client connected to (the page came from us)."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return bool(host) and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
 
 
 @bp.websocket("/ws")

@@ -55,6 +55,19 @@ async def test_token_in_authorization_header_and_allowed_origin(server: ServerPr
     await conn.close()
 
 
+async def test_a_page_from_the_server_itself_may_connect(server: ServerProc, alice: TestUser) -> None:
+    # Same origin (scheme://host:port the client connected to) is not cross-site: allowed
+    # even when it is not in WS_ALLOWED_ORIGINS; the same host on another port is not.
+    conn = await websockets.connect(f"{server.ws_url}?token={alice.access_token}",
+                                    additional_headers={"Origin": server.base_url})
+    assert json.loads(await conn.recv())["type"] == "hello"
+    await conn.close()
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(f"{server.ws_url}?token={alice.access_token}",
+                                 additional_headers={"Origin": "http://127.0.0.1:1"})
+    assert info.value.response.status_code == 403
+
+
 @pytest.mark.parametrize("query,headers,status", [
     ("", {}, 401),
     ("?token=garbage", {}, 401),
