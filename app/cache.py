@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError, DataError, NoScriptError, ResponseError
 
 from app.keys import Keys
+from app.ratelimit import RATE_HIT_LUA
 
 # Result codes of the accept script.
 OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2, 3, 4, 5
@@ -35,7 +36,7 @@ OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2,
 #       11 flush_queued ttl s, 12 "1" when a client_id is given
 # Returns {0, msg, backlog, flush_queued_now} | {1, stored msg} | {2} | {3} | {4, retry ms} | {5}
 # Nothing is written before the last check passes, so a rejected send consumes no seq.
-ACCEPT_LUA = """
+ACCEPT_LUA = RATE_HIT_LUA + """
 local sender = ARGV[1]
 if sender ~= '' then
   if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
@@ -49,13 +50,8 @@ end
 if redis.call('EXISTS', KEYS[4]) == 0 then return {5} end
 local limit = tonumber(ARGV[2])
 if limit > 0 then
-  local n = redis.call('INCR', KEYS[2])
-  local ttl = redis.call('PTTL', KEYS[2])
-  if n == 1 or ttl < 0 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    ttl = tonumber(ARGV[3])
-  end
-  if n > limit then return {4, ttl} end
+  local wait = rate_hit(KEYS[2], limit, ARGV[3])
+  if wait > 0 then return {4, wait} end
 end
 local seq = redis.call('INCR', KEYS[4])
 local sseq = string.format('%d', seq)

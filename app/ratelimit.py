@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-# KEYS[1] = counter; ARGV[1] = limit, ARGV[2] = window in ms.
-# Returns 0 when the hit is allowed, else the milliseconds until the window ends.
-_HIT = """
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if n == 1 or ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  ttl = tonumber(ARGV[2])
+# The fixed-window rule as a Lua function, so that other scripts embed the same rule:
+# the message accept script (app/cache.py) counts a send inside its own atomic step.
+# rate_hit(key, limit, window_ms) -> 0 when the hit is allowed, else the ms until the window ends.
+RATE_HIT_LUA = """
+local function rate_hit(key, limit, window_ms)
+  local n = redis.call('INCR', key)
+  local ttl = redis.call('PTTL', key)
+  if n == 1 or ttl < 0 then
+    redis.call('PEXPIRE', key, window_ms)
+    ttl = tonumber(window_ms)
+  end
+  if n > limit then return ttl end
+  return 0
 end
-if n > tonumber(ARGV[1]) then
-  return ttl
-end
-return 0
 """
+
+# KEYS[1] = counter; ARGV[1] = limit, ARGV[2] = window in ms.
+_HIT = RATE_HIT_LUA + "return rate_hit(KEYS[1], tonumber(ARGV[1]), ARGV[2])\n"
 
 
 async def hit(redis: Redis, key: str, limit: int, window_s: int) -> int:
