@@ -22,12 +22,18 @@ def json_object(request: Request) -> dict[str, Any]:
     limit = request.app.ctx.settings.request_max_bytes
     if len(raw) > limit:
         raise PayloadTooLarge(f"The JSON body is larger than {limit} bytes.", details={"limit": limit})
+    return parse_object(raw, "body")
+
+
+def parse_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """JSON text that must be an object (a request body, a WebSocket frame), or malformed_json."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MalformedJSON("The body is not valid JSON.") from None
+        raise MalformedJSON(f"The {what} is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise MalformedJSON("The body must be a JSON object.")
+        article = "A" if what == "frame" else "The"
+        raise MalformedJSON(f"{article} {what} must be a JSON object.")
     return data
 
 

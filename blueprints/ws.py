@@ -13,18 +13,17 @@ import time
 from urllib.parse import urlsplit
 from typing import Any, Awaitable, Callable
 
-import orjson
 from sanic import Blueprint, Request
 
 from app import auth, events, messages, rooms
 from app.connections import Connection, Frame, Registry
 from app.inbox import Inbox
-from app.errors import (ChatError, Forbidden, InvalidToken, MalformedJSON, RateLimited, RoomNotFound,
+from app.errors import (ChatError, Forbidden, InvalidToken, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.serialize import dumps
 from app.settings import Settings
-from app.validation import parse
+from app.validation import parse, parse_object
 from blueprints.deps import bearer_token
 
 log = logging.getLogger("chat.ws")
@@ -133,12 +132,7 @@ class Session:
     async def handle(self, data: str | bytes) -> None:
         ref = None
         try:
-            try:
-                frame = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise MalformedJSON("The frame is not valid JSON.") from None
-            if not isinstance(frame, dict):
-                raise MalformedJSON("A frame must be a JSON object.")
+            frame = parse_object(data, "frame")
             cid = frame.get("client_id")
             ref = cid if isinstance(cid, str) else None
             kind = frame.get("type")
