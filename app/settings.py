@@ -78,6 +78,9 @@ class Settings:
     # In production the server refuses to start when Redis keeps nothing on disk
     # (acknowledged messages would be lost on a Redis restart) unless this is set.
     allow_redis_without_persistence: bool = False
+    # A Redis that stops answering must give 503s within seconds, not hang every request.
+    redis_connect_timeout_s: float = 2.0
+    redis_socket_timeout_s: float = 5.0
 
     jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
@@ -96,6 +99,13 @@ class Settings:
     rate_auth: int = 20
     rate_auth_window_s: int = 60
     rate_limit_strikes: int = 5  # rate-limited WS frames tolerated before close 4429
+    # Per-user limits on what costs the server most (checked in Redis before PostgreSQL).
+    rate_uploads: int = 10
+    rate_uploads_window_s: int = 60
+    rate_rooms: int = 10  # rooms created
+    rate_rooms_window_s: int = 60
+    rate_joins: int = 30  # joins and member adds
+    rate_joins_window_s: int = 60
 
     ws_allowed_origins: tuple[str, ...] = ("http://localhost:8000", "http://127.0.0.1:8000")
     ws_max_frame_bytes: int = 64 * 1024
@@ -103,6 +113,9 @@ class Settings:
     ws_outbox_frames: int = 1000  # frames queued for one slow client before it is closed (1013)
     message_max_chars: int = 4000
     idempotency_ttl_s: int = 24 * 3600
+    # A room whose cache is fully flushed and that stays idle this long loses its Redis
+    # keys (log tail, counters, member set); they are rebuilt from PostgreSQL on next use.
+    room_cache_idle_ttl_s: int = 7 * 24 * 3600
     write_mode: str = "cache"  # cache | direct (CHAT_WRITE_MODE)
 
     flush_batch_size: int = 5000
@@ -118,6 +131,8 @@ class Settings:
     flush_cron: str = "* * * * *"
     sweep_cron: str = "0 * * * *"
     prune_cron: str = "0 4 * * *"
+    # Membership reconcile: every room's Redis member set compared with PostgreSQL and repaired.
+    reconcile_cron: str = "*/5 * * * *"
 
     media_root: str = str(ROOT / "media")
     max_upload_bytes: int = 10 * 1024 * 1024
