@@ -48,6 +48,9 @@ TEST_ENV = {
     "REDIS_PREFIX": REDIS_PREFIX,
     "RATE_MESSAGES": "100000",
     "RATE_AUTH": "100000",
+    "RATE_UPLOADS": "100000",
+    "RATE_ROOMS": "100000",
+    "RATE_JOINS": "100000",
     # Cheap password hashing: hundreds of test logins would otherwise dominate the run.
     "ARGON2_TIME_COST": "1",
     "ARGON2_MEMORY_KIB": "1024",
