@@ -1,0 +1,1 @@
+"""Fault suite: real processes, own Redis and PostgreSQL, kills and stalls (issue 9)."""

@@ -1,0 +1,421 @@
+"""Processes of the fault suite: its own Redis and PostgreSQL, and the project's server, worker
+and scheduler, all on loopback, all started and stopped by the test, by PID.
+
+Two safety nets make sure nothing outlives a test, even a pytest killed with SIGKILL:
+- every child is started with PR_SET_PDEATHSIG (SIGKILL when the pytest process goes);
+- every child leads its own process group, registered with a small reaper process that
+  holds the read end of a pipe: when pytest dies the pipe closes and the reaper kills the
+  registered groups (grandchildren such as Sanic's and Dramatiq's worker processes do not
+  inherit the death signal).
+Processes are always started from the main thread: the death signal follows the thread
+that forked, not the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died between fork and prctl: then we are already orphaned.
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _as_user(name: str) -> Callable[[], None]:
+    """preexec_fn: become `name` (PostgreSQL refuses to run as root), then die with the parent.
+    The death signal is set after the uid change: changing credentials clears it."""
+    pw = pwd.getpwnam(name)
+
+    def run() -> None:
+        os.setsid()
+        os.initgroups(name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+        _die_with_parent()
+
+    return run
+
+
+def _new_group() -> None:
+    os.setsid()
+    _die_with_parent()
+
+
+# -- the reaper -----------------------------------------------------------------------
+
+_REAPER_SRC = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+groups = set()
+buf = b""
+while True:
+    chunk = os.read(0, 4096)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        op, _, pgid = line.decode().partition(" ")
+        (groups.add if op == "+" else groups.discard)(int(pgid))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGCONT)
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Reaper:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def _ensure(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            # Its own session, no death signal: it must outlive pytest to clean up after it.
+            self.proc = subprocess.Popen([sys.executable, "-c", _REAPER_SRC], stdin=subprocess.PIPE,
+                                         start_new_session=True, close_fds=True)
+        return self.proc
+
+    def add(self, pgid: int) -> None:
+        self._send(f"+ {pgid}\n")
+
+    def discard(self, pgid: int) -> None:
+        self._send(f"- {pgid}\n")
+
+    def _send(self, line: str) -> None:
+        proc = self._ensure()
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode())
+        proc.stdin.flush()
+
+
+REAPER = _Reaper()
+
+
+# -- one child process ----------------------------------------------------------------
+
+class Proc:
+    """A child that leads its own process group; output goes to a log file in the test's dir."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *,
+                 user: str | None = None, cwd: Path = ROOT) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, close_fds=True,
+                                      preexec_fn=_as_user(user) if user else _new_group)
+        self.pid = self.popen.pid
+        REAPER.add(self.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill9(self) -> None:
+        """SIGKILL the whole group (a crash: no handler runs) and wait for the leader."""
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(10)
+        self._forget()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the leader (it stops its own children), then SIGKILL what is left."""
+        if self.alive():
+            self.signal_group(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._forget()
+
+    def _forget(self) -> None:
+        REAPER.discard(self.pid)
+        if not self._log.closed:
+            self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll `pred` until true; returns the seconds it took, raises AssertionError on timeout."""
+    start = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+class RedisServer:
+    """`redis-server` on a loopback port, AOF fsync every second, data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, log_dir: Path, port: int | None = None, name: str = "redis") -> None:
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.port = port or free_port()
+        self.name = name
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Proc | None = None
+        self.starts = 0
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                "--protected-mode", "no", "--logfile", ""]
+        self.starts += 1
+        self.proc = Proc(f"{self.name}-{self.starts}", argv, dict(os.environ), self.log_dir)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            def up() -> bool:
+                assert self.proc is not None and self.proc.alive(), f"redis exited:\n{self.proc.log_tail()}"
+                try:
+                    return bool(client.ping())
+                except redis.RedisError:  # refused, or still loading the AOF
+                    return False
+            wait_until(up, timeout, "redis-server to answer PING")
+        finally:
+            client.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill9()
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+
+PG_USER = "postgres"
+_PG_OPTS = [
+    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",  # a process crash keeps the page cache
+    "-c", "full_page_writes=off", "-c", "shared_buffers=32MB", "-c", "max_connections=60",
+    "-c", "log_min_messages=warning", "-c", "logging_collector=off",
+]
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.chown(dirpath, pw.pw_uid, pw.pw_gid)
+        for f in filenames:
+            os.lchown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
+
+
+class PgCluster:
+    """A PostgreSQL 15 cluster of our own (initdb as the `postgres` system user: it refuses root)."""
+
+    def __init__(self, base: Path, log_dir: Path, port: int | None = None, name: str = "postgres") -> None:
+        self.base = base
+        self.pgdata = base / "pgdata"
+        self.sock_dir = base / "sock"
+        self.log_dir = log_dir
+        self.port = port or free_port()
+        self.name = name
+        self.proc: Proc | None = None
+        self.starts = 0
+
+    def url(self, database: str = "chat") -> str:
+        return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> "PgCluster":
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.sock_dir.mkdir(exist_ok=True)
+        _chown_tree(self.base, PG_USER)
+        env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        proc = Proc(f"{self.name}-initdb", [str(PG_BIN / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
+                                            "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"],
+                    env, self.log_dir, user=PG_USER, cwd=self.base)
+        if proc.popen.wait(120) != 0:
+            raise RuntimeError(f"initdb failed:\n{proc.log_tail()}")
+        proc._forget()
+        return self
+
+    def copy_from(self, template: "PgCluster") -> "PgCluster":
+        """A new cluster from a stopped template's data directory (initdb + migrations once)."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.sock_dir.mkdir(exist_ok=True)
+        shutil.copytree(template.pgdata, self.pgdata, symlinks=True)
+        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+        _chown_tree(self.base, PG_USER)
+        os.chmod(self.pgdata, 0o700)
+        return self
+
+    def start(self, timeout: float = 30.0) -> "PgCluster":
+        env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        self.starts += 1
+        argv = [str(PG_BIN / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
+                "-k", str(self.sock_dir), *_PG_OPTS]
+        self.proc = Proc(f"{self.name}-{self.starts}", argv, env, self.log_dir, user=PG_USER, cwd=self.base)
+        wait_until(self.ready, timeout, "PostgreSQL to accept connections", 0.1)
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if not self.proc.alive():
+            raise AssertionError(f"postgres exited:\n{self.proc.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        out = subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "1"],
+                             capture_output=True)
+        return out.returncode == 0
+
+    def kill9(self) -> None:
+        """A crash of the postmaster (its backends notice and exit); the restart replays the WAL."""
+        assert self.proc is not None
+        self.proc.kill9()
+        # Backends exit once they see the postmaster is gone; wait so the port and shared
+        # memory are free for the restart.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _pids_with_cwd(self.pgdata):
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # SIGINT = fast shutdown; Proc.stop sends SIGTERM (smart), so ask for fast first.
+            try:
+                os.kill(self.proc.pid, signal.SIGINT)
+                self.proc.popen.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+            self.proc.stop()
+            self.proc = None
+
+
+def _pids_with_cwd(pgdata: Path) -> list[int]:
+    """Processes whose working directory is `pgdata` (PostgreSQL's backends chdir there)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(pgdata):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# -- the project's processes -----------------------------------------------------------
+
+class AppProc(Proc):
+    """server / worker / scheduler of the project."""
+
+
+def start_server(env: dict[str, str], log_dir: Path, name: str = "server", port: int | None = None,
+                 timeout: float = 30.0) -> tuple[AppProc, str]:
+    port = port or free_port()
+    proc = AppProc(name, [sys.executable, "-m", "app.server"],
+                   {**env, "HOST": "127.0.0.1", "PORT": str(port)}, log_dir)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"{name} exited early:\n{proc.log_tail()}")
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout, f"{name} /readyz", 0.1)
+    return proc, base
+
+
+WORKER_ARGV = [sys.executable, "-m", "dramatiq", "tasks.worker", "--processes", "1", "--threads", "4"]
+SCHEDULER_ARGV = [sys.executable, "-m", "tasks.scheduler"]
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", timeout: float = 30.0) -> AppProc:
+    """The real Dramatiq worker; returns once its resources are open (logged at boot)."""
+    proc = AppProc(name, WORKER_ARGV, env, log_dir)
+
+    def booted() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"{name} exited early:\n{proc.log_tail()}")
+        return "worker resources open" in proc.log_text()
+
+    wait_until(booted, timeout, f"{name} to boot", 0.1)
+    return proc
+
+
+def start_scheduler(env: dict[str, str], log_dir: Path, name: str = "scheduler") -> AppProc:
+    return AppProc(name, SCHEDULER_ARGV, env, log_dir)
+
+
+def make_tmp(prefix: str) -> Path:
+    """A temporary directory the `postgres` user can traverse (tempfile's are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    return path
