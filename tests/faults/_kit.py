@@ -150,3 +150,107 @@ class Clock:
 
     def __call__(self) -> float:
         return time.monotonic() - self.t0
+
+
+@dataclass
+class Sent:
+    """One HTTP send as the client saw it."""
+
+    t0: float  # monotonic start
+    t1: float  # monotonic end (answer or client-side error)
+    status: int  # HTTP status; 0 = no HTTP answer (connection error or client timeout)
+    error: str = ""
+
+    @property
+    def latency(self) -> float:
+        return self.t1 - self.t0
+
+
+@dataclass
+class Load:
+    """Concurrent senders posting to rooms over HTTP until stopped."""
+
+    base_url: str
+    users: list[TestUser]
+    room_ids: list[str]
+    senders: int = 8
+    client_timeout_s: float = 60.0  # far above any server-side timeout: a hang shows as latency
+    pause_s: float = 0.0  # between one sender's requests (0: as fast as answers come)
+    ledger: Ledger = field(default_factory=Ledger)
+    sent: list[Sent] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tag: str = "load"
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _sender(self, i: int) -> None:
+        user = self.users[i % len(self.users)]
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.client_timeout_s,
+                                     limits=limits, headers=user.headers) as client:
+            k = 0
+            while not self.stop.is_set():
+                room = self.room_ids[(i + k) % len(self.room_ids)]
+                k += 1
+                t0 = time.monotonic()
+                try:
+                    resp = await client.post(f"/rooms/{room}/messages", json={"body": f"{self.tag} {i}.{k}"})
+                except httpx.HTTPError as exc:
+                    self.sent.append(Sent(t0, time.monotonic(), 0, type(exc).__name__))
+                    self.ledger.failed += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                t1 = time.monotonic()
+                if resp.status_code == 201:
+                    self.ledger.ack(resp.json())
+                    self.sent.append(Sent(t0, t1, 201))
+                else:
+                    self.ledger.failed += 1
+                    code = ""
+                    try:
+                        code = resp.json().get("error", {}).get("code", "")
+                    except ValueError:
+                        code = resp.text[:80]
+                    self.sent.append(Sent(t0, t1, resp.status_code, str(code)))
+                    await asyncio.sleep(0.05)  # a client backs off on errors
+                if self.pause_s:
+                    await asyncio.sleep(self.pause_s)
+
+    def start(self) -> "Load":
+        self._tasks = [asyncio.create_task(self._sender(i)) for i in range(self.senders)]
+        return self
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def acks_after(self, t: float) -> int:
+        return sum(1 for s in self.sent if s.status == 201 and s.t1 >= t)
+
+    async def until_acked(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ledger.acked) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(self.ledger.acked)} of {n} acks in {timeout}s "
+                                     f"(last answers: {[(s.status, s.error) for s in self.sent[-5:]]})")
+            await asyncio.sleep(0.01)
+
+    def statuses(self) -> dict[str, int]:
+        c = Counter(f"{s.status}{':' + s.error if s.error else ''}" for s in self.sent)
+        return dict(sorted(c.items()))
+
+
+async def drained(redis: Redis, keys: Keys, db_url: str, want_ids: Iterable[str], timeout: float) -> float:
+    """Wait until no room is pending and every id in `want_ids` is in PostgreSQL; seconds taken."""
+    want = set(want_ids)
+    start = time.monotonic()
+    while True:
+        pending = await redis.scard(keys.pending_rooms())
+        if pending == 0:
+            have = {r[0] for r in await pg_messages(db_url)}
+            if want <= have:
+                return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            have = {r[0] for r in await pg_messages(db_url)}
+            raise AssertionError(f"not drained after {timeout}s: {pending} rooms pending, "
+                                 f"{len(want - have)} acked messages not in PostgreSQL")
+        await asyncio.sleep(0.2)
