@@ -166,29 +166,64 @@ _SANIC_CODES = {
 }
 
 
+# Redis refusing writes for a reason an operator fixes (memory, a replica, a restart):
+# redis-py maps these prefixes to classes, but a Lua script's failure may come as a plain
+# ResponseError carrying the same text.
+_REDIS_UNAVAILABLE_TEXT = ("OOM ", "READONLY ", "LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+
+
+def backing_service_error(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 for a Redis or PostgreSQL failure that is not the client's doing, else None."""
+    from redis import exceptions as rx
+    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.OutOfMemoryError,
+                        rx.MasterDownError, rx.TryAgainError, rx.ClusterDownError)):
+        return ServiceUnavailable("Redis is unavailable.", details={"service": "redis"})
+    if isinstance(exc, rx.ResponseError):
+        text = str(exc)
+        if any(text.startswith(p) or f" {p}" in text for p in _REDIS_UNAVAILABLE_TEXT):
+            return ServiceUnavailable("Redis is unavailable.", details={"service": "redis"})
+        return None
+    try:
+        import asyncpg
+        from tortoise.exceptions import DBConnectionError
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, (DBConnectionError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError,
+                        asyncpg.exceptions.TooManyConnectionsError)):
+        return ServiceUnavailable("PostgreSQL is unavailable.", details={"service": "postgres"})
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc and isinstance(exc, Exception) and not isinstance(exc, ChatError):
+        # Tortoise wraps driver errors (OperationalError from asyncpg's): judge the driver's.
+        from tortoise.exceptions import BaseORMException
+        if isinstance(exc, BaseORMException):
+            return backing_service_error(cause)
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+            isinstance(exc, OSError) and "connect" in str(exc).lower()):
+        # Refused/reset sockets and connect timeouts: the pools' own errors when a server is gone.
+        return ServiceUnavailable("A backing service is unavailable.")
+    return None
+
+
 def to_chat_error(exc: BaseException) -> ChatError:
     """Translate any exception into the ChatError the client will see."""
     if isinstance(exc, ChatError):
         return exc
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
-    if isinstance(exc, (RedisConnectionError, RedisTimeout)):
-        return ServiceUnavailable("Redis is unavailable.", details={"service": "redis"})
-    if isinstance(exc, (OSError, ConnectionError)) and "connect" in str(exc).lower():
-        return ServiceUnavailable("A backing service is unavailable.")
+    unavailable = backing_service_error(exc)
+    if unavailable is not None:
+        return unavailable
     if isinstance(exc, SanicException):
         cls = _SANIC_CODES.get(exc.status_code)
         if cls is not None:
-            return cls()
+            err = cls()
+            # 405 must say what is allowed (RFC 9110 Allow); Sanic puts it on its exception.
+            allow = (getattr(exc, "headers", None) or {}).get("Allow")
+            if allow:
+                err.headers = {"Allow": allow}
+            return err
         err = ChatError(str(exc.message) if exc.message else "Error.")
         err.status = exc.status_code
         return err
-    try:
-        from tortoise.exceptions import DBConnectionError
-        import asyncpg
-        if isinstance(exc, (DBConnectionError, asyncpg.exceptions.CannotConnectNowError)):
-            return ServiceUnavailable("PostgreSQL is unavailable.", details={"service": "postgres"})
-    except ImportError:  # pragma: no cover
-        pass
     err = ChatError("Internal server error.")
     err.status, err.code = 500, "internal_error"
     return err
@@ -209,4 +244,6 @@ def register_error_handlers(app: Sanic) -> None:
         elif err.status == 503 and not isinstance(exc, ChatError):
             # A backing service failed under a request: say which call and why, for operators.
             log.warning("%s %s: %s (%r)", request.method, request.path, err.message, exc)
+        from app.door import allow_drain
+        allow_drain(request)  # refused with body unread: read it away so the client sees this answer
         return error_response(err)

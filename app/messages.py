@@ -19,8 +19,8 @@ in PostgreSQL: no gap and no duplicate, even while a flush runs.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from app.events import encode
 from app.files import file_object
 from app.ids import uuid7
 from app.keys import Keys
+from app.retention import retention_cutoff
 from app.serialize import dumps, iso, now_iso, utcnow
 from app.settings import Settings
 from models.file import File
@@ -98,7 +99,15 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
                 _trigger_flush(settings, room_id)
             return orjson.loads(res.message), True
         if res.code == cache.DUPLICATE:
-            return orjson.loads(res.message), False
+            if res.message:
+                return orjson.loads(res.message), False
+            # Trimmed from the stream: every trimmed entry is in PostgreSQL (or set aside in
+            # dead_letters, then it was never stored and the send is accepted anew).
+            prev = await get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=res.seq)
+            if prev is not None:
+                return prev, False
+            await cache.forget_client_id(redis, keys, room_id, sender_id, client_id, res.seq)
+            continue
         if res.code == cache.RATE_LIMITED:
             raise RateLimited(-(-res.retry_ms // 1000))
         if res.code == cache.MEMBERS_MISSING:
@@ -111,40 +120,33 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
 
 
 async def _rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
-    """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send)."""
-    ids = await rooms.member_ids(room_id)
-    if not ids:  # a room always has its owner; none means it is gone
-        raise RoomNotFound()
-    await members_cache.load(redis, keys, room_id, ids)
+    """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send), from a
+    snapshot taken under the room row's share lock, so a removal meanwhile is not undone."""
+    await rooms.rebuild_members(redis, keys, room_id)
 
 
 async def _recheck_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
-    """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set)."""
-    await rooms.require_member(room_id=room_id, user_id=user_id)
-    # PostgreSQL says member: the join's set update has not landed yet, or the set went stale.
-    await members_cache.add(redis, keys, room_id, user_id)
+    """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set).
+    The answer "not a member" is cached for a few seconds, so repeating costs no query."""
+    await rooms.check_member(redis, keys, room_id, user_id)
 
 
 async def _pg_max_seq(room_id: str) -> int:
+    """The highest seq PostgreSQL knows for the room: its rows, or rooms.last_seq (kept by the
+    flush), which stays above seqs the retention prune deleted."""
     rows = await connections.get("default").execute_query_dict(
-        "SELECT COALESCE(MAX(seq), 0) AS m FROM messages WHERE room_id = $1", [room_id])
+        "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = $1),"
+        " COALESCE((SELECT last_seq FROM rooms WHERE id = $1), 0)) AS m", [room_id])
     return int(rows[0]["m"])
 
 
 def _trigger_flush(settings: Settings, room_id: str) -> None:
     """Backlog over the threshold: ask the worker to flush this room now (never awaited by the send)."""
-    try:
-        from app.jobs import enqueue_flush_room  # provided by the worker; imported lazily
-    except ImportError:
-        log.warning("backlog of room %s over threshold but app.jobs.enqueue_flush_room is missing", room_id)
-        return
+    from app.jobs import enqueue_flush_room  # imported lazily: the broker is not needed to send
 
     async def run() -> None:
         try:
-            if inspect.iscoroutinefunction(enqueue_flush_room):
-                await enqueue_flush_room(settings, room_id)
-            else:  # a blocking broker call must not stall the event loop
-                await asyncio.get_running_loop().run_in_executor(None, enqueue_flush_room, settings, room_id)
+            await enqueue_flush_room(settings, room_id)
         except Exception:  # noqa: BLE001 - the periodic flush picks the room up anyway
             log.warning("could not enqueue flush_room(%s)", room_id, exc_info=True)
 
@@ -233,31 +235,43 @@ async def _render_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-async def _pg_range(room_id: str, *, lo: int, hi: int, ascending: bool, count: int) -> list[dict[str, Any]]:
-    """Up to `count` messages with lo <= seq <= hi from PostgreSQL, in the given direction."""
+async def _pg_range(room_id: str, *, lo: int, hi: int, ascending: bool, count: int,
+                    since: datetime | None = None) -> list[dict[str, Any]]:
+    """Up to `count` messages with lo <= seq <= hi (created at or after `since`) from PostgreSQL."""
     if count <= 0 or hi < lo:
         return []
     order = "ASC" if ascending else "DESC"
     rows = await connections.get("default").execute_query_dict(
         f"SELECT {_COLUMNS} FROM messages WHERE room_id = $1 AND seq >= $2 AND seq <= $3"
-        f" ORDER BY seq {order} LIMIT $4", [room_id, lo, hi, count])
+        f" AND created_at >= $5 ORDER BY seq {order} LIMIT $4",
+        [room_id, lo, hi, count, since or datetime(1970, 1, 1, tzinfo=timezone.utc)])
     return await _render_rows(rows)
 
 
 async def _overlay_files(items: list[dict[str, Any]]) -> None:
-    """Cached messages were rendered at send time: show their files' current expiry."""
+    """Cached messages were rendered at send time: show their files' current expiry. A file whose
+    row is gone (purged with its retention period, or its room's) is expired: its bytes are."""
     ids = {m["file"]["id"] for m in items if m.get("file")}
     if not ids:
         return
     current = {str(f.id): f for f in await File.filter(id__in=list(ids))}
     for m in items:
-        f = current.get(m["file"]["id"]) if m.get("file") else None
+        if not m.get("file"):
+            continue
+        f = current.get(m["file"]["id"])
         if f is not None:
             m["file"] = {**m["file"], "expired": f.expired, "expires_at": iso(f.expires_at)}
+        else:
+            m["file"] = {**m["file"], "expired": True}
 
 
-def parse_seq_arg(raw: str | None, name: str, minimum: int) -> int | None:
-    """A `before`/`after`/`after_seq` value: None when absent, else an int >= minimum (422 otherwise)."""
+def parse_seq_arg(raw: str | None, name: str, minimum: int, maximum: int | None = None) -> int | None:
+    """A `before`/`after`/`after_seq` value: None when absent, else an int in [minimum, maximum] (422 otherwise).
+
+    Seqs are PostgreSQL bigints: the default maximum is 2^63-1, as a larger one fails the query.
+    """
+    from app.validation import BIGINT_MAX
+    maximum = BIGINT_MAX if maximum is None else maximum
     if raw is None or raw == "":
         return None
     try:
@@ -266,6 +280,8 @@ def parse_seq_arg(raw: str | None, name: str, minimum: int) -> int | None:
         raise ValidationFailed({name: "must be an integer"}) from None
     if value < minimum:
         raise ValidationFailed({name: f"must be at least {minimum}"})
+    if value > maximum:
+        raise ValidationFailed({name: f"must be at most {maximum}"})
     return value
 
 
@@ -281,7 +297,11 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
         return [], False
     want = limit + 1  # one extra tells has_more
     got = await cache.read(redis, keys, room_id, ascending=ascending, lo=lo, hi=hi, count=want)
-    cached = [orjson.loads(m) for _, m in got.entries]
+    # Past the retention window a message is gone wherever it still is: the Redis tail of an
+    # idle room, or a PostgreSQL row the daily prune has not reached yet.
+    cutoff = retention_cutoff(settings)
+    since = iso(cutoff)
+    cached = [m for m in (orjson.loads(m) for _, m in got.entries) if m["created_at"] >= since]
     await _overlay_files(cached)
     # Everything below the stream's first entry is committed in PostgreSQL (the worker trims
     # only after its commit); with an empty stream, everything is.
@@ -289,11 +309,13 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
     if hi is not None:
         pg_hi = min(pg_hi, hi)
     if ascending:
-        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=True, count=want) if lo <= pg_hi else []
+        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=True, count=want,
+                                since=cutoff) if lo <= pg_hi else []
         items = older + cached
     else:
         need = want - len(cached)
-        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=False, count=need) if need > 0 else []
+        older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=False, count=need,
+                                since=cutoff) if need > 0 else []
         items = cached + older
     has_more = len(items) > limit
     items = items[:limit]

@@ -11,9 +11,9 @@ from sanic_ext.extensions.openapi import openapi
 from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
 
 from app import messages, rooms
-from app.errors import MessageNotFound
+from app.errors import MessageNotFound, ValidationFailed
 from app.pagination import parse_limit
-from app.validation import body
+from app.validation import BIGINT_MAX, body
 from blueprints.deps import ErrorEnvelope, authenticated
 
 bp = Blueprint("messages")
@@ -99,7 +99,8 @@ async def send_message(request: Request, room_id: str) -> HTTPResponse:
 @authenticated
 async def list_messages(request: Request, room_id: str) -> HTTPResponse:
     before = messages.parse_seq_arg(request.args.get("before"), "before", 1)
-    after = messages.parse_seq_arg(request.args.get("after"), "after", 0)
+    # History reads from after + 1, which must still be a bigint.
+    after = messages.parse_seq_arg(request.args.get("after"), "after", 0, BIGINT_MAX - 1)
     limit = parse_limit(request)
     room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
     items, has_more = await messages.history(**_svc(request), room_id=str(room.id), before=before, after=after,
@@ -118,6 +119,8 @@ async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
         n = int(seq)
     except ValueError:
         raise MessageNotFound() from None
+    if n > BIGINT_MAX:  # a seq no bigint can hold: bad input, not a missing message
+        raise ValidationFailed({"seq": f"must be at most {BIGINT_MAX}"})
     msg = await messages.get_message(**_svc(request), room_id=str(room.id), seq=n) if n >= 1 else None
     if msg is None:
         raise MessageNotFound()

@@ -18,12 +18,12 @@ from sanic import Blueprint, Request
 from app import auth, events, messages, rooms
 from app.connections import Connection, Frame, Registry
 from app.inbox import Inbox
-from app.errors import (ChatError, Forbidden, InvalidToken, RateLimited, RoomNotFound,
+from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.serialize import dumps
 from app.settings import Settings
-from app.validation import parse, parse_object
+from app.validation import BIGINT_MAX, parse, parse_object
 from blueprints.deps import bearer_token
 
 log = logging.getLogger("chat.ws")
@@ -33,6 +33,8 @@ bp = Blueprint("ws")
 CLOSE_TOKEN = 4401
 CLOSE_FLOOD = 4429
 TYPING_EVERY_S = 1.0  # at most one typing event per room and connection per interval
+# Frames about a room one is not in cost the abuser a strike, like a rate-limited frame.
+STRIKE_KINDS = frozenset(("send", "sync", "typing"))
 
 
 @bp.middleware("request")
@@ -95,7 +97,8 @@ class Session:
         self.registry: Registry = app.ctx.registry
         self.claims = request.ctx.claims
         self.user_id: str = self.claims.user_id
-        self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames)
+        self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames, family=self.claims.family_id,
+                               registry=self.registry)
         self.ws = ws
         inbox = getattr(request.ctx, "inbox", None)
         self.inbox: Inbox = inbox if inbox is not None else Inbox(ws)
@@ -105,12 +108,23 @@ class Session:
 
     async def run(self) -> None:
         conn, loop = self.conn, asyncio.get_running_loop()
-        # Register before reading the rooms, so a join published meanwhile attaches us too.
+        # Register before reading the rooms, so a join or leave published meanwhile reaches us
+        # too; then attach only the rooms whose membership did not change during the read (a
+        # kick that landed meanwhile must not be undone by our older read).
         self.registry.add(conn)
+        since = self.registry.tick
         expiry: asyncio.TimerHandle | None = None
         try:
-            room_ids = await rooms.room_ids_of_user(self.user_id)
-            self.registry.attach(conn, room_ids)
+            if await self.redis.exists(self.keys.revoked_family(self.claims.family_id)):
+                # Logged out between the handshake check and our registration (whose close
+                # event found nothing to close yet).
+                conn.start()
+                conn.close(CLOSE_TOKEN, "logged out")
+                await conn.drain()
+                return
+            listed = await rooms.room_ids_of_user(self.user_id)
+            self.registry.attach_fresh(conn, listed, since)
+            room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
             last = await messages.last_seqs(redis=self.redis, keys=self.keys, settings=self.settings,
                                             room_ids=room_ids)
             hello = {"type": "hello", "user_id": self.user_id,
@@ -130,7 +144,7 @@ class Session:
             conn.stop()
 
     async def handle(self, data: str | bytes) -> None:
-        ref = None
+        ref = kind = None
         try:
             frame = parse_object(data, "frame")
             cid = frame.get("client_id")
@@ -141,10 +155,12 @@ class Session:
                 raise UnknownFrameType(f"Unknown frame type {kind!r}.")
             await handler(self, frame)
         except RateLimited as exc:
-            self.strikes += 1
-            self.error(exc, ref)
-            if self.strikes > self.settings.rate_limit_strikes:
-                self.conn.close(CLOSE_FLOOD, "rate limited")
+            self.strike(exc, ref)
+        except (NotMember, RoomNotFound) as exc:
+            if kind in STRIKE_KINDS:  # a room one is not in: abuse costs the abuser
+                self.strike(exc, ref)
+            else:
+                self.error(exc, ref)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every error is a frame; the connection stays open
@@ -152,6 +168,12 @@ class Session:
             if err.status >= 500 and err.code == "internal_error":
                 log.exception("error handling a frame of user %s", self.user_id, exc_info=exc)
             self.error(err, ref)
+
+    def strike(self, err: ChatError, ref: str | None) -> None:
+        self.strikes += 1
+        self.error(err, ref)
+        if self.strikes > self.settings.rate_limit_strikes:
+            self.conn.close(CLOSE_FLOOD, "rate limited")
 
     def error(self, err: ChatError, ref: str | None) -> None:
         self.conn.send({"type": "error", "code": err.code, "message": err.message, "ref": ref,
@@ -161,26 +183,26 @@ class Session:
     async def on_send(self, frame: dict[str, Any]) -> None:
         room_id = _field(frame, "room_id", str)
         body = frame.get("body")
+        generation = self.registry.gen  # before the send: tells a lagging stream from a lost event
         msg, created = await messages.accept_message(
             redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id, sender_id=self.user_id,
             body=body, client_id=frame.get("client_id"), conn_id=self.conn.id)  # type: ignore[arg-type]
         self.strikes = 0
         if created:
-            self.conn.expect_ack(msg)  # rides the room's event stream, in seq order
+            self.conn.expect_ack(msg, generation)  # rides the room's event stream, in seq order
         else:
             self.conn.send({"type": "ack", "client_id": msg.get("client_id"), "message": msg})
 
     async def _require_member(self, room_id: str) -> str:
-        rid = rooms.parse_id(room_id, RoomNotFound)
-        if rid not in self.conn.rooms:  # the live registry knows our rooms; else ask PostgreSQL
-            await rooms.require_member(room_id=rid, user_id=self.user_id)
-        return rid
+        # The Redis member set decides (one round trip), never this connection's own view of
+        # its rooms, which may lag a kick by the time its event takes to arrive.
+        return await rooms.authorize(self.redis, self.keys, room_id, self.user_id)
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         room_id = await self._require_member(_field(frame, "room_id", str))
         after = _field(frame, "after_seq", int)
-        if after < 0:
-            raise ValidationFailed({"after_seq": "must be at least 0"})
+        if not 0 <= after < BIGINT_MAX:  # seqs are bigints; history reads from after_seq + 1
+            raise ValidationFailed({"after_seq": f"must be between 0 and {BIGINT_MAX - 1}"})
         limit = _field(frame, "limit", int, required=False)
         if limit is None:
             limit = DEFAULT_LIMIT
@@ -202,10 +224,12 @@ class Session:
 
     async def on_create_room(self, frame: dict[str, Any]) -> None:
         data = parse(rooms.CreateRoom, frame)
-        room = await rooms.create_room(redis=self.redis, keys=self.keys, owner_id=self.user_id, data=data)
+        since = self.registry.tick
+        room = await rooms.create_room(redis=self.redis, keys=self.keys, owner_id=self.user_id, data=data,
+                                       settings=self.settings)
         # The create publishes member_joined for every member (which attaches sockets everywhere);
         # attach this one now too, so a message sent right after the reply is not missed.
-        self.registry.attach(self.conn, (room["id"],))
+        self.registry.attach_fresh(self.conn, (room["id"],), since)
         out: dict[str, Any] = {"type": "room_created", "room": room}
         if isinstance(frame.get("client_id"), str):
             out["client_id"] = frame["client_id"]
@@ -213,8 +237,11 @@ class Session:
 
     async def on_join(self, frame: dict[str, Any]) -> None:
         room_id = _field(frame, "room_id", str)
-        membership = await rooms.join_room(redis=self.redis, keys=self.keys, room_id=room_id, user_id=self.user_id)
-        self.registry.attach(self.conn, (membership["room_id"],))
+        since = self.registry.tick
+        membership = await rooms.join_room(redis=self.redis, keys=self.keys, room_id=room_id, user_id=self.user_id,
+                                           settings=self.settings)
+        # Unless a leave (a kick right after the join) or the join's own event came meanwhile.
+        self.registry.attach_fresh(self.conn, (membership["room_id"],), since)
         self.conn.send({"type": "joined", "membership": membership})
 
     async def on_leave(self, frame: dict[str, Any]) -> None:
