@@ -2,7 +2,7 @@
 
 Layout (see app/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
 and field "m" holding the message JSON exactly as the API renders it, `flushed`
-(written by the worker), `members` set, `cid:<sender>:<client_id>` keys,
+(written by the worker), `members` set, `cid:<sender>:<client_id>` keys (the seq a client_id produced),
 `flush_queued`, and the global `pending_rooms` set and events channel.
 
 Accepting a message is ONE script call (one round trip, atomic): member check,
@@ -34,8 +34,13 @@ OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2,
 #       4 idempotency ttl s, 5 JSON before the seq, 6 JSON after the seq, 7 event head (route,
 #       exclude and frame up to the message), 8 room id, 9 events channel, 10 backlog threshold,
 #       11 flush_queued ttl s, 12 "1" when a client_id is given
-# Returns {0, msg, backlog, flush_queued_now} | {1, stored msg} | {2} | {3} | {4, retry ms} | {5}
+# Returns {0, msg, backlog, flush_queued_now} | {1, stored msg or "", seq} | {2} | {3} | {4, retry ms} | {5}
 # Nothing is written before the last check passes, so a rejected send consumes no seq.
+# The cid key holds only the seq: a retry gets the entry from the stream while it is there
+# ("" once trimmed: the caller reads that seq from PostgreSQL). A key written before this
+# change holds the whole message JSON, returned as it is.
+# A drained room's keys carry an idle TTL (set by the flush): a send removes it, checked on
+# the log alone (one call; the log is the key that must never expire with unflushed entries).
 ACCEPT_LUA = RATE_HIT_LUA + """
 local sender = ARGV[1]
 if sender ~= '' then
@@ -45,7 +50,12 @@ end
 local has_cid = ARGV[12] == '1'
 if has_cid then
   local prev = redis.call('GET', KEYS[3])
-  if prev then return {1, prev} end
+  if prev then
+    if string.byte(prev, 1) == 123 then return {1, prev, -1} end
+    local e = redis.call('XRANGE', KEYS[5], prev .. '-0', prev .. '-0')
+    if #e == 1 then return {1, e[1][2][2], prev} end
+    return {1, '', prev}
+  end
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then return {5} end
 local limit = tonumber(ARGV[2])
@@ -53,11 +63,17 @@ if limit > 0 then
   local wait = rate_hit(KEYS[2], limit, ARGV[3])
   if wait > 0 then return {4, wait} end
 end
+if redis.call('PTTL', KEYS[5]) > 0 then
+  redis.call('PERSIST', KEYS[5])
+  redis.call('PERSIST', KEYS[4])
+  redis.call('PERSIST', KEYS[6])
+  redis.call('PERSIST', KEYS[1])
+end
 local seq = redis.call('INCR', KEYS[4])
 local sseq = string.format('%d', seq)
 local msg = ARGV[5] .. sseq .. ARGV[6]
 redis.call('XADD', KEYS[5], sseq .. '-0', 'm', msg)
-if has_cid then redis.call('SET', KEYS[3], msg, 'EX', ARGV[4]) end
+if has_cid then redis.call('SET', KEYS[3], sseq, 'EX', ARGV[4]) end
 redis.call('SADD', KEYS[7], ARGV[8])
 redis.call('PUBLISH', ARGV[9], ARGV[7] .. msg .. '}')
 local backlog = seq - tonumber(redis.call('GET', KEYS[6]) or '0')
@@ -205,17 +221,21 @@ class _Batcher:
                     and asyncio.get_running_loop().time() > conn.next_health_check:
                 await conn.check_health()
             await conn.send_packed_command(_pack_evalshas(batch), check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as err:
-                    replies.append(err)
         except BaseException:
             await conn.disconnect()  # the stream's state is unknown; the next batch reconnects
             raise
         missing: list[tuple[Script, int, list[Any], asyncio.Future[Any]]] = []
-        for item, reply in zip(batch, replies):
+        # Each reply goes to its sender as soon as it is read: a script that ran is answered even
+        # when a later reply of the batch is an error or never comes (the caller fails only the
+        # futures still pending). An error reply (OOM, READONLY, a script error) fails only its own.
+        for item in batch:
+            try:
+                reply = await conn.read_response()
+            except ResponseError as err:
+                reply = err
+            except BaseException:
+                await conn.disconnect()
+                raise
             fut = item[3]
             if fut.done():
                 continue
@@ -266,7 +286,15 @@ def _batcher(redis: Redis) -> _Batcher:
     return b
 
 
+# Drop a cid key that points at a seq no longer stored anywhere (its entry was set aside).
+# KEYS: 1 cid key. ARGV: 1 the seq it must still hold.
+FORGET_CID_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _accept = Script(ACCEPT_LUA)
+_forget_cid = Script(FORGET_CID_LUA)
 _seed = Script(SEED_LUA)
 _read = Script(READ_LUA)
 
@@ -274,10 +302,11 @@ _read = Script(READ_LUA)
 @dataclass(frozen=True)
 class AcceptResult:
     code: int
-    message: str = ""  # the message JSON (OK, DUPLICATE)
+    message: str = ""  # the message JSON (OK; DUPLICATE while the stream still holds it, else "")
     backlog: int = 0
     flush_queued: bool = False
     retry_ms: int = 0
+    seq: int = 0  # DUPLICATE: the seq the client_id produced (-1: an old key, message given)
 
 
 @dataclass(frozen=True)
@@ -306,10 +335,16 @@ async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | Non
     if code == OK:
         return AcceptResult(OK, res[1], int(res[2]), bool(int(res[3])))
     if code == DUPLICATE:
-        return AcceptResult(DUPLICATE, res[1])
+        return AcceptResult(DUPLICATE, res[1], seq=int(res[2]))
     if code == RATE_LIMITED:
         return AcceptResult(RATE_LIMITED, retry_ms=int(res[1]))
     return AcceptResult(code)
+
+
+async def forget_client_id(redis: Redis, keys: Keys, room_id: str, sender_id: str | None, client_id: str | None,
+                           seq: int) -> None:
+    """Forget a client_id whose message is neither in the stream nor in PostgreSQL."""
+    await _forget_cid(redis, [keys.room_client_id(room_id, sender_id or "-", client_id or "-")], [str(seq)])
 
 
 async def seed_seq(redis: Redis, keys: Keys, room_id: str, pg_max: int) -> int:

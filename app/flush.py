@@ -3,27 +3,42 @@
 Detach, write, then trim. One run per room at a time (a short lease, renewed each batch).
 Each batch reads up to FLUSH_BATCH_SIZE entries after `flushed` and writes them in one
 transaction: straight COPY into `messages` when that is safe, else COPY into a staging
-table and INSERT ... SELECT ... ON CONFLICT (room_id, seq) DO NOTHING. Only after the
-commit does one Lua script advance `flushed`, trim the stream below it (keeping the newest
-CACHE_TAIL entries for reads) and drop the room from the pending set once nothing is left.
+table and INSERT ... SELECT ... ON CONFLICT DO NOTHING. The same transaction raises
+`rooms.last_seq` to the batch's top seq. Only after the commit does one Lua script advance
+`flushed`, trim the stream below it (keeping the newest CACHE_TAIL entries for reads) and
+drop the room from the pending set once nothing is left (with an idle TTL on its keys).
+
+No poison: an entry that does not parse, or rows PostgreSQL refuses for their data (SQLSTATE
+class 22, e.g. a NUL in a body), go to `dead_letters` in the transaction that commits the
+rest of the batch (found by bisecting the batch under savepoints), so `flushed` may pass them.
+
+No silent drop after a Redis rollback: a conflicting (room_id, seq) whose message id is not
+in PostgreSQL is an orphan (Redis re-issued a seq PostgreSQL holds). After the commit, one
+script (RESEQ_LUA) raises the counter above PostgreSQL's max, re-appends each orphan under a
+new seq (same id and client_id), trims the stream up to the batch so nothing shadows the
+PostgreSQL rows, and publishes the moved messages plus a `resync` event. The normal commit
+script then advances `flushed`; the moved messages are flushed by a later batch.
 
 A crash anywhere leaves `flushed` at or below what PostgreSQL holds: the next run re-reads
-at most one batch and the unique (room_id, seq) turns the rewrite into a no-op. Losing
-the lease (a stalled batch outlived it) is harmless for the same reason."""
+at most one batch and the unique (room_id, seq) turns the rewrite into a no-op (orphans are
+found again and moved; the move itself is idempotent, it checks the old entry is still
+there). Losing the lease (a stalled batch outlived it) is harmless for the same reason."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
+from app.events import encode
 from app.keys import Keys
 from app.serialize import loads
 from app.settings import Settings
@@ -35,7 +50,8 @@ log = logging.getLogger("chat.flush")
 # pinning a worker thread forever.
 MAX_RUN_S = 60.0
 
-# KEYS: log, flushed, seq, pending, lease. ARGV: batch_max, cache_tail, room_id, token, lease_ms.
+# KEYS: log, flushed, seq, pending, lease, members.
+# ARGV: batch_max, cache_tail, room_id, token, lease_ms, idle_ttl_s.
 # Returns {flushed, drained, lease_held}.
 COMMIT_LUA = """
 local flushed = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -59,6 +75,12 @@ local drained = 0
 if flushed >= last then
   redis.call('SREM', KEYS[4], ARGV[3])
   drained = 1
+  -- everything is in PostgreSQL: an idle room's keys may go (the accept script PERSISTs them)
+  local ttl = tonumber(ARGV[6])
+  if ttl > 0 then
+    for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+    redis.call('EXPIRE', KEYS[6], ttl)
+  end
 end
 -- renew the lease; re-take it if it lapsed during a slow batch, unless someone else has it
 local held = 0
@@ -77,7 +99,79 @@ end
 return 0
 """
 
+# Give orphans (entries whose seq PostgreSQL holds for another message) new seqs, atomically.
+# KEYS: 1 log, 2 seq, 3 pending_rooms, 3+k: the cid key of the k-th orphan that has one.
+# ARGV: 1 floor (PostgreSQL's max seq / rooms.last_seq), 2 trim MINID (batch top + 1), 3 room id,
+#       4 events channel, 5 client_id ttl s, 6 resync event payload, 7 orphan count, then per
+#       orphan: old seq, message id, cid key index (0 = no client_id).
+# Returns {old seq, new seq, ...} of the moved ones. An orphan whose old entry is gone (moved by
+# an earlier run whose reply was lost) is left alone, so a rerun moves nothing twice.
+RESEQ_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[1])
+if floor > cur then cur = floor end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local s = tonumber(string.match(info[i + 1], '^(%d+)'))
+      if s and s > cur then cur = s end
+    end
+  end
+end
+local moved = {}
+local n = tonumber(ARGV[7])
+for i = 0, n - 1 do
+  local old = ARGV[8 + 3 * i]
+  local e = redis.call('XRANGE', KEYS[1], old .. '-0', old .. '-0')
+  if #e == 1 then
+    local msg = e[1][2][2]
+    local s, t = string.find(msg, ',"seq":' .. old .. ',', 1, true)
+    if s and string.find(msg, '"id":"' .. ARGV[9 + 3 * i] .. '"', 1, true) then
+      cur = cur + 1
+      local sseq = string.format('%d', cur)
+      local new = string.sub(msg, 1, s - 1) .. ',"seq":' .. sseq .. ',' .. string.sub(msg, t + 1)
+      redis.call('XADD', KEYS[1], sseq .. '-0', 'm', new)
+      local k = tonumber(ARGV[10 + 3 * i])
+      if k > 0 then redis.call('SET', KEYS[3 + k], sseq, 'EX', ARGV[5]) end
+      redis.call('PUBLISH', ARGV[4], 'r:' .. ARGV[3] .. '||{"type":"message","message":' .. new .. '}')
+      moved[#moved + 1] = tonumber(old)
+      moved[#moved + 1] = cur
+    end
+  end
+end
+redis.call('SET', KEYS[2], string.format('%d', cur))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('PERSIST', KEYS[1])
+  -- everything up to the batch is in PostgreSQL (or dead_letters): the orphans' old entries
+  -- must stop shadowing the PostgreSQL rows of their seqs in history reads
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+end
+if #moved > 0 then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[6])
+end
+return moved
+"""
+
+# Raise an existing counter to at least ARGV[1] (a missing one is seeded on the next send).
+# KEYS: 1 seq. Returns 1 raised, 0 already there, -1 missing.
+RAISE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+if tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 COLUMNS = ("id", "room_id", "seq", "sender_id", "kind", "body", "file_id", "client_id", "created_at")
+
+# What PostgreSQL or asyncpg's encoder raise for a row's data: SQLSTATE class 22 (NUL in text,
+# too long, out of range) server side; ValueError (bad UUID, lone surrogate), TypeError and
+# OverflowError client side. Unique and foreign-key violations (class 23) are not here.
+DATA_ERRORS = (asyncpg.DataError, ValueError, TypeError, OverflowError)
 
 # Temp tables are per session, and asyncpg's pool keeps sessions: created once per
 # connection, emptied by every commit. Sent with BEGIN in one round trip.
@@ -100,7 +194,7 @@ SKIP_FK_SQL = "\nSET LOCAL session_replication_role = replica;"
 # reference alive) locks the references and checks they all exist; if one is missing it
 # raises, and the batch goes the staging way, which drops or nulls it. Ids are inlined
 # as canonical UUID text (uuid.UUID re-formats them), so BEGIN, the role switch and this
-# check share one round trip: 4 per batch, as on the staging path.
+# check share one round trip: 3 per batch (BEGIN+check, COPY, last_seq+COMMIT).
 CHECK_REFS_SQL = """
 DO $$
 DECLARE n bigint;
@@ -116,20 +210,41 @@ CHECK_MORE_SQL = """
 
 # Rows of a room deleted meanwhile are dropped; a deleted sender or file becomes NULL (as
 # ON DELETE SET NULL would have done). A delete that commits first is not seen by the
-# locks; one that comes later waits for our commit and then cascades as usual. Sent with
-# COMMIT in one round trip.
-INSERT_COMMIT_SQL = """WITH
+# locks; one that comes later waits for our commit and then cascades as usual.
+# ON CONFLICT without a target: a seq taken (re-run, or a Redis rollback) and an id already
+# stored at another seq (a message moved by RESEQ_LUA, seen again after a second rollback)
+# are both skipped here and judged below. The stage is emptied in the same statement (the
+# careful path reuses it per chunk). Returns the orphans: rows not inserted whose id
+# PostgreSQL does not hold (the sub-select sees the table as before this INSERT).
+INSERT_STAGED_SQL = """WITH
   r AS (SELECT id FROM rooms WHERE id IN (SELECT room_id FROM chat_flush_stage) FOR KEY SHARE),
   u AS (SELECT id FROM users WHERE id IN (SELECT sender_id FROM chat_flush_stage) FOR KEY SHARE),
-  f AS (SELECT id FROM files WHERE id IN (SELECT file_id FROM chat_flush_stage) FOR KEY SHARE)
-INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)
-SELECT s.id, s.room_id, s.seq, u.id, s.kind, s.body, f.id, s.client_id, s.created_at
-FROM chat_flush_stage s
-JOIN r ON r.id = s.room_id
-LEFT JOIN u ON u.id = s.sender_id
-LEFT JOIN f ON f.id = s.file_id
-ON CONFLICT (room_id, seq) DO NOTHING;
-COMMIT"""
+  f AS (SELECT id FROM files WHERE id IN (SELECT file_id FROM chat_flush_stage) FOR KEY SHARE),
+  ins AS (
+    INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)
+    SELECT s.id, s.room_id, s.seq, u.id, s.kind, s.body, f.id, s.client_id, s.created_at
+    FROM chat_flush_stage s
+    JOIN r ON r.id = s.room_id
+    LEFT JOIN u ON u.id = s.sender_id
+    LEFT JOIN f ON f.id = s.file_id
+    ON CONFLICT DO NOTHING
+    RETURNING seq),
+  del AS (DELETE FROM chat_flush_stage)
+SELECT s.seq FROM chat_flush_stage s JOIN r ON r.id = s.room_id
+WHERE s.seq NOT IN (SELECT seq FROM ins)
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = s.id)"""
+
+# Ends every write: the room's last_seq follows what the flush wrote (a counter re-seeded from
+# PostgreSQL then stays above seqs the retention prune deleted). Inlined (a UUID re-formatted
+# by uuid.UUID and an int) so it shares COMMIT's round trip; no write when already there.
+FINISH_SQL = "UPDATE rooms SET last_seq = {top} WHERE id = '{room}' AND last_seq < {top};COMMIT"
+
+DEAD_SQL = """INSERT INTO dead_letters (room_id, seq, message_id, entry, digest, error, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (room_id, seq, digest) DO NOTHING"""
+
+# PostgreSQL's view of the room's highest seq (orphan path only).
+FLOOR_SQL = """SELECT GREATEST(r.last_seq, COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_id = r.id), 0))
+FROM rooms r WHERE r.id = $1"""
 
 # Whether this process's database role may skip the triggers: None until tried.
 _skip_fk: dict[str, bool | None] = {"allowed": None}
@@ -146,15 +261,37 @@ class FlushResult:
     flushed: int = 0  # the room's `flushed` seq when the run ended
     busy: bool = False  # another worker held the room's lease: nothing done
     drained: bool = False  # nothing left to flush when the run ended
-    skipped: int = 0  # unreadable cache entries (logged; a bug in the writer)
+    skipped: int = 0  # entries set aside in dead_letters (unparseable, or refused by PostgreSQL)
+    reseq: int = 0  # orphans given a new seq (Redis had re-issued seqs PostgreSQL holds)
+
+
+@dataclass
+class DeadRow:
+    """A cache entry set aside: what goes into `dead_letters`."""
+
+    seq: int
+    message_id: str | None
+    entry: bytes
+    error: str
 
 
 @dataclass
 class _Batch:
     entries: int  # stream entries read
     records: list[tuple[Any, ...]]  # rows for COPY
+    raws: list[str]  # each record's "m" field as read (for a dead letter)
     top: int  # highest seq read (the `after` we read from when nothing was there)
-    skipped: int
+    dead: list[DeadRow] = field(default_factory=list)  # entries that did not parse
+
+
+@dataclass
+class Written:
+    """What one batch's transaction did."""
+
+    path: str  # "copy", "stage" or "careful" (bisected after a data error); "" = no rows
+    orphans: list[int] = field(default_factory=list)  # indexes into the records
+    dead: list[DeadRow] = field(default_factory=list)  # every row set aside (read or write)
+    floor: int = 0  # PostgreSQL's highest seq of the room (set when there are orphans)
 
 
 def _raw_reader(redis: Redis) -> Redis:
@@ -176,27 +313,81 @@ def _message_json(fields: list[str]) -> str:
     return dict(zip(fields[::2], fields[1::2]))["m"]
 
 
+def _entry_bytes(fields: list[Any]) -> bytes:
+    """The entry as stored for a dead letter: the "m" field, or every field when it has none."""
+    def b(v: Any) -> bytes:
+        return v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogatepass")
+    if len(fields) == 2 and b(fields[0]) == b"m":
+        return b(fields[1])
+    return b"\n".join(b(k) + b"=" + b(v) for k, v in zip(fields[::2], fields[1::2]))
+
+
+def _id_or_none(value: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"[:2000]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) -> _Batch:
     """The next `count` cache entries after seq `after`, parsed into rows (`raw`: _raw_reader)."""
-    entries = await raw.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
+    try:
+        entries = await raw.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
+    except UnicodeDecodeError:
+        # An entry that is not UTF-8 (nothing the accept path writes): read this batch as bytes.
+        entries = await _read_bytes(raw, keys, room_id, after, count)
     records: list[tuple[Any, ...]] = []
+    raws: list[str] = []
+    dead: list[DeadRow] = []
     top = after
-    skipped = 0
     for entry_id, fields in entries:
         seq = int(entry_id.partition("-")[0])
         top = seq
+        m: Any = None
         try:
-            m = loads(_message_json(fields))
+            js = _message_json(fields)
+            if isinstance(js, bytes):
+                js = js.decode("utf-8")
+            m = loads(js)
             f = m.get("file")
             records.append((m["id"], room_id, seq, m.get("sender_id"), m["kind"], m.get("body") or "",
                             f["id"] if f else None, m.get("client_id"),
                             datetime.fromisoformat(m["created_at"])))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            # Skipping loses this one message; refusing would block every later message
-            # of the room and grow Redis without bound.
-            skipped += 1
-            log.error("flush room=%s seq=%d: unreadable cache entry skipped (%r)", room_id, seq, exc)
-    return _Batch(len(entries), records, top, skipped)
+            raws.append(js)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # Skipping would lose it silently; refusing would block every later message of the
+            # room and grow Redis without bound. Set aside, committed with the rest of the batch.
+            mid = _id_or_none(m.get("id")) if isinstance(m, dict) else None
+            dead.append(DeadRow(seq, mid, _entry_bytes(fields), _error_text(exc)))
+    return _Batch(len(entries), records, raws, top, dead)
+
+
+async def _read_bytes(raw: Redis, keys: Keys, room_id: str, after: int, count: int) -> list[Any]:
+    """The same XRANGE on a short-lived bytes client; entry ids decoded, fields left as bytes."""
+    kwargs = {**raw.connection_pool.connection_kwargs, "decode_responses": False}
+    pool = ConnectionPool(connection_class=raw.connection_pool.connection_class, **kwargs)
+    client = Redis(connection_pool=pool)
+    try:
+        reply = await client.execute_command("XRANGE", keys.room_log(room_id), str(after + 1), "+",
+                                             "COUNT", count)
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+    out = []
+    for entry_id, fields in reply:
+        decoded = []
+        for v in fields:
+            try:
+                decoded.append(v.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(v)  # stays bytes: _read sets the entry aside
+        out.append((entry_id.decode(), decoded))
+    return out
 
 
 def _check_refs_sql(room_id: str, records: list[tuple[Any, ...]]) -> str:
@@ -209,21 +400,59 @@ def _check_refs_sql(room_id: str, records: list[tuple[Any, ...]]) -> str:
     return CHECK_REFS_SQL.format(room=uuid.UUID(room_id), more=more)
 
 
+def _dead_of(record: tuple[Any, ...], raw: str | None, exc: BaseException) -> DeadRow:
+    entry = (raw if raw is not None else repr(record)).encode("utf-8", "surrogatepass")
+    return DeadRow(int(record[2]), _id_or_none(record[0]), entry, _error_text(exc))
+
+
+async def _finish(conn: Any, room_id: str, top: int, dead: list[DeadRow], with_floor: bool) -> int:
+    """Dead letters, last_seq and COMMIT of a write; PostgreSQL's max seq when asked (orphans)."""
+    room = uuid.UUID(room_id)
+    if dead:
+        await conn.executemany(DEAD_SQL, [(room, d.seq, d.message_id, d.entry, hashlib.sha1(d.entry).hexdigest(),
+                                           d.error) for d in dead])
+    floor = 0
+    if with_floor:
+        await conn.execute(FINISH_SQL.format(top=int(top), room=room).split(";COMMIT")[0])
+        floor = int(await conn.fetchval(FLOOR_SQL, room) or 0)
+        await conn.execute("COMMIT")
+    else:
+        await conn.execute(FINISH_SQL.format(top=int(top), room=room))
+    return floor
+
+
 async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]], *,
-                 skip_fk: bool | None = None) -> str:
-    """Write one batch in one transaction; returns the path taken ("copy" or "stage")."""
+                 raws: list[str] | None = None, dead: list[DeadRow] | None = None, top: int | None = None,
+                 skip_fk: bool | None = None) -> Written:
+    """Write one batch (rows, and entries already set aside) in one transaction."""
+    dead = list(dead or [])
+    if top is None:
+        top = max([int(r[2]) for r in records] + [d.seq for d in dead] + [0])
     skip = _skip_fk["allowed"] is not False if skip_fk is None else skip_fk
+    if not records:
+        async with pool.acquire() as conn:
+            try:
+                await conn.execute("BEGIN")
+                await _finish(conn, room_id, top, dead, False)
+            except BaseException:
+                await _rollback(conn)
+                raise
+        return Written("", dead=dead)
+    careful = False
     if skip:
         async with pool.acquire() as conn:
             try:
                 await conn.execute("BEGIN;" + SKIP_FK_SQL + _check_refs_sql(room_id, records))
                 await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
-                await conn.execute("COMMIT")
+                await _finish(conn, room_id, top, dead, False)
                 _skip_fk["allowed"] = True
-                return "copy"
+                return Written("copy", dead=dead)
             except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
-                # Rows already there (a re-run after a crash), or a reference is gone.
+                # Rows already there (a re-run after a crash, or a Redis rollback), or a reference is gone.
                 await _rollback(conn)
+            except DATA_ERRORS:
+                await _rollback(conn)
+                careful = True
             except asyncpg.InsufficientPrivilegeError:
                 await _rollback(conn)
                 if skip_fk:
@@ -234,15 +463,61 @@ async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]
             except BaseException:
                 await _rollback(conn)
                 raise
+    begin = BEGIN_SQL.format(skip_fk=SKIP_FK_SQL if skip else "")
+    if not careful:
+        async with pool.acquire() as conn:
+            try:
+                await conn.execute(begin)
+                await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
+                orphan_seqs = [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
+                floor = await _finish(conn, room_id, top, dead, bool(orphan_seqs))
+                return Written("stage", _indexes(records, orphan_seqs), dead, floor)
+            except DATA_ERRORS:
+                await _rollback(conn)
+            except BaseException:
+                await _rollback(conn)
+                raise
+    return await _write_careful(pool, room_id, records, raws, dead, top, begin)
+
+
+async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]],
+                         raws: list[str] | None, dead: list[DeadRow], top: int, begin: str) -> Written:
+    """A batch with rows PostgreSQL refuses: bisect it under savepoints, commit every good row and
+    set the bad ones aside, all in one transaction. k bad rows cost O(k log n) chunks, at most
+    2n - 1 (every row bad)."""
+    orphan_seqs: list[int] = []
+    bad = 0
     async with pool.acquire() as conn:
         try:
-            await conn.execute(BEGIN_SQL.format(skip_fk=SKIP_FK_SQL if skip else ""))
-            await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
-            await conn.execute(INSERT_COMMIT_SQL)
-            return "stage"
+            await conn.execute(begin)
+            todo = [(0, len(records))]
+            while todo:
+                lo, hi = todo.pop()
+                await conn.execute("SAVEPOINT chat_flush_chunk")
+                try:
+                    await conn.copy_records_to_table("chat_flush_stage", records=records[lo:hi], columns=COLUMNS)
+                    orphan_seqs += [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
+                    await conn.execute("RELEASE SAVEPOINT chat_flush_chunk")
+                except DATA_ERRORS as exc:
+                    await conn.execute("ROLLBACK TO SAVEPOINT chat_flush_chunk;RELEASE SAVEPOINT chat_flush_chunk")
+                    if hi - lo == 1:
+                        dead.append(_dead_of(records[lo], raws[lo] if raws else None, exc))
+                        bad += 1
+                    else:
+                        mid = (lo + hi) // 2
+                        todo += [(mid, hi), (lo, mid)]  # lower half first: rows keep their order
+            floor = await _finish(conn, room_id, top, dead, bool(orphan_seqs))
         except BaseException:
             await _rollback(conn)
             raise
+    return Written("careful", _indexes(records, orphan_seqs), dead, floor)
+
+
+def _indexes(records: list[tuple[Any, ...]], seqs: list[int]) -> list[int]:
+    if not seqs:
+        return []
+    want = set(seqs)
+    return [i for i, r in enumerate(records) if int(r[2]) in want]
 
 
 async def _rollback(conn: Any) -> None:
@@ -251,6 +526,29 @@ async def _rollback(conn: Any) -> None:
             await conn.execute("ROLLBACK")
     except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool anyway
         pass
+
+
+async def _reseq(redis: Redis, keys: Keys, settings: Settings, room_id: str, batch: _Batch,
+                 written: Written) -> list[tuple[int, int]]:
+    """Move the batch's orphans to new seqs (RESEQ_LUA); [(old seq, new seq), ...]."""
+    script_keys = [keys.room_log(room_id), keys.room_seq(room_id), keys.pending_rooms()]
+    per: list[Any] = []
+    for i in written.orphans:
+        r = batch.records[i]
+        k = 0
+        if r[7] is not None:
+            script_keys.append(keys.room_client_id(room_id, r[3] or "-", r[7]))
+            k = len(script_keys) - 3
+        per += [int(r[2]), str(r[0]), k]
+    resync = encode(f"r:{room_id}", {"type": "resync", "room_id": room_id, "reason": "redis_rollback"})
+    args = [max(written.floor, batch.top), batch.top + 1, room_id, keys.events_channel(),
+            settings.idempotency_ttl_s, resync, len(written.orphans), *per]
+    flat = await redis.register_script(RESEQ_LUA)(keys=script_keys, args=args)
+    moved = [(int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]
+    for old, new in moved:
+        log.warning("flush room=%s seq=%d: seq already taken in PostgreSQL by another message "
+                    "(Redis rolled back); message moved to seq %d", room_id, old, new)
+    return moved
 
 
 async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settings,
@@ -274,7 +572,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         return result
     commit = redis.register_script(COMMIT_LUA)
     commit_keys = [keys.room_log(room_id), keys.room_flushed(room_id), keys.room_seq(room_id),
-                   keys.pending_rooms(), lease_key]
+                   keys.pending_rooms(), lease_key, keys.room_members(room_id)]
     read_ahead: asyncio.Task[_Batch] | None = None
     try:
         # Re-arm the backlog trigger: what arrives from now on may ask for another run.
@@ -289,13 +587,21 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                 # Probably more: read and parse the next batch while this one is written.
                 # Safe: entries after batch.top are trimmed only once some flush committed them.
                 read_ahead = asyncio.create_task(_read(raw, keys, room_id, batch.top, size))
-            if batch.records:
-                await _write(pool, room_id, batch.records)
-            result.rows += len(batch.records)
-            result.skipped += batch.skipped
+            if batch.records or batch.dead:
+                written = await _write(pool, room_id, batch.records, raws=batch.raws, dead=batch.dead,
+                                       top=batch.top)
+                for d in written.dead:
+                    log.error("flush room=%s seq=%d: entry set aside in dead_letters (%s)", room_id, d.seq, d.error)
+                result.skipped += len(written.dead)
+                result.rows += (len(batch.records) - (len(written.dead) - len(batch.dead))
+                                - len(written.orphans))
+                if written.orphans:
+                    # After the commit (the good rows are safe), before `flushed` passes them.
+                    result.reseq += len(await _reseq(redis, keys, settings, room_id, batch, written))
             result.batches += 1 if batch.entries else 0
             flushed, drained, held = await commit(
-                keys=commit_keys, args=[batch.top, settings.cache_tail, room_id, token, lease_ms])
+                keys=commit_keys, args=[batch.top, settings.cache_tail, room_id, token, lease_ms,
+                                        settings.room_cache_idle_ttl_s])
             result.flushed, result.drained = int(flushed), bool(drained)
             # A short batch means we reached the end of the stream as it was when read. What
             # arrived since is pending and gets its own run (backlog trigger or next tick):
@@ -313,9 +619,49 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
     result.ms = (time.perf_counter() - started) * 1000
     if result.rows or result.skipped:
         rate = result.rows / (result.ms / 1000) if result.ms else 0.0
-        log.info("flush room=%s rows=%d batches=%d ms=%.1f rows_per_s=%.0f flushed=%d",
-                 room_id, result.rows, result.batches, result.ms, rate, result.flushed)
+        log.info("flush room=%s rows=%d batches=%d ms=%.1f rows_per_s=%.0f flushed=%d dead=%d reseq=%d",
+                 room_id, result.rows, result.batches, result.ms, rate, result.flushed, result.skipped,
+                 result.reseq)
     return result
+
+
+# Rooms per SQL page and Redis pipeline when re-seeding after a Redis restart.
+RESEED_PAGE = 1000
+RESEED_SQL = """SELECT r.id, GREATEST(r.last_seq, COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_id = r.id), 0)) AS top
+FROM rooms r WHERE r.id > $1 ORDER BY r.id LIMIT $2"""
+
+
+async def check_redis_restart(*, redis: Redis, keys: Keys, pool: asyncpg.Pool) -> int | None:
+    """After Redis restarted (new `run_id`), raise every room's counter to PostgreSQL's max.
+
+    A Redis that comes back from an `appendfsync everysec` crash, or a promoted replica, may
+    hold counters from before messages PostgreSQL already has; raising them at once keeps new
+    sends off those seqs (a send that got one meanwhile is moved by the flush). `flushed` is
+    never advanced here: entries Redis still holds are flushed, and orphans moved, as usual.
+    Returns how many counters were raised, or None when Redis did not restart.
+    """
+    run_id = str((await redis.info("server")).get("run_id", ""))
+    if not run_id or await redis.get(keys.redis_run_id()) == run_id:
+        return None
+    raise_script = redis.register_script(RAISE_LUA)
+    raised, after = 0, uuid.UUID(int=0)
+    while True:
+        rows = await pool.fetch(RESEED_SQL, after, RESEED_PAGE)
+        if not rows:
+            break
+        after = rows[-1]["id"]
+        async with redis.pipeline(transaction=False) as pipe:
+            todo = [r for r in rows if r["top"] > 0]
+            for r in todo:
+                await raise_script(keys=[keys.room_seq(str(r["id"]))], args=[int(r["top"])], client=pipe)
+            results = await pipe.execute() if todo else []
+        raised += sum(1 for x in results if x == 1)
+        if len(rows) < RESEED_PAGE:
+            break
+    await redis.set(keys.redis_run_id(), run_id)
+    log.warning("Redis run_id changed (restart or failover): %d room counters raised to PostgreSQL's max seq",
+                raised)
+    return raised
 
 
 async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool,
@@ -336,6 +682,7 @@ async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, poo
             total.rows += res.rows
             total.batches += res.batches
             total.skipped += res.skipped
+            total.reseq += res.reseq
             total.ms += res.ms
             total.flushed, total.busy = res.flushed, res.busy
             total.drained = res.drained or (not res.busy and res.flushed >= target)

@@ -11,9 +11,17 @@ Cache layout of a room (the write-behind message cache):
                       holds every message not yet in PostgreSQL plus a short tail
   flushed    string   highest seq committed to PostgreSQL
   members    set      user ids of members; sentinel "*" marks it loaded (empty set != unknown)
-  cid:<user>:<client_id>  string  the message JSON a client_id produced (idempotent retries)
+  mver       string   the room's membership version counter (allocated under the room row lock)
+  mvers      hash     user id -> signed version of the last membership change applied to the set
+                      (+v joined, -v left/kicked/banned): older changes arriving late are ignored
+  denied:<user> string  short-lived "404"/"403": PostgreSQL said this user is not a member (abuse cap)
+  gone       string   short-lived: PostgreSQL said this room does not exist (abuse cap)
+  cid:<user>:<client_id>  string  the seq a client_id produced (idempotent retries read the entry
+                      from the stream, or from PostgreSQL once trimmed)
   flush_queued string  set while a flush_room job is queued (backlog trigger dedup)
   flush_lease  string  held by the worker flushing the room
+A drained room's log, seq, flushed and members get a TTL (ROOM_CACHE_IDLE_TTL_S), removed
+by the next accepted message; anything lost that way is rebuilt from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -41,6 +49,18 @@ class Keys:
     def room_members(self, room_id: str) -> str:
         return f"{self._room(room_id)}:members"
 
+    def room_mver(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:mver"
+
+    def room_mvers(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:mvers"
+
+    def room_denied(self, room_id: str, user_id: str) -> str:
+        return f"{self._room(room_id)}:denied:{user_id}"
+
+    def room_gone(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:gone"
+
     def room_client_id(self, room_id: str, sender_id: str, client_id: str) -> str:
         return f"{self._room(room_id)}:cid:{sender_id}:{client_id}"
 
@@ -54,6 +74,11 @@ class Keys:
     def pending_rooms(self) -> str:
         """Set of room ids with messages not yet in PostgreSQL (the worker's to-do list)."""
         return f"{self.prefix}:pending_rooms"
+
+    def redis_run_id(self) -> str:
+        """The Redis `run_id` the flush tick last saw: a new one means Redis restarted (or a
+        replica took over) and may have come back behind PostgreSQL."""
+        return f"{self.prefix}:redis_run_id"
 
     def events_channel(self) -> str:
         """Pub/sub channel every server process subscribes to for fan-out."""
