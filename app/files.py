@@ -50,9 +50,14 @@ def file_object(f: File) -> dict[str, Any]:
     }
 
 
-def meta_object(f: File) -> dict[str, Any]:
-    """`GET /files/{id}/meta` and `file_status`: the file object plus its processing state."""
-    return {**file_object(f), "room_id": str(f.room_id), "status": f.status, "reason": f.reason,
+def meta_object(f: File, *, viewer_id: str | None) -> dict[str, Any]:
+    """`GET /files/{id}/meta` and `file_status`: the file object plus its processing state.
+
+    The rejection `reason` is the uploader's business (it can echo what they sent): other
+    members see null.
+    """
+    own = viewer_id is not None and f.uploader_id is not None and str(f.uploader_id) == str(viewer_id)
+    return {**file_object(f), "room_id": str(f.room_id), "status": f.status, "reason": f.reason if own else None,
             "client_id": f.client_id, "seq": f.message_seq, "created_at": iso(f.created_at)}
 
 
@@ -87,7 +92,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
             first = await File.filter(room_id=room_id, uploader_id=uploader_id, client_id=client_id).first()
             if first is not None:
                 incoming.unlink(missing_ok=True)
-                return meta_object(first), False
+                return meta_object(first, viewer_id=uploader_id), False
         f = await File.create(
             id=file_id, room_id=room_id, uploader_id=uploader_id, name=media.display_name(got.filename),
             mime=got.prefix_mime if got.prefix_mime in settings.allowed_mime else None,
@@ -103,7 +108,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
         incoming.unlink(missing_ok=True)
         await f.delete()
         raise ServiceUnavailable("The file processing queue is unavailable.") from None
-    return meta_object(f), True
+    return meta_object(f, viewer_id=uploader_id), True
 
 
 def _printable(value: str | None) -> str | None:
@@ -242,7 +247,8 @@ async def _notify(redis: Redis, keys: Keys, f: File) -> None:
     if f.uploader_id is None:
         return
     try:
-        await events.to_user(redis, keys, str(f.uploader_id), {"type": "file_status", "file": meta_object(f)})
+        await events.to_user(redis, keys, str(f.uploader_id), {"type": "file_status",
+                                                                   "file": meta_object(f, viewer_id=str(f.uploader_id))})
     except Exception:  # noqa: BLE001
         log.warning("file_status for file %s not published", f.id, exc_info=True)
 

@@ -117,14 +117,67 @@ def claimed_family(name: str, claimed_mime: str | None) -> str | None:
     return None
 
 
+# The mismatch rule (docs/api.md): a claim that names a specific type must agree with the
+# sniffed type exactly, up to these spellings and the ambiguities of the containers.
+_OOXML_ODF = {m for m, (_e, fam) in TYPES.items() if fam == "document"} - {
+    "application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"}
+_CFB = {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"}
+# Claims that declare nothing: the bytes decide.
+_NO_CLAIM = {"", "application/octet-stream", "binary/octet-stream", "application/unknown",
+             "application/x-unknown", "application/binary", "*/*"}
+_MIME_ALIASES = {
+    "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+    "application/x-pdf": "application/pdf", "application/x-zip-compressed": "application/zip",
+    "application/x-zip": "application/zip", "text/csv": "text/plain", "text/markdown": "text/plain",
+    "text/x-markdown": "text/plain", "text/tab-separated-values": "text/plain", "text/x-log": "text/plain",
+}
+_EXT_TYPE = {e: m for m, (e, _f) in TYPES.items()}
+_EXT_TYPE.update({a: _EXT_TYPE[e] for e, aliases in _EXT_ALIASES.items() for a in aliases})
+
+
+def _accepted_for(claimed: str) -> set[str]:
+    """The sniffed types that agree with a claimed specific type."""
+    if claimed in _CFB:
+        return set(_CFB)  # libmagic tells the old Office formats apart only loosely
+    if claimed in _OOXML_ODF or claimed == "application/zip":
+        return {claimed, "application/zip"} if claimed != "application/zip" else {"application/zip", *_OOXML_ODF}
+    return {claimed}
+
+
+def claimed_types(name: str, claimed_mime: str | None) -> list[tuple[str, str]]:
+    """What the client declared, as (where, type): the part's Content-Type and the name's extension.
+
+    A type/* Content-Type declares only a family; octet-stream and unknown extensions declare nothing.
+    """
+    out: list[tuple[str, str]] = []
+    mime = (claimed_mime or "").split(";")[0].strip().lower()
+    mime = _MIME_ALIASES.get(mime, mime)
+    if mime not in _NO_CLAIM and not mime.endswith("/*"):
+        out.append(("Content-Type", mime))
+    ext = os.path.splitext(name)[1].lower()
+    if ext in _EXT_TYPE:
+        out.append(("name", _EXT_TYPE[ext]))
+    return out
+
+
 def check_type(sniffed: str, name: str, claimed_mime: str | None, allowed: tuple[str, ...]) -> None:
-    """Raise Rejected when the sniffed type is off the list or contradicts the client's claim."""
+    """Raise Rejected when the sniffed type is off the list or contradicts the client's claim.
+
+    The family rule (a .png name for a PDF, a .sh name for anything) and then the exact rule:
+    a declared specific type (Content-Type, or an extension we know) must be the sniffed one.
+    """
     if sniffed not in allowed or sniffed not in TYPES:
         raise Rejected(f"File type {sniffed} is not allowed.")
     claim = claimed_family(name, claimed_mime)
     family = TYPES[sniffed][1]
     if claim is not None and claim != family:
         raise Rejected(f"The file claims to be {claim} but its content is {sniffed}.")
+    for where, claimed in claimed_types(name, claimed_mime):
+        if sniffed not in _accepted_for(claimed):
+            # A CSV from Windows comes as application/vnd.ms-excel: its name still says text.
+            if where == "Content-Type" and claimed in _CFB and sniffed == "text/plain":
+                continue
+            raise Rejected(f"The file claims to be {claimed} (by its {where}) but its content is {sniffed}.")
 
 
 # -- names ------------------------------------------------------------------

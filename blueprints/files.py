@@ -10,8 +10,9 @@ from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, jso
 from sanic_ext.extensions.openapi import openapi
 from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
 
-from app import files, media, rooms
-from app.errors import ChatError
+from app import files, media, ratelimit, rooms
+from app.door import upload_body_cap
+from app.errors import PayloadTooLarge, RateLimited
 from blueprints.deps import ErrorEnvelope, authenticated
 from blueprints.messages import FileOut
 
@@ -59,44 +60,38 @@ _DOWNLOAD_ERRORS = [_E401, _E404, _resp(409, "file_not_ready: still processing")
               _resp(200, "the first upload of a retried client_id", FileMetaOut),
               _resp(400, "malformed multipart body"), _E401, _resp(403, "not_member (public room)"),
               _resp(404, "room_not_found"), _resp(413, "payload_too_large: the file is over the limit"),
+              _resp(429, "rate_limited: RATE_UPLOADS per RATE_UPLOADS_WINDOW_S (Retry-After)"),
               _resp(415, "unsupported_media_type: not multipart, or the first bytes show a disallowed type"),
               _resp(422, "validation_failed: no file, empty file, body or client_id invalid")])
 @authenticated
 async def upload(request: Request, room_id: str) -> HTTPResponse:
     """Multipart `file` (+ `body`, `client_id`): 202 with the file, status processing."""
+    settings = request.app.ctx.settings
+    # Before PostgreSQL and before a byte of the body: the uploader's budget, then the declared size.
+    wait = await ratelimit.hit(request.app.ctx.redis, request.app.ctx.keys.rate("uploads", request.ctx.user_id),
+                               settings.rate_uploads, settings.rate_uploads_window_s)
+    if wait:
+        raise RateLimited(wait, "Too many uploads; slow down.")
     try:
-        length = int(request.headers.get("content-length", ""))
+        length: int | None = int(request.headers.get("content-length", ""))
     except ValueError:
         length = None
-    try:
-        # Membership first: nobody else gets a byte of their body read.
-        room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
-        meta, created = await files.upload(
-            settings=request.app.ctx.settings, room_id=str(room.id), uploader_id=request.ctx.user_id,
-            content_type=request.headers.get("content-type", ""), content_length=length,
-            chunks=_body(request))
-    except ChatError:
-        _stop_reading(request)
-        raise
+    if length is not None and length > upload_body_cap(settings):
+        raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.",
+                              details={"max_bytes": settings.max_upload_bytes})
+    # Membership next: nobody else gets a byte of their body read. Any refusal with the body
+    # unread is answered, and the rest is read away (app/door.py) so the client sees it.
+    room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
+    meta, created = await files.upload(
+        settings=settings, room_id=str(room.id), uploader_id=request.ctx.user_id,
+        content_type=request.headers.get("content-type", ""), content_length=length,
+        chunks=_body(request))
     return json(meta, status=202 if created else 200)
 
 
 async def _body(request: Request) -> Any:
     while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
         yield chunk
-
-
-def _stop_reading(request: Request) -> None:
-    """Refused mid-body: answer now and drop the connection instead of reading the rest.
-
-    After the handler, Sanic drains an unread body up to REQUEST_MAX_SIZE; a limit of 0
-    makes it stop at once, and keep_alive=False puts `Connection: close` on our error
-    response so the client does not reuse a connection we are about to close.
-    """
-    stream = request.stream
-    if stream is not None and getattr(stream, "request_body", None):
-        stream.request_max_size = 0  # type: ignore[union-attr]
-        stream.keep_alive = False  # type: ignore[union-attr]
 
 
 @bp.get("/files/<file_id:str>")
@@ -124,7 +119,7 @@ async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseSt
 async def meta(request: Request, file_id: str) -> HTTPResponse:
     """The file object with its status (and the reason of a rejection)."""
     f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
-    return json(files.meta_object(f))
+    return json(files.meta_object(f, viewer_id=request.ctx.user_id))
 
 
 async def _send(request: Request, file_id: str, *, thumbnail: bool) -> HTTPResponse | ResponseStream:

@@ -58,7 +58,18 @@ def test_inconclusive_prefixes_wait_for_processing() -> None:
 
 
 def test_claimed_family_mismatch_and_off_list_are_rejected() -> None:
-    media.check_type("image/jpeg", "photo.png", "image/png", ALLOWED)  # same family: fine
+    media.check_type("image/jpeg", "photo.jpeg", "image/jpg", ALLOWED)  # spellings of one type: fine
+    media.check_type("image/png", "upload", "application/octet-stream", ALLOWED)  # declares nothing
+    media.check_type("text/plain", "data.csv", "application/vnd.ms-excel", ALLOWED)  # Windows' CSV type
+    media.check_type("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "r.docx",
+                     "application/vnd.openxmlformats-officedocument.wordprocessingml.document", ALLOWED)
+    # A specific declared type (Content-Type or a known extension) must be the sniffed one.
+    with pytest.raises(media.Rejected, match="claims to be image/jpeg"):
+        media.check_type("image/png", "x.jpg", "image/jpeg", ALLOWED)
+    with pytest.raises(media.Rejected, match="claims to be image/jpeg .by its name"):
+        media.check_type("image/png", "x.jpg", "application/octet-stream", ALLOWED)
+    with pytest.raises(media.Rejected, match="claims to be image/png .by its Content-Type"):
+        media.check_type("image/jpeg", "photo", "image/png", ALLOWED)
     media.check_type("text/plain", "notes", None, ALLOWED)  # no claim: the bytes decide
     media.check_type("application/zip", "report.docx", None, ALLOWED)  # a docx is a zip
     with pytest.raises(media.Rejected, match="claims to be image"):

@@ -459,3 +459,111 @@ def test_routes_are_documented(stack: Stack) -> None:
     assert {"202", "413", "415"} <= set(post["responses"])
     for path in ("/files/{file_id}", "/files/{file_id}/thumbnail", "/files/{file_id}/meta"):
         assert {"200", "404"} <= set(spec["paths"][path]["get"]["responses"])
+
+
+# -- answers a real client receives (issue 9, point 7) ------------------------------
+
+def _multipart_chunks(file_bytes: int, boundary: str = "b") -> Iterator[bytes]:
+    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+           "Content-Type: text/plain\r\n\r\n").encode()
+    block = b"A" * (256 * 1024)
+    left = file_bytes
+    while left > 0:
+        yield block[:left]
+        left -= len(block)
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("extra", [1, 100 * 1024, MiB])
+def test_httpx_sees_413_for_a_file_over_the_limit(stack: Stack, people: dict[str, Any], extra: int) -> None:
+    """httpx writes the whole body before it reads: the server must not close on it mid-send."""
+    limit = Settings.load(env=TEST_ENV, env_file=None).max_upload_bytes
+    resp = upload(stack, people["owner"], people["room"], b"A" * (limit + extra), "big.txt", "text/plain")
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "payload_too_large"
+    assert resp.json()["error"]["details"]["max_bytes"] == limit
+
+
+def test_httpx_sees_413_for_a_chunked_file_over_the_limit(stack: Stack, people: dict[str, Any]) -> None:
+    limit = Settings.load(env=TEST_ENV, env_file=None).max_upload_bytes
+    resp = stack.api.post(f"/rooms/{people['room']}/files", content=_multipart_chunks(limit + MiB),
+                          headers={**people["owner"].headers, "content-type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in {k.lower() for k in resp.request.headers}
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "payload_too_large"
+    # The server is still fine for the next client (and the next request works).
+    ok = upload(stack, people["owner"], people["room"], b"small text\n", "s.txt", "text/plain")
+    assert ok.status_code == 202, ok.text
+
+
+def test_httpx_sees_413_for_a_json_body_over_the_limit(stack: Stack, people: dict[str, Any]) -> None:
+    limit = Settings.load(env=TEST_ENV, env_file=None).request_max_bytes
+    big = b'{"body": "' + b"x" * (3 * limit) + b'"}'
+    headers = {**people["owner"].headers, "content-type": "application/json"}
+    resp = stack.api.post(f"/rooms/{people['room']}/messages", content=big, headers=headers)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 64 * 1024):
+            yield big[i:i + 64 * 1024]
+
+    resp = stack.api.post(f"/rooms/{people['room']}/messages", content=chunks(), headers=headers)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
+
+
+def test_json_body_over_the_limit_is_refused_before_it_is_read(stack: Stack, people: dict[str, Any]) -> None:
+    """A Content-Length over REQUEST_MAX_BYTES is answered without sending a byte of the body."""
+    limit = Settings.load(env=TEST_ENV, env_file=None).request_max_bytes
+    head = (f"POST /rooms/{people['room']}/messages HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {people['owner'].access_token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", stack.server.port), timeout=10) as sock:
+        sock.sendall(head)
+        status, body = _read_response(sock)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+def test_png_declared_as_jpeg_is_rejected_and_only_the_uploader_sees_why(stack: Stack,
+                                                                        people: dict[str, Any]) -> None:
+    png = samples.png_with_gps()
+    meta = processed(stack, people, png, "x.jpg", "image/jpeg")
+    assert meta["status"] == "rejected", meta
+    assert "image/jpeg" in meta["reason"] and "image/png" in meta["reason"]
+    other = stack.api.get(f"/files/{meta['id']}/meta", headers=people["member"].headers)
+    assert other.status_code == 200 and other.json()["status"] == "rejected"
+    assert other.json()["reason"] is None
+    # The extension alone is a declaration too; octet-stream declares nothing.
+    assert processed(stack, people, png, "x.jpg", "application/octet-stream")["status"] == "rejected"
+    assert processed(stack, people, png, "x.png", "image/png")["status"] == "ready"
+    assert processed(stack, people, png, "upload", "application/octet-stream")["status"] == "ready"
+
+
+def test_uploads_are_rate_limited_per_user_before_the_body(tmp_path: Path) -> None:
+    env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path), "RATE_UPLOADS": "2", "RATE_UPLOADS_WINDOW_S": "60"}
+    server = ServerProc(env, name=f"files-rate-{RUN_ID}")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.base_url, timeout=20.0) as api:
+            user, other = make_user(api), make_user(api)
+            room = make_room(api, user, member_ids=[other.id])["id"]
+            for _ in range(2):
+                ok = api.post(f"/rooms/{room}/files", headers=user.headers, files={"file": ("a.txt", b"hi\n")})
+                assert ok.status_code == 202, ok.text
+            resp = api.post(f"/rooms/{room}/files", headers=user.headers, files={"file": ("a.txt", b"hi\n")})
+            assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(resp.headers["retry-after"]) <= 60
+            # Counted before anything else: even an upload to a room that does not exist.
+            resp = api.post(f"/rooms/{uuid.uuid4()}/files", headers=user.headers, files={"file": ("a", b"x")})
+            assert resp.status_code == 429
+            # Per user: another member still may.
+            ok = api.post(f"/rooms/{room}/files", headers=other.headers, files={"file": ("a.txt", b"hi\n")})
+            assert ok.status_code == 202, ok.text
+        # Before the body: a refused upload is answered with the headers alone.
+        head = (f"POST /rooms/{room}/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user.access_token}\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {5 * MiB}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head)
+            status, body = _read_response(sock)
+        assert status == 429 and body["error"]["code"] == "rate_limited"
+    finally:
+        server.stop()
