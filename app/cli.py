@@ -3,7 +3,7 @@
   migrate          apply committed database migrations
   makemigrations   write a new migration from model changes (developers)
   flush            flush every pending room's cached messages to PostgreSQL now, and wait
-  status           backlog per pending room, and the job queues' depths
+  status           backlog per pending room, dead letters, and the job queues' depths
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from app.settings import Settings
 
@@ -76,7 +76,7 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-@command("status", "backlog per pending room and the job queues' depths")
+@command("status", "backlog per pending room, dead letters and the job queues' depths")
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobs import queues
     from app.keys import Keys
@@ -85,7 +85,27 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     keys = Keys(settings.redis_prefix)
     ns = keys.dramatiq_namespace()
 
+    async def dead_letters() -> list[Any] | None:
+        """(room, count, newest) of the entries the flush set aside; None if PostgreSQL is down."""
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(settings.database_url.replace("postgresql://", "postgres://", 1), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - status still shows what Redis knows
+            print(f"dead letters: PostgreSQL unreachable ({exc})")
+            return None
+        try:
+            return list(await conn.fetch("SELECT room_id, count(*) AS n, max(created_at) AS newest"
+                                         " FROM dead_letters GROUP BY room_id ORDER BY n DESC"))
+        finally:
+            await conn.close()
+
     async def run() -> int:
+        dead = await dead_letters()
+        if dead is not None:
+            print(f"dead letters: {sum(r['n'] for r in dead)} (cache entries the flush set aside; table dead_letters)")
+            for r in dead[:20]:
+                print(f"{r['n']:>9}  {r['room_id']}  newest {r['newest'].isoformat(timespec='seconds')}")
         redis = connect_redis(settings.redis_url)
         try:
             rooms = sorted(await redis.smembers(keys.pending_rooms()))

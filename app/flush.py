@@ -372,6 +372,7 @@ async def _read_bytes(raw: Redis, keys: Keys, room_id: str, after: int, count: i
     kwargs = {**raw.connection_pool.connection_kwargs, "decode_responses": False}
     pool = ConnectionPool(connection_class=raw.connection_pool.connection_class, **kwargs)
     client = Redis(connection_pool=pool)
+    client.set_response_callback("XRANGE", lambda response, **options: response)
     try:
         reply = await client.execute_command("XRANGE", keys.room_log(room_id), str(after + 1), "+",
                                              "COUNT", count)

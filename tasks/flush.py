@@ -24,8 +24,16 @@ async def flush_room(room_id: str) -> None:
 # No retries for scheduled actors: the next tick does the same work.
 @dramatiq.actor(periodic=cron(settings.flush_cron), max_retries=0, time_limit=60_000)
 async def flush_pending() -> None:
-    """Enqueue flush_room for every room with unflushed messages (the pending set, never KEYS)."""
+    """Enqueue flush_room for every room with unflushed messages (the pending set, never KEYS).
+
+    First, if Redis restarted or failed over since the last tick (its run_id changed), raise
+    every room's counter to PostgreSQL's max seq, so new sends stop reusing seqs PostgreSQL holds.
+    """
     res = resources()
+    try:
+        await flush.check_redis_restart(redis=res.redis, keys=res.keys, pool=res.pool())
+    except Exception:  # noqa: BLE001 - the flush itself moves any orphan; retried next tick
+        log.warning("flush_pending: checking Redis for a restart failed", exc_info=True)
     rooms = await res.redis.smembers(res.keys.pending_rooms())
     if not rooms:
         return
