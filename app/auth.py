@@ -5,7 +5,9 @@ token (one row per jti). Each refresh marks its token used and issues the next
 one in the same family; presenting a used token again is treated as theft and
 revokes the family. Revoking a family also sets a Redis marker for the access
 token lifetime, so the family's access tokens stop at once
-(`check_access_token` looks for it on every authenticated call).
+(`check_access_token` looks for it on every authenticated call), and publishes
+a user-routed event that makes every server process close that login's open
+WebSockets with 4401 (the access token's `fam` claim names the family).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app import tokens
+from app import events, tokens
 from app.errors import InvalidCredentials, InvalidToken, RefreshTokenReused, TokenExpired, UsernameTaken
 from app.keys import Keys
 from app.serialize import utcnow
@@ -151,9 +153,11 @@ def _verify_refresh(settings: Settings, token: str) -> tokens.Claims:
     return claims
 
 
-async def _mark_revoked(settings: Settings, redis: Redis, keys: Keys, family_id: str) -> None:
+async def _mark_revoked(settings: Settings, redis: Redis, keys: Keys, family_id: str, user_id: str) -> None:
     # Access tokens of the family live at most access_token_ttl_s: the marker must outlive them.
+    # Marker first: a socket opening meanwhile re-checks it after registering for the event.
     await redis.set(keys.revoked_family(family_id), "1", ex=settings.access_token_ttl_s)
+    await events.family_revoked(redis, keys, user_id, family_id)
 
 
 async def refresh(settings: Settings, redis: Redis, keys: Keys, *, refresh_token: str) -> TokenPair:
@@ -181,15 +185,15 @@ async def refresh(settings: Settings, redis: Redis, keys: Keys, *, refresh_token
         else:
             raise InvalidToken()
     if reused:
-        await _mark_revoked(settings, redis, keys, claims.family_id)
+        await _mark_revoked(settings, redis, keys, claims.family_id, claims.user_id)
         raise RefreshTokenReused()
     return pair
 
 
-async def revoke_family(settings: Settings, redis: Redis, keys: Keys, family_id: str) -> None:
-    """End a session: its refresh tokens are refused, its access tokens stop at once."""
+async def revoke_family(settings: Settings, redis: Redis, keys: Keys, family_id: str, user_id: str) -> None:
+    """End a session: its refresh tokens are refused, its access tokens and sockets stop at once."""
     await TokenFamily.filter(id=_uuid(family_id), revoked_at=None).update(revoked_at=utcnow())
-    await _mark_revoked(settings, redis, keys, family_id)
+    await _mark_revoked(settings, redis, keys, family_id, user_id)
 
 
 async def logout(settings: Settings, redis: Redis, keys: Keys, *, user_id: str, refresh_token: str) -> None:
@@ -201,7 +205,7 @@ async def logout(settings: Settings, redis: Redis, keys: Keys, *, user_id: str, 
     if claims.user_id != user_id:
         # Not the caller's session: refuse without saying whose it is.
         raise InvalidToken("This refresh token does not belong to you.")
-    await revoke_family(settings, redis, keys, claims.family_id)
+    await revoke_family(settings, redis, keys, claims.family_id, claims.user_id)
 
 
 async def check_access_token(settings: Settings, redis: Redis, keys: Keys, token: str) -> tokens.Claims:

@@ -2,7 +2,10 @@
 
 The registry is only the LOCAL half of the fan-out: events reach every process
 through Redis pub/sub (app/fanout.py), and each process delivers to its own
-sockets from here.
+sockets from here. Joins and leaves carry their membership version: the registry
+ignores one older than the last it applied for that user and room (a late join
+cannot re-attach a user removed after it), and a connection being set up skips
+the rooms whose membership changed while it read them from PostgreSQL.
 
 Each connection has a bounded outbound queue drained by one writer task, so
 one slow client never stalls delivery to the others and frames leave in the
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import uuid
 from typing import Any, Iterable
 
@@ -26,7 +30,9 @@ from app.serialize import dumps
 log = logging.getLogger("chat.ws")
 
 MESSAGE_HEAD = '{"type":"message","message":'
-ACK_FALLBACK_S = 1.0  # an ack normally rides the ordered event stream; this long without it, send it anyway
+ACK_FALLBACK_S = 1.0  # an ack normally rides the ordered event stream; check on it after this long
+ACK_GIVE_UP_S = 10.0  # a stream this late is broken: tell the client to resync and ack directly
+RECENT_S = 300.0  # how long a join/leave version is remembered (a late event is late by ms, not minutes)
 CLOSE_GRACE_S = 5.0  # after sending a close frame, how long the client may take to answer
 SLOW_CLIENT_CODE = 1013  # "try again later": the client did not read its frames fast enough
 PING_TIMEOUT_CODE = 1011  # the client stopped answering pings
@@ -66,12 +72,15 @@ class Connection:
     first use.
     """
 
-    __slots__ = ("id", "user_id", "ws", "rooms", "closing", "_max", "_q", "_writer", "_handler", "_raw",
-                 "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
+    __slots__ = ("id", "user_id", "family", "registry", "ws", "rooms", "closing", "_max", "_q", "_writer",
+                 "_handler", "_raw", "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
 
-    def __init__(self, ws: Any, user_id: str, max_queue: int = 1000) -> None:
+    def __init__(self, ws: Any, user_id: str, max_queue: int = 1000, family: str = "",
+                 registry: "Registry | None" = None) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
+        self.family = family  # the login (refresh family) whose access token opened this socket
+        self.registry = registry  # its fan-out generation tells a lagging stream from a broken one
         self.ws = ws
         self.rooms: set[str] = set()
         self.closing = False
@@ -84,9 +93,11 @@ class Connection:
         self._raw = all(hasattr(ws, a) for a in ("io_proto", "ws_proto", "conn_mutex"))
         self._idle = False  # True: started, and no writer has frames in hand (see push)
         # Acks travel with the room's events so they keep seq order on this connection.
-        self._pending_acks: dict[str, asyncio.TimerHandle] | None = None
+        # message id -> (fallback timer, message, fan-out generation at the send, time of the send)
+        self._pending_acks: dict[str, tuple[asyncio.TimerHandle, dict[str, Any], int, float]] | None = None
         self._early: set[str] | None = None  # our event arrived before the handler asked for its ack
-        self._sent_direct: set[str] | None = None  # acked by the fallback; ignore the late event
+        # acked directly (message id -> generation): ignore the event if it still comes
+        self._sent_direct: dict[str, int] | None = None
         self.ping_out = False  # a heartbeat ping went out and no pong has come back yet
 
     # -- queueing ---------------------------------------------------------------
@@ -248,7 +259,7 @@ class Connection:
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         if self._pending_acks:
-            for timer in self._pending_acks.values():
+            for timer, *_ in self._pending_acks.values():
                 timer.cancel()
             self._pending_acks.clear()
 
@@ -257,39 +268,71 @@ class Connection:
         """Our own message came back through the event stream: the ack goes out in its place."""
         body = text[len(MESSAGE_HEAD):-1]
         mid, client_id = _id_and_client_id(body)
-        if self._sent_direct and mid in self._sent_direct:
-            self._sent_direct.discard(mid)
+        if self._sent_direct and self._sent_direct.pop(mid, None) is not None:
             return
         self.push(Frame('{"type":"ack","client_id":' + client_id + ',"message":' + body + "}"))
-        timer = self._pending_acks.pop(mid, None) if self._pending_acks else None
-        if timer is not None:
-            timer.cancel()
+        entry = self._pending_acks.pop(mid, None) if self._pending_acks else None
+        if entry is not None:
+            entry[0].cancel()
         else:
             if self._early is None:
                 self._early = set()
             self._early.add(mid)
 
-    def expect_ack(self, message: dict[str, Any]) -> None:
-        """The handler accepted a message: its ack goes out with its event, or after a short wait."""
+    def expect_ack(self, message: dict[str, Any], generation: int | None = None) -> None:
+        """The handler accepted a message: its ack goes out with its event, in seq order.
+
+        `generation` is the fan-out generation read before the send: while it is unchanged the
+        event is on its way behind the room's earlier events, so acking before it would let
+        ack(n) overtake message(n-1). Only a broken stream (a new generation, or no event for
+        ACK_GIVE_UP_S) makes the ack go out directly.
+        """
         mid = message["id"]
         if self._early and mid in self._early:
             self._early.discard(mid)
             return
         if self._pending_acks is None:
             self._pending_acks = {}
+        if generation is None:
+            generation = self.registry.gen if self.registry is not None else 0
         loop = asyncio.get_running_loop()
-        self._pending_acks[mid] = loop.call_later(ACK_FALLBACK_S, self._ack_fallback, message)
+        timer = loop.call_later(ACK_FALLBACK_S, self._ack_fallback, mid)
+        self._pending_acks[mid] = (timer, message, generation, time.monotonic())
 
-    def _ack_fallback(self, message: dict[str, Any]) -> None:
-        mid = message["id"]
-        if self._pending_acks:
-            self._pending_acks.pop(mid, None)
+    def _ack_fallback(self, mid: str) -> None:
+        entry = self._pending_acks.get(mid) if self._pending_acks else None
+        if entry is None or self.closing:
+            return
+        _, message, generation, sent_at = entry
+        current = self.registry.gen if self.registry is not None else generation + 1
+        if current == generation and time.monotonic() - sent_at < ACK_GIVE_UP_S:
+            # The stream is alive: the event is late, not lost. Keep waiting for it.
+            timer = asyncio.get_running_loop().call_later(ACK_FALLBACK_S, self._ack_fallback, mid)
+            self._pending_acks[mid] = (timer, message, generation, sent_at)  # type: ignore[index]
+            return
+        del self._pending_acks[mid]  # type: ignore[union-attr]
+        if current == generation:  # no event for ACK_GIVE_UP_S: earlier ones may be stuck too
+            log.warning("no fan-out event for message %s of connection %s; acking directly", mid, self.id)
+            self.send({"type": "resync", "room_id": message.get("room_id"), "reason": "fanout_gap"})
+        self._ack_directly(message)
+
+    def _ack_directly(self, message: dict[str, Any]) -> None:
         if self._sent_direct is None:
-            self._sent_direct = set()
-        if len(self._sent_direct) > 1000:  # events that never came; do not grow forever
-            self._sent_direct.clear()
-        self._sent_direct.add(mid)
+            self._sent_direct = {}
+        self._sent_direct[message["id"]] = self.registry.gen if self.registry is not None else 0
         self.send({"type": "ack", "client_id": message.get("client_id"), "message": message})
+
+    def fanout_gap(self, generation: int) -> None:
+        """The process's subscription dropped and is back (now `generation`): events published
+        meanwhile are lost. Tell the client to sync, and ack what the lost events would have."""
+        self.send({"type": "resync", "room_id": None, "reason": "fanout_gap"})
+        if self._sent_direct:  # events older than the previous subscription can no longer come
+            self._sent_direct = {m: g for m, g in self._sent_direct.items() if g >= generation - 1}
+        if self._pending_acks:
+            pending, self._pending_acks = self._pending_acks, {}
+            for timer, message, *_ in sorted(pending.values(), key=lambda e: e[1].get("seq", 0)):
+                timer.cancel()
+                self._ack_directly(message)
 
 
 _ID_HEAD = '{"id":"'
@@ -313,12 +356,17 @@ def _id_and_client_id(body: str) -> tuple[str, str]:
 
 
 class Registry:
-    """Local connections by id, by user and by room."""
+    """Local connections by id, by user and by room, and the membership versions applied."""
 
     def __init__(self) -> None:
         self.conns: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_room: dict[str, set[Connection]] = {}
+        self.gen = 0  # fan-out generation: +1 each time the subscription comes back after a loss
+        self.tick = 0  # membership events applied so far (a handshake notes it before reading PG)
+        # (room, user) -> (version, tick, monotonic time) of the last join/leave applied;
+        # (room, "*") marks a deleted room. Insertion-ordered, oldest first, pruned after RECENT_S.
+        self._recent: dict[tuple[str, str], tuple[float, int, float]] = {}
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
@@ -340,7 +388,46 @@ class Registry:
             self.by_room.setdefault(room_id, set()).add(conn)
             conn.rooms.add(room_id)
 
+    def attach_fresh(self, conn: Connection, room_ids: Iterable[str], since_tick: int) -> None:
+        """Attach a new connection to the rooms PostgreSQL listed, except those whose membership
+        changed since `since_tick` (noted before the read): that event already did the right thing."""
+        user = conn.user_id
+        self.attach(conn, [r for r in room_ids if not self.changed_since(r, user, since_tick)])
+
+    def changed_since(self, room_id: str, user_id: str, since_tick: int) -> bool:
+        for key in ((room_id, user_id), (room_id, "*")):
+            entry = self._recent.get(key)
+            if entry is not None and entry[1] > since_tick:
+                return True
+        return False
+
+    def note_membership(self, room_id: str, user_id: str, version: float) -> bool:
+        """Record a join/leave of `version`; False when it is stale (an equal or newer one, or
+        the room's deletion, was applied). Version 0 (an old publisher) always applies."""
+        if (room_id, "*") in self._recent:
+            return False
+        key = (room_id, user_id)
+        prev = self._recent.pop(key, None)
+        if prev is not None and version and prev[0] >= version:
+            self._recent[key] = prev
+            return False
+        self._record(key, version)
+        return True
+
+    def _record(self, key: tuple[str, str], version: float) -> None:
+        now = time.monotonic()
+        self.tick += 1
+        recent = self._recent
+        recent.pop(key, None)
+        recent[key] = (version, self.tick, now)
+        while recent:  # drop what is too old to matter, oldest first
+            first = next(iter(recent))
+            if now - recent[first][2] < RECENT_S:
+                break
+            del recent[first]
+
     def attach_user(self, user_id: str, room_id: str) -> None:
+        """Attach the user's connections (the caller checked note_membership)."""
         for conn in self.by_user.get(user_id, ()):
             self.attach(conn, (room_id,))
 
@@ -350,8 +437,41 @@ class Registry:
             self._unlink(room_id, conn)
 
     def forget_room(self, room_id: str) -> None:
+        self._record((room_id, "*"), float("inf"))
         for conn in self.by_room.pop(room_id, ()):
             conn.rooms.discard(room_id)
+
+    def close_family(self, user_id: str, family_id: str, code: int, reason: str) -> int:
+        """Close the user's connections opened with that login; how many."""
+        hit = [c for c in self.by_user.get(user_id, ()) if c.family == family_id]
+        for conn in hit:
+            conn.close(code, reason)
+        return len(hit)
+
+    def fanout_gap(self) -> None:
+        """The subscription is back after a loss: a new generation, and every client resyncs."""
+        self.gen += 1
+        for conn in list(self.conns.values()):
+            try:
+                conn.fanout_gap(self.gen)
+            except Exception:  # noqa: BLE001 - one broken socket must not stop the others
+                log.debug("resync of %s failed", conn.id, exc_info=True)
+
+    def refresh_user(self, user_id: str, room_ids: set[str], since_tick: int) -> int:
+        """Make the user's connections follow PostgreSQL's room list (read after `since_tick`),
+        leaving alone rooms whose membership changed since; how many attachments changed."""
+        changed = 0
+        for conn in list(self.by_user.get(user_id, ())):
+            for room_id in room_ids - conn.rooms:
+                if not self.changed_since(room_id, user_id, since_tick):
+                    self.attach(conn, (room_id,))
+                    changed += 1
+            for room_id in conn.rooms - room_ids:
+                if not self.changed_since(room_id, user_id, since_tick):
+                    conn.rooms.discard(room_id)
+                    self._unlink(room_id, conn)
+                    changed += 1
+        return changed
 
     def _unlink(self, room_id: str, conn: Connection) -> None:
         members = self.by_room.get(room_id)

@@ -9,9 +9,14 @@ to its own sockets (see `app/fanout.py`). A payload is
 where route is one of
     r:<room_id>              deliver to the room's local connections
     u:<user_id>              deliver to the user's local connections
-    j:<room_id>:<user_id>    attach the user's connections to the room, then deliver to the room
-    l:<room_id>:<user_id>    deliver to the room (the user included), then detach the user
+    j:<room_id>:<user_id>:<version>  attach the user's connections to the room, then deliver to the room
+    l:<room_id>:<user_id>:<version>  deliver to the room (the user included), then detach the user
     d:<room_id>              deliver to the room, then forget the room
+    f:<user_id>:<family_id>  close the user's connections opened with that login (4401: logged out)
+
+The version is the change's membership version (app/members_cache.py): a process
+ignores a join or leave older than the last one it applied for that user and room,
+so a late join event cannot re-attach a user who was removed after it.
 
 and exclude_conn is a connection id that must not get the frame (the sender of
 a message, which gets an `ack` instead), "~<user_id>" (every connection of that
@@ -48,12 +53,19 @@ async def to_user(redis: Redis, keys: Keys, user_id: str, frame: dict[str, Any])
     await redis.publish(keys.events_channel(), encode(f"u:{user_id}", frame))
 
 
-async def member_joined(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.events_channel(), encode(f"j:{room_id}:{user_id}", frame))
+async def member_joined(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any],
+                        version: int = 0) -> None:
+    await redis.publish(keys.events_channel(), encode(f"j:{room_id}:{user_id}:{version}", frame))
 
 
-async def member_left(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.events_channel(), encode(f"l:{room_id}:{user_id}", frame))
+async def member_left(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any],
+                      version: int = 0) -> None:
+    await redis.publish(keys.events_channel(), encode(f"l:{room_id}:{user_id}:{version}", frame))
+
+
+async def family_revoked(redis: Redis, keys: Keys, user_id: str, family_id: str) -> None:
+    """A login ended (logout, or a refresh token reused): every process closes its sockets (4401)."""
+    await redis.publish(keys.events_channel(), encode(f"f:{user_id}:{family_id}", {}))  # the close says it all
 
 
 async def room_deleted(redis: Redis, keys: Keys, room_id: str) -> None:

@@ -6,16 +6,24 @@ own connections through the local `Registry` (app/connections.py). Routes:
 
     r:<room_id>            the room's local connections
     u:<user_id>            the user's local connections
-    j:<room_id>:<user_id>  attach the user's connections to the room, then deliver to the room
-    l:<room_id>:<user_id>  deliver to the room (the user included), then detach the user
+    j:<room_id>:<user_id>:<version>  attach the user's connections to the room, then deliver to the room
+    l:<room_id>:<user_id>:<version>  deliver to the room (the user included), then detach the user
     d:<room_id>            deliver to the room, then forget the room
+    f:<user_id>:<family>   close the user's connections of that login with 4401 (logged out)
+
+A join or leave older than the last one applied for that user and room is stale
+and ignored (its frame too): membership versions follow commit order.
 
 The exclude field is a connection id (the sender of a message: it gets its
 `ack` in the message's place, so acks keep seq order too), "~<user_id>" (all
 connections of that user, e.g. for typing), or empty.
 
-Redis pub/sub does not replay what a disconnected subscriber missed; clients
-catch up with `sync` from their last seq, which is what seqs are for.
+Redis pub/sub does not replay what a disconnected subscriber missed. So when
+the subscription comes back after a loss, every connection of the process gets
+`{"type":"resync","room_id":null,"reason":"fanout_gap"}` (clients then `sync`
+from their last seq), acks whose events were lost go out directly, and the
+connections' rooms are re-read from PostgreSQL (a kick missed in the gap must
+not leave the kicked user reading).
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from sanic import Sanic
 from app.connections import Registry
 from app.events import decode
 from app.keys import Keys
+
+CLOSE_LOGGED_OUT = 4401
+REFRESH_BATCH = 500  # users per PostgreSQL query when re-reading rooms after a gap
 
 log = logging.getLogger("chat.fanout")
 
@@ -53,18 +64,60 @@ def dispatch(registry: Registry, payload: str) -> None:
     elif kind == "u":
         registry.to_user(target, frame, exclude)
     elif kind == "j":
-        room_id, _, user_id = target.partition(":")
-        registry.attach_user(user_id, room_id)
-        registry.to_room(room_id, frame, exclude)
+        room_id, user_id, version = _membership(target)
+        if registry.note_membership(room_id, user_id, version):  # else stale: a newer change was applied
+            registry.attach_user(user_id, room_id)
+            registry.to_room(room_id, frame, exclude)
     elif kind == "l":
-        room_id, _, user_id = target.partition(":")
-        registry.to_room(room_id, frame, exclude)
-        registry.detach_user(user_id, room_id)
+        room_id, user_id, version = _membership(target)
+        if registry.note_membership(room_id, user_id, version):
+            registry.to_room(room_id, frame, exclude)
+            registry.detach_user(user_id, room_id)
     elif kind == "d":
         registry.to_room(target, frame, exclude)
         registry.forget_room(target)
+    elif kind == "f":
+        user_id, _, family = target.partition(":")
+        registry.close_family(user_id, family, CLOSE_LOGGED_OUT, "logged out")
     else:
         log.warning("unknown event route %r", route)
+
+
+def _membership(target: str) -> tuple[str, str, int]:
+    """"<room>:<user>[:<version>]" -> (room, user, version); 0 = no version (always applies)."""
+    parts = target.split(":")
+    version = int(parts[2]) if len(parts) > 2 and parts[2] else 0
+    return parts[0], parts[1], version
+
+
+async def refresh_rooms(registry: Registry) -> int:
+    """After a gap: re-read from PostgreSQL the rooms of every user with a local connection, in
+    batches, and attach/detach to match (membership events seen meanwhile win)."""
+    from models.room import Membership  # the server has Tortoise initialised; imported late
+
+    users = list(registry.by_user)
+    changed = 0
+    for i in range(0, len(users), REFRESH_BATCH):
+        batch = users[i:i + REFRESH_BATCH]
+        since = registry.tick
+        rows = await Membership.filter(user_id__in=batch, banned=False).values_list("user_id", "room_id")
+        rooms: dict[str, set[str]] = {u: set() for u in batch}
+        for user_id, room_id in rows:
+            rooms.setdefault(str(user_id), set()).add(str(room_id))
+        for user_id, room_ids in rooms.items():
+            changed += registry.refresh_user(user_id, room_ids, since)
+    return changed
+
+
+async def _after_gap(registry: Registry) -> None:
+    try:
+        changed = await refresh_rooms(registry)
+        log.info("fan-out gap: rooms re-read from PostgreSQL, %d attachment(s) corrected", changed)
+    except Exception:  # noqa: BLE001 - PostgreSQL down too: the next gap or reconnects repair it
+        log.warning("could not re-read rooms after a fan-out gap", exc_info=True)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None) -> None:
@@ -77,6 +130,7 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
     backoff = BACKOFF_MIN_S
     channel = keys.events_channel()
     pool = redis.connection_pool
+    lost = False  # a subscription existed and dropped: the next one starts after a gap
     while True:
         conn = None
         try:
@@ -86,8 +140,14 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
                 reply = await conn.read_response()
                 if isinstance(reply, list) and reply and reply[0] == "subscribe":
                     break
-            if backoff > BACKOFF_MIN_S:
-                log.warning("fan-out subscription restored; clients resync from their last seq")
+            if lost:
+                # No await since the confirmation: every event from here on is dispatched after this.
+                log.warning("fan-out subscription restored; %d connection(s) told to resync", len(registry.conns))
+                registry.fanout_gap()
+                task = asyncio.create_task(_after_gap(registry))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+            lost = True
             backoff = BACKOFF_MIN_S
             if ready is not None:
                 ready.set()

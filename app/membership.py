@@ -17,9 +17,11 @@ from tortoise.transactions import in_transaction
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
 from app.keys import Keys
 from app.pagination import decode_cursor, page
-from app.rooms import (announce_join, announce_leave, load_membership, locked_room, parse_id,
-                       publish_room_updated, render_membership, require_member, require_role, role_in)
+from app.rooms import (announce_join, announce_leave, limit, load_membership, locked_room, parse_id,
+                       publish_room_updated, remove_locked, render_membership, require_member, require_role,
+                       role_in, version_locked)
 from app.serialize import utcnow
+from app.settings import Settings
 from models.room import Membership, Role
 from models.user import User
 
@@ -77,10 +79,12 @@ async def _target_user(raw: str) -> str:
     return uid
 
 
-async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str,
-                     user_id: str) -> tuple[dict[str, Any], bool]:
+async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, user_id: str,
+                     settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
     """Make a user a member (owner/admin), unbanning them if banned. -> (membership, created)."""
     rid = parse_id(room_id, RoomNotFound)
+    await limit(redis, keys, settings, "joins", actor_id)  # member adds count as the actor's joins
+    version = 0
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
         require_role(room, await role_in(rid, actor_id, conn), MANAGERS, "add members")
@@ -93,11 +97,13 @@ async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str,
             # Re-adding lifts the ban; the user comes back as a fresh member.
             m.banned, m.role, m.joined_at = False, Role.MEMBER, utcnow()
             await m.save(using_db=conn, update_fields=["banned", "role", "joined_at"])
+        if created:
+            version = await version_locked(redis, keys, rid)
     m = await load_membership(rid, uid)
     if m is None or m.banned:  # changed again between our commit and this read
         raise NotMemberOfRoom()
     if created:
-        await announce_join(redis, keys, m)
+        await announce_join(redis, keys, m, version)
     return render_membership(m), created
 
 
@@ -158,8 +164,10 @@ async def remove_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str
                 await m.save(using_db=conn, update_fields=["banned", "role"])
         else:
             await m.delete(using_db=conn)  # type: ignore[union-attr]  # was_member implies a row
+        if was_member:
+            version = await remove_locked(redis, keys, rid, uid)
     if was_member:
-        await announce_leave(redis, keys, rid, uid)
+        await announce_leave(redis, keys, rid, uid, version)
 
 
 def parse_ban(raw: str | None) -> bool:

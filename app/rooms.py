@@ -7,9 +7,18 @@ people's memberships (list, add, role, kick/ban) is in app/membership.py.
 
 Every change commits in one PostgreSQL transaction that locks the room row,
 so joins, leaves, ownership hand-over and deletion of one room are serialized.
-Only after the commit (never before, never from a blueprint) does the service
-update the Redis member set and publish the live event (Zulip's
+While it holds the lock, a membership change takes a membership version
+(app/members_cache.py): the Redis member set and the live connections apply a
+change only when its version is newer than the last one they applied for that
+user, so updates that arrive late or out of order cannot undo a later change.
+Removals leave the Redis set before the commit, under the lock (a rollback then
+only costs the user one PostgreSQL recheck on their next send); additions land
+after the commit (a crash then costs the same recheck, never a ban undone). The
+live event is published after the commit, never from a blueprint (Zulip's
 send_event_on_commit).
+
+Per-user limits on room creation and joins are checked in Redis before any
+PostgreSQL work.
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ from tortoise.expressions import Q, Subquery
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from app import events, members_cache
-from app.errors import Banned, ChatError, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
+from app import events, members_cache, ratelimit
+from app.errors import (Banned, ChatError, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
+                        UserNotFound, ValidationFailed)
 from app.keys import Keys
 from app.pagination import decode_cursor, page
 from app.serialize import iso
+from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User
 
@@ -220,19 +231,115 @@ async def publish_room_updated(redis: Redis, keys: Keys, room: Room,
         await publish(events.to_user(redis, keys, user_id, {"type": "room_updated", "room": {**out, "my_role": role}}))
 
 
-async def announce_join(redis: Redis, keys: Keys, m: Membership) -> None:
+async def limit(redis: Redis, keys: Keys, settings: Settings | None, bucket: str, user_id: str) -> None:
+    """A per-user limit (rooms created, joins), in Redis before any PostgreSQL work; None = no limit."""
+    if settings is None:
+        return
+    rule = {"rooms": (settings.rate_rooms, settings.rate_rooms_window_s),
+            "joins": (settings.rate_joins, settings.rate_joins_window_s)}[bucket]
+    wait = await ratelimit.hit(redis, keys.rate(bucket, user_id), *rule)
+    if wait:
+        raise RateLimited(wait)
+
+
+async def version_locked(redis: Redis, keys: Keys, room_id: str) -> int:
+    """A membership version for a change of this room; the caller holds the room row lock."""
+    return await members_cache.next_version(redis, keys, room_id)
+
+
+async def remove_locked(redis: Redis, keys: Keys, room_id: str, user_id: str) -> int:
+    """Under the room row lock, just before the commit: take a version and leave the Redis set.
+
+    Before the commit, so no send can pass the Redis check once the removal is committed.
+    """
+    version = await version_locked(redis, keys, room_id)
+    await cache_step(redis, keys, room_id, _applied(members_cache.apply(redis, keys, room_id, user_id, version, False)))
+    return version
+
+
+async def _applied(step: Awaitable[int]) -> None:
+    await step
+
+
+async def announce_join(redis: Redis, keys: Keys, m: Membership, version: int) -> None:
     """After a membership commit: the user joins the Redis set, then their sockets attach."""
     room_id, user_id = str(m.room_id), str(m.user_id)
-    await cache_step(redis, keys, room_id, members_cache.add(redis, keys, room_id, user_id))
+    await cache_step(redis, keys, room_id, _applied(members_cache.apply(redis, keys, room_id, user_id, version, True)))
     frame = {"type": "member_joined", "membership": render_membership(m)}
-    await publish(events.member_joined(redis, keys, room_id, user_id, frame))
+    await publish(events.member_joined(redis, keys, room_id, user_id, frame, version))
 
 
-async def announce_leave(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
-    """After a leave/kick/ban commit: out of the Redis set at once, then their sockets detach."""
-    await cache_step(redis, keys, room_id, members_cache.remove(redis, keys, room_id, user_id))
+async def announce_leave(redis: Redis, keys: Keys, room_id: str, user_id: str, version: int) -> None:
+    """After a leave/kick/ban commit (the set was updated under the lock): their sockets detach."""
     frame = {"type": "member_left", "room_id": room_id, "user_id": user_id}
-    await publish(events.member_left(redis, keys, room_id, user_id, frame))
+    await publish(events.member_left(redis, keys, room_id, user_id, frame, version))
+
+
+# -- PostgreSQL decides when Redis cannot (rebuild, recheck, reconcile) -------------------
+
+async def member_snapshot(redis: Redis, keys: Keys, room_id: str) -> tuple[int, list[str]] | None:
+    """(version, member ids) as of one moment, or None when the room does not exist.
+
+    The room row is held FOR SHARE while reading: no membership change is in flight, so the
+    ids are exactly the changes up to the version read at the same moment.
+    """
+    async with in_transaction() as conn:
+        rows = await conn.execute_query_dict("SELECT 1 FROM rooms WHERE id = $1 FOR SHARE", [room_id])
+        if not rows:
+            return None
+        version = await members_cache.snapshot_version(redis, keys, room_id)
+        ids = await Membership.filter(room_id=room_id, banned=False).using_db(conn).values_list("user_id", flat=True)
+    return version, [str(u) for u in ids]
+
+
+async def rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
+    """Redis lost the room's member set: rebuild it from PostgreSQL (404 when the room is gone)."""
+    if await redis.exists(keys.room_gone(room_id)):
+        raise RoomNotFound()
+    snap = await member_snapshot(redis, keys, room_id)
+    if snap is None:
+        await members_cache.remember_denied(redis, keys, room_id, "", "404", room_gone=True)
+        raise RoomNotFound()
+    version, ids = snap
+    await members_cache.load(redis, keys, room_id, ids, version)
+
+
+async def check_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
+    """The Redis set says not a member: PostgreSQL decides between 404 and 403, or heals the set.
+
+    A "not a member" answer is reused for a few seconds (members_cache.DENIED_TTL_S), so a
+    client hammering a room it is not in costs Redis lookups, not PostgreSQL queries.
+    """
+    answer = await members_cache.denied(redis, keys, room_id, user_id)
+    if answer is None:
+        async with in_transaction() as conn:
+            rows = await conn.execute_query_dict("SELECT is_private FROM rooms WHERE id = $1 FOR SHARE", [room_id])
+            if rows:
+                version = await members_cache.snapshot_version(redis, keys, room_id)
+                member = await Membership.filter(room_id=room_id, user_id=user_id, banned=False).using_db(conn).exists()
+        if not rows:
+            answer = "404"
+            await members_cache.remember_denied(redis, keys, room_id, user_id, answer, room_gone=True)
+        elif not member:
+            answer = "404" if rows[0]["is_private"] else "403"
+            await members_cache.remember_denied(redis, keys, room_id, user_id, answer)
+        else:  # the join's set update has not landed yet, or the set went stale: heal it
+            await members_cache.add_at(redis, keys, room_id, user_id, version)
+            return
+    raise RoomNotFound() if answer == "404" else NotMember()
+
+
+async def authorize(redis: Redis, keys: Keys, room_id: str, user_id: str) -> str:
+    """The canonical room id when the user is a member, by the Redis set (one round trip);
+    PostgreSQL only when Redis does not know or says no (capped, see check_member)."""
+    rid = parse_id(room_id, RoomNotFound)
+    state = await members_cache.is_member(redis, keys, rid, user_id)
+    if state is None:
+        await rebuild_members(redis, keys, rid)
+        state = await members_cache.is_member(redis, keys, rid, user_id)
+    if not state:
+        await check_member(redis, keys, rid, user_id)
+    return rid
 
 
 async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
@@ -253,8 +360,10 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
 
 # -- rooms ---------------------------------------------------------------------------
 
-async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRoom) -> dict[str, Any]:
+async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRoom,
+                      settings: Settings | None = None) -> dict[str, Any]:
     """Create a room owned by `owner_id` with `data.member_ids` as members; the owner's view of it."""
+    await limit(redis, keys, settings, "rooms", owner_id)
     others: list[str] = []
     seen = {owner_id}
     for raw in data.member_ids:
@@ -273,11 +382,13 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
         rows = [Membership(room_id=room.id, user_id=owner_id, role=Role.OWNER)]
         rows += [Membership(room_id=room.id, user_id=u, role=Role.MEMBER) for u in others]
         await Membership.bulk_create(rows, using_db=conn)
+        version = await version_locked(redis, keys, str(room.id))
     room_id = str(room.id)
-    await cache_step(redis, keys, room_id, members_cache.room_created(redis, keys, room_id, [owner_id, *others]))
+    await cache_step(redis, keys, room_id,
+                     members_cache.room_created(redis, keys, room_id, [owner_id, *others], version))
     for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
         frame = {"type": "member_joined", "membership": render_membership(m)}
-        await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame))
+        await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version))
     return _room_out(room, 1 + len(others), Role.OWNER.value)
 
 
@@ -367,9 +478,12 @@ async def delete_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -
     await forget_room(redis, keys, rid)
 
 
-async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> dict[str, Any]:
+async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str,
+                    settings: Settings | None = None) -> dict[str, Any]:
     """Join a public room (again is harmless); private -> 404, banned -> 403. The membership."""
     rid = parse_id(room_id, RoomNotFound)
+    await limit(redis, keys, settings, "joins", user_id)
+    version = 0
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
         existing = await Membership.filter(room_id=rid, user_id=user_id).using_db(conn).first()
@@ -382,11 +496,12 @@ async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> 
             if room.is_private:
                 raise RoomNotFound()  # members of a private room are added by its owner or an admin
             await Membership.create(room_id=rid, user_id=user_id, role=Role.MEMBER, using_db=conn)
+            version = await version_locked(redis, keys, rid)
     m = await load_membership(rid, user_id)
     if m is None:  # left again between our commit and this read
         raise NotMemberOfRoom()
     if joined:
-        await announce_join(redis, keys, m)
+        await announce_join(redis, keys, m, version)
     return render_membership(m)
 
 
@@ -416,10 +531,11 @@ async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) ->
                 await room.save(using_db=conn, update_fields=["owner_id"])
         if not deleted:
             await m.delete(using_db=conn)
+            version = await remove_locked(redis, keys, rid, user_id)
     if deleted:
         await forget_room(redis, keys, rid)
         return
-    await announce_leave(redis, keys, rid, user_id)
+    await announce_leave(redis, keys, rid, user_id, version)
     if successor is not None:
         await publish_room_updated(redis, keys, room, {str(successor.user_id): Role.OWNER.value})
 

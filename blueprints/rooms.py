@@ -99,7 +99,8 @@ def _svc(request: Request) -> dict[str, Any]:
 @authenticated
 async def create_room(request: Request) -> HTTPResponse:
     data = body(request, CreateRoom)
-    room = await rooms.create_room(**_svc(request), owner_id=request.ctx.user_id, data=data)
+    room = await rooms.create_room(**_svc(request), settings=request.app.ctx.settings,
+                                   owner_id=request.ctx.user_id, data=data)
     return json(room, status=201)
 
 
@@ -147,7 +148,8 @@ async def delete_room(request: Request, room_id: str) -> HTTPResponse:
       (403, "banned"), (404, "room_not_found (also any private room the caller is not in)"))
 @authenticated
 async def join_room(request: Request, room_id: str) -> HTTPResponse:
-    m = await rooms.join_room(**_svc(request), room_id=room_id, user_id=request.ctx.user_id)
+    m = await rooms.join_room(**_svc(request), settings=request.app.ctx.settings,
+                              room_id=room_id, user_id=request.ctx.user_id)
     return json(m)
 
 
@@ -179,7 +181,8 @@ async def list_members(request: Request, room_id: str) -> HTTPResponse:
 @authenticated
 async def add_member(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, AddMember)
-    m, created = await membership.add_member(**_svc(request), room_id=room_id, actor_id=request.ctx.user_id,
+    m, created = await membership.add_member(**_svc(request), settings=request.app.ctx.settings,
+                                             room_id=room_id, actor_id=request.ctx.user_id,
                                              user_id=data.user_id)
     return json(m, status=201 if created else 200)
 
