@@ -123,3 +123,68 @@ async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redi
     assert outcomes[-1] == cache.OK and outcomes.count("lost") <= 1
     seqs = [int(i.split("-")[0]) for i, _ in await redis.xrange(keys.room_log(rid))]
     assert seqs == list(range(1, len(seqs) + 1))  # a failed send left no gap
+
+
+async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redis: Redis, keys: Keys,
+                                                                            monkeypatch) -> None:
+    from redis.exceptions import OutOfMemoryError
+
+    key = f"{keys.prefix}:test:batch:{uuid.uuid4().hex}"
+    incr = cache.Script("return redis.call('INCR', KEYS[1])")
+    oom = cache.Script("return redis.error_reply('OOM command not allowed when used memory > maxmemory')")
+    batcher = cache._batcher(redis)
+    await batcher.call(incr, [key], [])  # scripts loaded, connection held
+    sizes: list[int] = []
+    run = batcher._run
+
+    async def recording(batch):  # observe (not change) how the sends were batched
+        sizes.append(len(batch))
+        return await run(batch)
+    monkeypatch.setattr(batcher, "_run", recording)
+
+    calls = [batcher.call(oom, [], []) if i == 3 else batcher.call(incr, [key], []) for i in range(8)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert sizes[0] == 8  # one pipelined batch
+    assert isinstance(results[3], OutOfMemoryError)
+    assert [r for i, r in enumerate(results) if i != 3] == list(range(2, 9))
+    assert await redis.get(key) == "8"
+
+
+async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redis, keys: Keys, monkeypatch) -> None:
+    key = f"{keys.prefix}:test:batch:{uuid.uuid4().hex}"
+    incr = cache.Script("return redis.call('INCR', KEYS[1])")
+    batcher = cache._batcher(redis)
+    await batcher.call(incr, [key], [])
+    conn = batcher.conn
+    real, reads = conn.read_response, []
+
+    async def flaky(*args, **kwargs):  # the connection drops after two replies of the batch arrived
+        reads.append(1)
+        if len(reads) == 3:
+            raise RedisConnectionError("connection lost mid-batch")
+        return await real(*args, **kwargs)
+    monkeypatch.setattr(conn, "read_response", flaky)
+
+    results = await asyncio.gather(*(batcher.call(incr, [key], []) for _ in range(6)), return_exceptions=True)
+
+    assert results[:2] == [2, 3]  # their scripts ran and their answers were read: not failed
+    assert all(isinstance(r, RedisConnectionError) for r in results[2:])
+    monkeypatch.undo()
+    assert await batcher.call(incr, [key], []) == 8  # reconnected; the 4 unanswered ones did run
+
+
+async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, keys: Keys) -> None:
+    rid = room()
+    await members_cache.room_created(redis, keys, rid, ["u1"])
+    first = await accept(redis, keys, rid, client_id="a")
+    assert await redis.get(keys.room_client_id(rid, "u1", "a")) == "1"
+    dup = await accept(redis, keys, rid, client_id="a")
+    assert (dup.code, dup.message, dup.seq) == (cache.DUPLICATE, first.message, 1)
+    await redis.xtrim(keys.room_log(rid), maxlen=0, approximate=False)  # flushed and trimmed
+    dup = await accept(redis, keys, rid, client_id="a")
+    assert (dup.code, dup.message, dup.seq) == (cache.DUPLICATE, "", 1)  # the caller reads PostgreSQL
+    await redis.set(keys.room_client_id(rid, "u1", "b"), '{"id":"old","seq":9}', ex=60)  # written before
+    dup = await accept(redis, keys, rid, client_id="b")
+    assert (dup.code, dup.message) == (cache.DUPLICATE, '{"id":"old","seq":9}')
+    assert await redis.get(keys.room_seq(rid)) == "1"

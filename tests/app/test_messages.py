@@ -17,7 +17,7 @@ from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.files import file_object
 from app.keys import Keys
 from app.rooms import CreateRoom
-from app.serialize import loads
+from app.serialize import dumps, loads
 from app.settings import Settings
 from models.file import File
 from models.user import User
@@ -312,3 +312,44 @@ async def test_direct_mode_orders_dedups_and_serves_history(redis: Redis, keys: 
     assert last == {room_id: 31}
     with pytest.raises(NotMember):
         await send(redis, keys, direct, room_id, await new_user())
+
+
+# -- retention and files in the cache tail ------------------------------------------------
+
+async def test_messages_past_retention_are_not_served_from_the_cache_tail_or_postgres(
+        redis: Redis, keys: Keys, settings: Settings, room: tuple[str, str]) -> None:
+    from app import flush
+    from app.db import raw_pool
+
+    room_id, owner = room
+    old = datetime.now(timezone.utc) - timedelta(days=settings.retention_days, hours=1)
+    # seq 1: a tail entry of a room idle for longer than the retention window
+    assert await redis.incr(keys.room_seq(room_id)) == 1
+    stale = {"id": str(uuid.uuid4()), "room_id": room_id, "seq": 1, "sender_id": owner, "kind": "text",
+             "body": "from last season", "file": None, "client_id": None,
+             "created_at": old.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    await redis.xadd(keys.room_log(room_id), {"m": dumps(stale)}, id="1-0")
+    for i in range(2):
+        await send(redis, keys, settings, room_id, owner, f"new {i}")
+
+    assert await hist(redis, keys, settings, room_id) == ([2, 3], False)
+    assert await hist(redis, keys, settings, room_id, after=0) == ([2, 3], False)
+    assert await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1) is None
+    # the same once flushed, before the nightly prune deleted the row
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=dataclasses.replace(settings, cache_tail=0),
+                           pool=raw_pool())
+    assert not await redis.xlen(keys.room_log(room_id))
+    assert await hist(redis, keys, settings, room_id) == ([2, 3], False)
+
+
+async def test_a_cached_message_whose_file_row_is_gone_shows_it_expired(
+        redis: Redis, keys: Keys, settings: Settings, room: tuple[str, str]) -> None:
+    room_id, owner = room
+    f = await File.create(room_id=room_id, uploader_id=owner, name="a.pdf", mime="application/pdf", size=10,
+                          status="ready", expires_at=datetime.now(timezone.utc) + timedelta(days=7))
+    await send(redis, keys, settings, room_id, owner, "", kind="file", file=file_object(f), rate_limit=False)
+    await File.filter(id=f.id).delete()  # purged with its retention period
+
+    cached = await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1)
+
+    assert cached is not None and cached["file"]["id"] == str(f.id) and cached["file"]["expired"] is True
