@@ -17,15 +17,29 @@ log = logging.getLogger("chat.redis")
 POOL_WAIT_S = 10.0
 
 
-def connect_redis(url: str, max_connections: int = 256) -> Redis:
-    """A client whose pool WAITS for a free connection when all are in use.
+def connect_redis(url: str, max_connections: int = 256, *, connect_timeout_s: float = 2.0,
+                  socket_timeout_s: float = 5.0) -> Redis:
+    """A client whose pool WAITS for a free connection when all are in use, with timeouts.
 
     redis-py's default pool fails at once ("Too many connections", a 503 to the client)
-    past 100 connections, which a burst of concurrent requests reaches easily.
+    past 100 connections, which a burst of concurrent requests reaches easily. Without
+    timeouts a Redis that stops answering (SIGSTOP, a network partition, a stuck host)
+    hangs every request forever: with them a call fails within seconds (503).
+    Not for subscriptions or blocking commands, which wait longer than any reply timeout
+    (app/fanout.py builds its own client with socket_timeout=None).
     """
     pool = BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
-                                           max_connections=max_connections, timeout=POOL_WAIT_S)
+                                           max_connections=max_connections, timeout=POOL_WAIT_S,
+                                           socket_connect_timeout=connect_timeout_s,
+                                           socket_timeout=socket_timeout_s)
     return Redis.from_pool(pool)
+
+
+def connect_redis_for(settings: Settings, max_connections: int | None = None) -> Redis:
+    """connect_redis with the settings' pool size and timeouts (REDIS_*)."""
+    return connect_redis(settings.redis_url, max_connections or settings.redis_pool_max,
+                         connect_timeout_s=settings.redis_connect_timeout_s,
+                         socket_timeout_s=settings.redis_socket_timeout_s)
 
 
 async def check_persistence(redis: Redis, settings: Settings) -> None:
@@ -52,7 +66,7 @@ def setup_redis(app: Sanic) -> None:
     async def _open(app: Sanic) -> None:
         s: Settings = app.ctx.settings
         app.ctx.keys = Keys(s.redis_prefix)
-        app.ctx.redis = connect_redis(s.redis_url, s.redis_pool_max)
+        app.ctx.redis = connect_redis_for(s)
         await check_persistence(app.ctx.redis, s)
 
     @app.after_server_stop
