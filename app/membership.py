@@ -6,6 +6,7 @@ this module applies them to the calls an owner or admin makes about someone else
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Literal
 
@@ -14,16 +15,19 @@ from redis.asyncio import Redis
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
+from app import members_cache
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
 from app.keys import Keys
 from app.pagination import decode_cursor, page
 from app.rooms import (announce_join, announce_leave, limit, load_membership, locked_room, parse_id,
-                       publish_room_updated, remove_locked, render_membership, require_member, require_role,
+                       member_snapshot, publish_room_updated, remove_locked, render_membership, require_member, require_role,
                        role_in, version_locked)
 from app.serialize import utcnow
 from app.settings import Settings
-from models.room import Membership, Role
+from models.room import Membership, Role, Room
 from models.user import User
+
+log = logging.getLogger("chat.membership")
 
 MANAGERS = (Role.OWNER, Role.ADMIN)
 
@@ -181,3 +185,47 @@ def parse_ban(raw: str | None) -> bool:
         return False
     raise ValidationFailed({"ban": "must be true or false"})
 
+
+
+# -- the periodic reconcile (tasks/membership.py) -------------------------------------
+
+RECONCILE_BATCH = 500  # rooms per PostgreSQL page: one bounded read, then one small snapshot per room
+
+
+async def reconcile_all(*, redis: Redis, keys: Keys, batch: int = RECONCILE_BATCH) -> dict[str, int]:
+    """Repair every loaded Redis member set that differs from PostgreSQL.
+
+    Rooms are paged from PostgreSQL by id (never KEYS/SCAN). Each room is compared against a
+    snapshot read under its row's share lock (rooms.member_snapshot), and users whose change
+    landed after that snapshot are left alone, so a live join or ban is never overridden. A
+    missing set is left missing: the next send rebuilds it.
+    """
+    stats = {"rooms": 0, "checked": 0, "added": 0, "removed": 0}
+    last: str | None = None
+    while True:
+        qs = Room.all()
+        if last is not None:
+            qs = qs.filter(id__gt=last)
+        ids = [str(r) for r in await qs.order_by("id").limit(batch).values_list("id", flat=True)]
+        if not ids:
+            return stats
+        last = ids[-1]
+        stats["rooms"] += len(ids)
+        async with redis.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.exists(keys.room_members(rid))
+            loaded = await pipe.execute()
+        for rid, present in zip(ids, loaded):
+            if not present:
+                continue
+            snap = await member_snapshot(redis, keys, rid)
+            if snap is None:  # deleted meanwhile
+                continue
+            version, members = snap
+            added, removed = await members_cache.reconcile(redis, keys, rid, members, version)
+            if added >= 0:
+                stats["checked"] += 1
+                stats["added"] += added
+                stats["removed"] += removed
+                if added or removed:
+                    log.warning("member set of room %s repaired: %d added, %d removed", rid, added, removed)

@@ -11,3 +11,4 @@ from tasks.broker import broker  # noqa: F401 - must be imported before any acto
 import tasks.files  # noqa: E402,F401
 import tasks.flush  # noqa: E402,F401
 import tasks.maintenance  # noqa: E402,F401
+import tasks.membership  # noqa: E402,F401

@@ -281,3 +281,153 @@ async def test_update_room_roles_and_event(redis: Redis, keys: Keys, feed: PubSu
     while seen[-1][1]["room"]["name"] != "renamed":  # the role change published one first
         seen = await routes_until(feed, f"r:{rid}")
     assert seen[-1][1]["room"]["my_role"] is None and seen[-1][1]["room"]["is_private"] is True
+
+
+# -- ordering of membership changes (membership versions) ------------------------------
+
+async def _version_of(redis: Redis, keys: Keys, rid: str, uid: str) -> int:
+    return int(await redis.hget(keys.room_mvers(rid), uid) or 0)
+
+
+async def test_a_late_join_update_cannot_undo_a_ban(redis: Redis, keys: Keys, db: None) -> None:
+    owner, user = await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner))["id"]
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=user)
+    join_version = await _version_of(redis, keys, rid, user)
+    assert join_version > 0
+    await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=user, ban=True)
+    assert await _version_of(redis, keys, rid, user) == -(join_version + 1)  # the next version, as a removal
+    # The join's SADD arriving after the ban (the reproduction) is refused as stale.
+    assert await members_cache.apply(redis, keys, rid, user, join_version, True) == 0
+    assert await members_cache.is_member(redis, keys, rid, user) is False
+    assert await rooms.member_ids(rid) == [owner]
+
+
+async def test_a_rebuild_does_not_resurrect_a_member_removed_meanwhile(redis: Redis, keys: Keys, db: None) -> None:
+    owner, kicked, late = await new_user(), await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner, member_ids=[kicked]))["id"]
+    await redis.delete(keys.room_members(rid))  # Redis lost the set
+    snap = await rooms.member_snapshot(redis, keys, rid)  # a rebuild read PostgreSQL...
+    assert snap is not None and sorted(snap[1]) == sorted([owner, kicked])
+    # ...and before it writes, a kick and a join commit and apply (the set is still missing)
+    await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=kicked)
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=late)
+    assert await members_cache.is_member(redis, keys, rid, owner) is None
+    await members_cache.load(redis, keys, rid, snap[1], snap[0])
+    assert await members_cache.is_member(redis, keys, rid, kicked) is False
+    assert await members_cache.is_member(redis, keys, rid, late) is True
+    assert await members_cache.is_member(redis, keys, rid, owner) is True
+
+
+async def test_recheck_heals_a_stale_set_and_caches_a_refusal(redis: Redis, keys: Keys, db: None) -> None:
+    owner, member, outsider = await new_user(), await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner, member_ids=[member]))["id"]
+    await redis.srem(keys.room_members(rid), member)  # a set that went stale
+    assert await rooms.authorize(redis, keys, rid, member) == rid  # PostgreSQL says member: healed
+    assert await members_cache.is_member(redis, keys, rid, member) is True
+    with pytest.raises(NotMember):
+        await rooms.authorize(redis, keys, rid, outsider)
+    assert await redis.get(keys.room_denied(rid, outsider)) == "403"
+    assert 0 < await redis.ttl(keys.room_denied(rid, outsider)) <= members_cache.DENIED_TTL_S
+    # While cached, PostgreSQL is not asked: even a membership written behind the service's
+    # back (no version, no Redis update) is not seen until the answer expires.
+    await Membership.create(room_id=rid, user_id=outsider, role="member")
+    with pytest.raises(NotMember):
+        await rooms.authorize(redis, keys, rid, outsider)
+    await Membership.filter(room_id=rid, user_id=outsider).delete()
+    # A real join clears the cached refusal at once.
+    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=outsider)
+    assert await redis.get(keys.room_denied(rid, outsider)) is None
+    assert await rooms.authorize(redis, keys, rid, outsider) == rid
+    ghost = str(uuid.uuid4())
+    with pytest.raises(RoomNotFound):
+        await rooms.authorize(redis, keys, ghost, outsider)
+    assert await redis.exists(keys.room_gone(ghost))
+
+
+async def test_reconcile_repairs_sets_without_overriding_newer_changes(redis: Redis, keys: Keys, db: None) -> None:
+    owner, dropped, intruder, racing = await new_user(), await new_user(), await new_user(), await new_user()
+    rid = (await new_room(redis, keys, owner, member_ids=[dropped]))["id"]
+    await redis.srem(keys.room_members(rid), dropped)  # lost an add
+    await redis.sadd(keys.room_members(rid), intruder)  # missed a removal
+    # A change newer than anything the reconcile's snapshot can see (it lands after the read):
+    future = await members_cache.snapshot_version(redis, keys, rid) + 1000
+    await members_cache.apply(redis, keys, rid, racing, future, True)
+    stats = await membership.reconcile_all(redis=redis, keys=keys, batch=7)  # several pages
+    assert stats["checked"] >= 1 and stats["added"] >= 1 and stats["removed"] >= 1
+    assert await members_cache.is_member(redis, keys, rid, dropped) is True
+    assert await members_cache.is_member(redis, keys, rid, intruder) is False
+    assert await members_cache.is_member(redis, keys, rid, racing) is True  # left alone
+    again = await membership.reconcile_all(redis=redis, keys=keys)
+    assert again["rooms"] >= 1
+
+
+async def test_a_join_racing_a_room_delete_leaves_nothing_behind(redis: Redis, keys: Keys, db: None) -> None:
+    outcomes = {"joined_first": 0, "deleted_first": 0}
+    for _ in range(15):
+        owner, joiner = await new_user(), await new_user()
+        rid = (await new_room(redis, keys, owner))["id"]
+        join, delete = await asyncio.gather(
+            rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=joiner),
+            rooms.delete_room(redis=redis, keys=keys, room_id=rid, user_id=owner), return_exceptions=True)
+        assert delete is None, delete
+        if isinstance(join, BaseException):
+            assert isinstance(join, (RoomNotFound, NotMemberOfRoom)), join
+            outcomes["deleted_first"] += 1
+        else:
+            outcomes["joined_first"] += 1
+        assert not await Room.filter(id=rid).exists()
+        assert not await Membership.filter(room_id=rid).exists()
+        for key in (keys.room_members(rid), keys.room_mver(rid), keys.room_mvers(rid)):
+            assert not await redis.exists(key), key  # a late join update cannot recreate them
+        with pytest.raises(RoomNotFound):
+            await rooms.authorize(redis, keys, rid, joiner)
+    print("join vs delete:", outcomes)
+
+
+async def test_two_ownership_hand_overs_at_once_leave_exactly_one_owner(redis: Redis, keys: Keys, db: None) -> None:
+    for _ in range(10):
+        owner, first, second, third = [await new_user() for _ in range(4)]
+        rid = (await new_room(redis, keys, owner))["id"]
+        for uid in (first, second, third):
+            await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=uid)
+        # The owner leaves (hand-over to `first`) while `first` leaves too (maybe as the new owner:
+        # a second hand-over, to `second`). The row lock runs them one after the other.
+        res = await asyncio.gather(rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=owner),
+                                   rooms.leave_room(redis=redis, keys=keys, room_id=rid, user_id=first),
+                                   return_exceptions=True)
+        assert res == [None, None], res
+        owners = await Membership.filter(room_id=rid, role="owner").values_list("user_id", flat=True)
+        assert [str(u) for u in owners] == [second]
+        assert str((await Room.get(id=rid)).owner_id) == second
+        assert sorted(await rooms.member_ids(rid)) == sorted([second, third])
+        for uid, expected in ((owner, False), (first, False), (second, True), (third, True)):
+            assert await members_cache.is_member(redis, keys, rid, uid) is expected
+
+
+async def test_room_creation_and_joins_are_limited_per_user(redis: Redis, keys: Keys, db: None,
+                                                          settings: Any) -> None:
+    import dataclasses
+
+    from app.errors import RateLimited
+
+    strict = dataclasses.replace(settings, rate_rooms=2, rate_rooms_window_s=60, rate_joins=2, rate_joins_window_s=60)
+    owner, joiner = await new_user(), await new_user()
+    made = [await rooms.create_room(redis=redis, keys=keys, owner_id=owner, settings=strict,
+                                    data=CreateRoom(name=f"r{i}")) for i in range(2)]
+    before = await Room.filter(owner_id=owner).count()
+    with pytest.raises(RateLimited) as info:
+        await rooms.create_room(redis=redis, keys=keys, owner_id=owner, settings=strict, data=CreateRoom(name="r3"))
+    assert info.value.status == 429 and 1 <= info.value.details["retry_after"] <= 60
+    assert await Room.filter(owner_id=owner).count() == before == 2  # refused before PostgreSQL
+    for room in made:
+        await rooms.join_room(redis=redis, keys=keys, room_id=room["id"], user_id=joiner, settings=strict)
+    with pytest.raises(RateLimited):
+        await rooms.join_room(redis=redis, keys=keys, room_id=made[0]["id"], user_id=joiner, settings=strict)
+    # member adds count against the actor's joins
+    for _ in range(2):
+        await membership.add_member(redis=redis, keys=keys, room_id=made[0]["id"], actor_id=owner,
+                                    user_id=await new_user(), settings=strict)
+    with pytest.raises(RateLimited):
+        await membership.add_member(redis=redis, keys=keys, room_id=made[0]["id"], actor_id=owner,
+                                    user_id=await new_user(), settings=strict)
