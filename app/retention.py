@@ -1,9 +1,11 @@
 """Retention: delete messages older than RETENTION_DAYS (with their files), sweep expired files.
 
 Only PostgreSQL is pruned. The Redis cache of a room keeps at most CACHE_TAIL committed
-messages (plus what is not yet flushed, which is new by definition), so a long-idle room
-may still show up to CACHE_TAIL old messages from its tail; walking every room's stream
-daily would cost more than those few entries are worth.
+messages (plus what is not yet flushed, which is new by definition); walking every room's
+stream daily would cost more than those few entries are worth. Instead history
+(app/messages.py) hides every message past the retention cutoff wherever it still is, and
+an idle room's keys expire after ROOM_CACHE_IDLE_TTL_S. The flush keeps rooms.last_seq, so
+a counter re-seeded after the prune never hands out a deleted seq again.
 
 The file side belongs to the files service (app/files.py): this module calls its hooks
 `purge_files_before(settings=, cutoff=)` and `sweep_expired(settings=)` when they exist,
