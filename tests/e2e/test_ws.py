@@ -319,3 +319,103 @@ async def test_a_client_that_stops_answering_pings_is_closed(server: ServerProc,
     assert 0x9 in [op for op, _ in frames]  # the server pinged
     closes = [payload for op, payload in frames if op == 0x8]
     assert closes and int.from_bytes(closes[0][:2], "big") == 1011
+
+
+# -- sessions ending, foreign rooms, per-user limits ----------------------------------------------
+
+async def _closed_with(ws: WS, timeout: float = 10.0) -> int | None:
+    """Read until the server closes; its close code."""
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.recv_until(lambda f: False, timeout=timeout)
+    return info.value.rcvd.code if info.value.rcvd is not None else None
+
+
+async def test_logout_closes_that_logins_sockets_with_4401_at_once(server: ServerProc, api: httpx.Client,
+                                                                   alice: TestUser) -> None:
+    other_login = api.post("/auth/login", json={"username": alice.username, "password": alice.password}).json()
+    a1 = await WS.open(server.ws_url, alice.access_token)
+    a2 = await WS.open(server.ws_url, alice.access_token)
+    other = await WS.open(server.ws_url, other_login["access_token"])
+    resp = api.post("/auth/logout", json={"refresh_token": alice.refresh_token}, headers=alice.headers)
+    assert resp.status_code == 204
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await _closed_with(a1) == 4401 and await _closed_with(a2) == 4401
+    assert loop.time() - start < 3.0  # at once, not when the access token expires (15 min)
+    assert (await other.request({"type": "ping"}, "pong"))["type"] == "pong"  # another login lives on
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(f"{server.ws_url}?token={alice.access_token}")
+    assert refused.value.response.status_code == 401
+    await other.close()
+
+
+async def test_a_reused_refresh_token_closes_the_familys_sockets(server: ServerProc, api: httpx.Client,
+                                                                 alice: TestUser) -> None:
+    ws = await WS.open(server.ws_url, alice.access_token)
+    rotated = api.post("/auth/refresh", json={"refresh_token": alice.refresh_token})
+    assert rotated.status_code == 200
+    # A socket opened with the rotated pair's access token belongs to the same login (family).
+    ws2 = await WS.open(server.ws_url, rotated.json()["access_token"])
+    reused = api.post("/auth/refresh", json={"refresh_token": alice.refresh_token})  # theft detected
+    assert reused.status_code == 401 and reused.json()["error"]["code"] == "refresh_token_reused"
+    assert await _closed_with(ws) == 4401 and await _closed_with(ws2) == 4401
+
+
+async def test_frames_about_foreign_rooms_are_strikes_then_4429(server: ServerProc, api: httpx.Client,
+                                                               alice: TestUser, bob: TestUser) -> None:
+    public = make_room(api, bob)
+    a = await WS.open(server.ws_url, alice.access_token)
+    frames = [{"type": "send", "room_id": public["id"], "body": "x"},
+              {"type": "sync", "room_id": public["id"], "after_seq": 0},
+              {"type": "typing", "room_id": public["id"]}]
+    codes = []
+    # RATE_LIMIT_STRIKES (5 here) are tolerated; the sixth is answered, then the socket closes.
+    with pytest.raises(ConnectionClosed) as info:
+        for i in range(10):
+            await a.send(frames[i % 3])
+            codes.append((await a.recv())["code"])
+    assert codes == ["not_member"] * 6
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+
+
+async def test_sync_and_typing_stop_at_once_for_a_kicked_member(server: ServerProc, api: httpx.Client,
+                                                                alice: TestUser, bob: TestUser) -> None:
+    room = make_room(api, alice, member_ids=[bob.id])
+    b = await WS.open(server.ws_url, bob.access_token)
+    assert (await b.request({"type": "sync", "room_id": room["id"], "after_seq": 0}, "sync"))["type"] == "sync"
+    assert api.delete(f"/rooms/{room['id']}/members/{bob.id}", headers=alice.headers).status_code == 204
+    # Straight after the kick's answer, whether or not its event has reached bob's socket yet.
+    err = await b.request({"type": "sync", "room_id": room["id"], "after_seq": 0}, "sync")
+    assert err["type"] == "error" and err["code"] == "not_member"
+    err = await b.request({"type": "typing", "room_id": room["id"]}, "typing")
+    assert err["type"] == "error" and err["code"] == "not_member"
+    await b.close()
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[ServerProc]:
+    yield from own_server("limited", RATE_ROOMS="2", RATE_ROOMS_WINDOW_S="60", RATE_JOINS="2",
+                          RATE_JOINS_WINDOW_S="60")
+
+
+async def test_room_creation_and_joins_are_limited_per_user_over_http_and_ws(limited: ServerProc) -> None:
+    with httpx.Client(base_url=limited.base_url, timeout=10) as api:
+        owner, joiner = make_user(api), make_user(api)
+        made = [make_room(api, owner) for _ in range(2)]
+        resp = api.post("/rooms", json={"name": "third"}, headers=owner.headers)
+        assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        ws = await WS.open(limited.ws_url, owner.access_token)
+        err = await ws.request({"type": "create_room", "name": "fourth"}, "room_created")
+        assert err["type"] == "error" and err["code"] == "rate_limited"
+        mine = api.get("/rooms", headers=owner.headers).json()["items"]
+        assert sorted(r["id"] for r in mine) == sorted(r["id"] for r in made)
+        for room in made:
+            assert api.post(f"/rooms/{room['id']}/join", headers=joiner.headers).status_code == 200
+        resp = api.post(f"/rooms/{made[0]['id']}/join", headers=joiner.headers)
+        assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
+        jws = await WS.open(limited.ws_url, joiner.access_token)
+        err = await jws.request({"type": "join", "room_id": made[1]["id"]}, "joined")
+        assert err["type"] == "error" and err["code"] == "rate_limited"
+        await ws.close()
+        await jws.close()
