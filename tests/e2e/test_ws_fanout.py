@@ -256,3 +256,50 @@ async def test_a_member_added_over_http_starts_receiving_on_the_other_process(
     await a.nothing_for(0.3, lambda f: f["type"] == "typing")
     await a.close()
     await b.close()
+
+
+async def test_a_subscription_gap_tells_every_client_to_resync_and_rereads_rooms(
+        own_prefix_server: ServerProc, redis: Any) -> None:
+    """Kill only this server's own subscription connection (found by its client name), never
+    anyone else's: its clients get resync, and a kick whose event the gap swallowed is repaired."""
+    import asyncpg
+
+    srv = own_prefix_server
+    name = f"{TEST_ENV['REDIS_PREFIX']}-fo:fanout:"
+    with httpx.Client(base_url=srv.base_url, timeout=10) as api:
+        alice, bob = make_user(api), make_user(api)
+        room = make_room(api, alice, member_ids=[bob.id])
+        canary = make_room(api, alice, member_ids=[bob.id])
+    a = await WS.open(srv.ws_url, alice.access_token)
+    b = await WS.open(srv.ws_url, bob.access_token)
+    # bob leaves the room behind the services' back (a kick whose event and Redis update were
+    # lost): only PostgreSQL knows, so until the gap's re-read bob's socket is still attached.
+    conn = await asyncpg.connect(TEST_ENV["DATABASE_URL"])
+    try:
+        await conn.execute("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2", room["id"], bob.id)
+    finally:
+        await conn.close()
+    await a.request({"type": "send", "room_id": room["id"], "body": "before"}, "ack")
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["body"] == "before"  # still attached
+
+    ids = [c["id"] for c in await redis.client_list() if c.get("name", "").startswith(name)]
+    assert len(ids) == 1, ids  # exactly our server's one subscription
+    await redis.client_kill_filter(_id=ids[0])
+    for ws in (a, b):
+        got = await ws.recv_until(lambda f: f["type"] == "resync", timeout=10)
+        assert got == {"type": "resync", "room_id": None, "reason": "fanout_gap"}
+    # After the re-read: a message to `room`, then one to `canary`, published in that order on one
+    # channel; bob receives the canary one without the first: he no longer reads `room`.
+    for attempt in range(50):
+        await a.request({"type": "send", "room_id": room["id"], "body": f"after {attempt}"}, "ack")
+        await a.request({"type": "send", "room_id": canary["id"], "body": f"canary {attempt}"}, "ack")
+        got = await b.recv_until(lambda f: f["type"] == "message", timeout=5)
+        if got["message"]["room_id"] == canary["id"]:
+            break
+        await b.recv_until(lambda f: f["type"] == "message" and f["message"]["room_id"] == canary["id"])
+        await asyncio.sleep(0.1)  # the re-read runs in the background: give it a moment
+    else:
+        raise AssertionError("bob kept receiving the room he left after the gap")
+    print(f"kicked user stopped reading after {attempt} probe(s)")
+    await a.close()
+    await b.close()
