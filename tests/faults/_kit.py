@@ -240,14 +240,13 @@ class Load:
 
 
 async def tick(settings: Settings, redis: Redis, keys: Keys) -> int:
-    """What one scheduler tick does (tasks.flush.flush_pending): a flush_room job per pending room.
-    Tests that do not run the minute-granular scheduler call it where the next tick would come."""
+    """One scheduler tick, as periodiq does it: a `flush_pending` job for the worker (which checks
+    Redis for a restart, then queues flush_room for every pending room). Tests that do not wait
+    for the minute-granular scheduler call it where a tick would come. Returns the rooms pending."""
     from app.jobs import enqueue_sync
 
-    rooms = sorted(await redis.smembers(keys.pending_rooms()))
-    for room_id in rooms:
-        enqueue_sync(settings, "flush_room", room_id)
-    return len(rooms)
+    enqueue_sync(settings, "flush_pending")
+    return int(await redis.scard(keys.pending_rooms()))
 
 
 @dataclass

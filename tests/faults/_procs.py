@@ -248,6 +248,21 @@ class RedisServer:
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 
+    def snapshot(self, dest: Path) -> None:
+        """A copy of the data directory as a host crash right now would leave it (the process is
+        stopped while its files are copied, so nothing is half-written)."""
+        self.pause()
+        try:
+            shutil.copytree(self.data_dir, dest)
+        finally:
+            self.resume()
+
+    def restore(self, src: Path) -> None:
+        """Replace the (stopped) server's data directory with an earlier snapshot."""
+        assert self.proc is None or not self.proc.alive(), "stop or kill Redis first"
+        shutil.rmtree(self.data_dir)
+        shutil.copytree(src, self.data_dir)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
