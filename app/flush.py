@@ -237,7 +237,7 @@ WHERE s.seq NOT IN (SELECT seq FROM ins)
 # Ends every write: the room's last_seq follows what the flush wrote (a counter re-seeded from
 # PostgreSQL then stays above seqs the retention prune deleted). Inlined (a UUID re-formatted
 # by uuid.UUID and an int) so it shares COMMIT's round trip; no write when already there.
-FINISH_SQL = "UPDATE rooms SET last_seq = {top} WHERE id = '{room}' AND last_seq < {top};COMMIT"
+LAST_SEQ_SQL = "UPDATE rooms SET last_seq = {top} WHERE id = '{room}' AND last_seq < {top}"
 
 DEAD_SQL = """INSERT INTO dead_letters (room_id, seq, message_id, entry, digest, error, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (room_id, seq, digest) DO NOTHING"""
@@ -412,13 +412,13 @@ async def _finish(conn: Any, room_id: str, top: int, dead: list[DeadRow], with_f
     if dead:
         await conn.executemany(DEAD_SQL, [(room, d.seq, d.message_id, d.entry, hashlib.sha1(d.entry).hexdigest(),
                                            d.error) for d in dead])
-    floor = 0
-    if with_floor:
-        await conn.execute(FINISH_SQL.format(top=int(top), room=room).split(";COMMIT")[0])
-        floor = int(await conn.fetchval(FLOOR_SQL, room) or 0)
-        await conn.execute("COMMIT")
-    else:
-        await conn.execute(FINISH_SQL.format(top=int(top), room=room))
+    last_seq = LAST_SEQ_SQL.format(top=int(top), room=room)
+    if not with_floor:
+        await conn.execute(last_seq + ";COMMIT")
+        return 0
+    await conn.execute(last_seq)
+    floor = int(await conn.fetchval(FLOOR_SQL, room) or 0)
+    await conn.execute("COMMIT")
     return floor
 
 
