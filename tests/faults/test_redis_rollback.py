@@ -118,10 +118,11 @@ async def test_redis_rolled_back_behind_postgres_loses_nothing_and_tells_clients
     final = {mid: seq for mid, _, seq in rows}
     moved = sum(1 for mid, (_, seq) in c_ledger.acked.items() if final.get(mid) not in (None, seq))
     resync_rooms = _rollback_rooms(frames)
-    report("redis rolled back behind postgres", load=f"{ROOMS} rooms x (A={A} snapshot, B={B} flushed, C={C} after)",
+    report("redis rolled back behind postgres",
+           load=f"{ROOMS} rooms x (A={A} snapshot, B={B} flushed, C={C} after)",
            pg_rows_before_rollback=pg_before, redis_counter_after_restore=A, c_sends_with_reissued_seq=reissued,
-           c_moved_to_new_seq=moved, retried_503s=ledger.failed + c_ledger.failed, acked=v.acked, in_pg=v.in_pg, lost=len(v.lost),
-           duplicated=len(v.duplicated), rooms_with_gaps=len(v.gaps),
+           c_moved_to_new_seq=moved, retried_503s=ledger.failed + c_ledger.failed, acked=v.acked,
+           in_pg=v.in_pg, lost=len(v.lost), duplicated=len(v.duplicated), rooms_with_gaps=len(v.gaps),
            rooms_told_resync=f"{len(resync_rooms & set(room_ids))}/{ROOMS}",
            drain_after_rollback_s=drain.seconds, ticks=drain.ticks, since_restart_s=time.monotonic() - t_restart,
            d_seqs=sorted({seq for _, seq in d_ledger.acked.values()}), total_s=clock())
