@@ -21,7 +21,19 @@ from app.serialize import dumps, loads
 from app.settings import Settings
 from models.file import File
 from models.user import User
-from tests.e2e.wsutil import move_to_db
+
+
+async def move_to_db(redis: Redis, keys: Keys, settings: Settings, room_id: str, upto: int) -> None:
+    """Flush the room up to seq `upto` with the real flush (one batch, no tail kept)."""
+    from app import flush
+    from app.db import raw_pool
+
+    done = int(await redis.get(keys.room_flushed(room_id)) or 0)
+    if upto <= done:
+        return
+    s = dataclasses.replace(settings, flush_batch_size=upto - done, cache_tail=0)
+    res = await flush.flush_room(room_id, redis=redis, keys=keys, settings=s, pool=raw_pool(), max_run_s=0)
+    assert res.flushed == upto and not res.busy
 
 
 async def new_user() -> str:
@@ -169,7 +181,7 @@ async def test_lost_counter_continues_after_postgres_and_the_stream(redis: Redis
     await redis.delete(keys.room_seq(room_id))
     assert (await send(redis, keys, settings, room_id, owner))[0]["seq"] == 6
     # Flushed and trimmed, then counter, stream and flushed mark lost: PostgreSQL's max wins.
-    await move_to_db(redis, keys, settings.database_url, room_id, 6)
+    await move_to_db(redis, keys, settings, room_id, 6)
     await redis.delete(keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id))
     assert (await send(redis, keys, settings, room_id, owner))[0]["seq"] == 7
     items, has_more = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id,
@@ -206,7 +218,7 @@ async def test_history_pages_the_same_wherever_the_rows_are(redis: Redis, keys: 
     for i in range(20):
         await send(redis, keys, settings, room_id, owner, f"m{i}")
     if flushed_upto:
-        await move_to_db(redis, keys, settings.database_url, room_id, flushed_upto)
+        await move_to_db(redis, keys, settings, room_id, flushed_upto)
     assert await hist(redis, keys, settings, room_id, limit=5) == ([16, 17, 18, 19, 20], True)
     assert await hist(redis, keys, settings, room_id, before=16, limit=5) == ([11, 12, 13, 14, 15], True)
     assert await hist(redis, keys, settings, room_id, before=6, limit=5) == ([1, 2, 3, 4, 5], False)
@@ -231,7 +243,7 @@ async def test_messages_from_db_and_cache_render_identically(redis: Redis, keys:
         await send(redis, keys, settings, room_id, owner, f"é {i} \"quoted\"", client_id=f"c{i}")
     cached, _ = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id,
                                        before=None, after=None, limit=50)
-    await move_to_db(redis, keys, settings.database_url, room_id, 3)
+    await move_to_db(redis, keys, settings, room_id, 3)
     assert not await redis.xlen(keys.room_log(room_id))
     stored, _ = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id,
                                        before=None, after=None, limit=50)
@@ -251,7 +263,7 @@ async def test_cached_file_messages_show_the_files_current_expiry(redis: Redis, 
     await f.save()
     cached = await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1)
     assert cached is not None and cached["file"]["expired"] is True and cached["file"]["id"] == str(f.id)
-    await move_to_db(redis, keys, settings.database_url, room_id, 1)
+    await move_to_db(redis, keys, settings, room_id, 1)
     stored = await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1)
     assert stored == cached
 
@@ -266,28 +278,33 @@ async def test_history_stays_exact_while_rows_move_under_concurrent_sends(
             await send(redis, keys, settings, room_id, owner, f"m{i}")
         done.set()
 
+    reads_at_flush: list[int] = []  # the reader's page count at each real flush: proves the overlap
+    pages = 0
+
     async def mover() -> None:
         while not done.is_set():
             top = int(await redis.get(keys.room_seq(room_id)) or 0)
-            if top > 3:
-                await move_to_db(redis, keys, settings.database_url, room_id, top - 3)
+            flushed = int(await redis.get(keys.room_flushed(room_id)) or 0)
+            if top - 3 > flushed:
+                await move_to_db(redis, keys, settings, room_id, top - 3)
+                reads_at_flush.append(pages)
             await asyncio.sleep(0)
 
-    async def reader() -> int:
-        pages = 0
+    async def reader() -> None:
+        nonlocal pages
         while not done.is_set():
             seqs, _ = await hist(redis, keys, settings, room_id, limit=200)
-            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
             if seqs:
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
                 assert seqs[-1] >= len(seqs) and (len(seqs) == 200 or seqs[0] == 1)
             after = max(0, (seqs[-1] if seqs else 0) - 150)
             page, _ = await hist(redis, keys, settings, room_id, after=after, limit=100)
             assert page == list(range(after + 1, after + 1 + len(page)))
             pages += 1
-        return pages
 
-    _, _, pages = await asyncio.gather(sender(), mover(), reader())
-    assert pages > 0
+    await asyncio.gather(sender(), mover(), reader())
+    # reads ran between flushes: at least two flushes saw different read counts
+    assert pages > 0 and len(set(reads_at_flush)) >= 2, (pages, reads_at_flush)
     seqs, more = await hist(redis, keys, settings, room_id, limit=200)
     assert seqs == list(range(201, 401)) and more
     assert int(await redis.get(keys.room_flushed(room_id)) or 0) > 0  # rows really moved
