@@ -105,7 +105,8 @@ return 0
 #       4 events channel, 5 client_id ttl s, 6 resync event payload, 7 orphan count, then per
 #       orphan: old seq, message id, cid key index (0 = no client_id).
 # Returns {old seq, new seq, ...} of the moved ones. An orphan whose old entry is gone (moved by
-# an earlier run whose reply was lost) is left alone, so a rerun moves nothing twice.
+# an earlier run whose reply was lost) is left alone, so a rerun moves nothing twice; one whose
+# entry no longer carries its id fails the script before any write.
 RESEQ_LUA = """
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local floor = tonumber(ARGV[1])
@@ -119,26 +120,40 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     end
   end
 end
-local moved = {}
 local n = tonumber(ARGV[7])
+-- check every orphan before writing anything: an entry that is not the message the flush read
+-- (rewritten meanwhile) aborts the move, `flushed` stays, and the next run judges it again
+local todo = {}
 for i = 0, n - 1 do
   local old = ARGV[8 + 3 * i]
   local e = redis.call('XRANGE', KEYS[1], old .. '-0', old .. '-0')
   if #e == 1 then
     local msg = e[1][2][2]
-    local s, t = string.find(msg, ',"seq":' .. old .. ',', 1, true)
-    if s and string.find(msg, '"id":"' .. ARGV[9 + 3 * i] .. '"', 1, true) then
-      cur = cur + 1
-      local sseq = string.format('%d', cur)
-      local new = string.sub(msg, 1, s - 1) .. ',"seq":' .. sseq .. ',' .. string.sub(msg, t + 1)
-      redis.call('XADD', KEYS[1], sseq .. '-0', 'm', new)
-      local k = tonumber(ARGV[10 + 3 * i])
-      if k > 0 then redis.call('SET', KEYS[3 + k], sseq, 'EX', ARGV[5]) end
-      redis.call('PUBLISH', ARGV[4], 'r:' .. ARGV[3] .. '||{"type":"message","message":' .. new .. '}')
-      moved[#moved + 1] = tonumber(old)
-      moved[#moved + 1] = cur
+    if not string.find(msg, '"id":"' .. ARGV[9 + 3 * i] .. '"', 1, true) then
+      return redis.error_reply('ERR reseq: the entry at seq ' .. old .. ' changed since it was read')
     end
+    todo[#todo + 1] = {old, msg, tonumber(ARGV[10 + 3 * i])}
   end
+end
+local moved = {}
+for _, o in ipairs(todo) do
+  local old, msg, k = o[1], o[2], o[3]
+  cur = cur + 1
+  local sseq = string.format('%d', cur)
+  local new
+  local s, t = string.find(msg, ',"seq":' .. old .. ',', 1, true)
+  if s then  -- the accept path's layout: only the number changes
+    new = string.sub(msg, 1, s - 1) .. ',"seq":' .. sseq .. ',' .. string.sub(msg, t + 1)
+  else
+    local m = cjson.decode(msg)
+    m['seq'] = cur
+    new = cjson.encode(m)
+  end
+  redis.call('XADD', KEYS[1], sseq .. '-0', 'm', new)
+  if k > 0 then redis.call('SET', KEYS[3 + k], sseq, 'EX', ARGV[5]) end
+  redis.call('PUBLISH', ARGV[4], 'r:' .. ARGV[3] .. '||{"type":"message","message":' .. new .. '}')
+  moved[#moved + 1] = tonumber(old)
+  moved[#moved + 1] = cur
 end
 redis.call('SET', KEYS[2], string.format('%d', cur))
 if redis.call('EXISTS', KEYS[1]) == 1 then

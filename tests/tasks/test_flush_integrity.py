@@ -293,3 +293,30 @@ async def test_a_retried_client_id_after_the_trim_is_answered_from_postgres(
     later, created = await send(redis, keys, s, room_id, owner, "thrice", client_id="r-1")
     assert not created and later == first  # from PostgreSQL, rendered the same
     assert int(await redis.get(keys.room_seq(room_id))) == 1  # no seq consumed by the retries
+
+
+async def test_an_orphan_in_another_json_layout_is_moved_intact_and_a_rerun_moves_nothing_twice(
+        redis: Redis, keys: Keys, settings: Settings, pg: Any, feed: PubSub) -> None:
+    room_id, owner = await new_room(redis, keys)
+    kept, _ = await send(redis, keys, settings, room_id, owner, "in postgres")
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+    await redis.delete(keys.room_log(room_id))  # rolled back to before the first message
+    await redis.set(keys.room_seq(room_id), 0)
+    await redis.set(keys.room_flushed(room_id), 0)
+    orphan = {"seq": 1, "id": str(uuid.uuid4()), "room_id": room_id, "sender_id": owner, "kind": "text",
+              "body": 'keys in another order, "seq":1, inside', "file": None, "client_id": "z",
+              "created_at": now_iso()}
+    await inject(redis, keys, room_id, dumps(orphan))
+
+    res = await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+    assert res.reseq == 1
+    await drain_events(feed, room_id, "resync")
+    await redis.set(keys.room_flushed(room_id), 0)  # as if the worker died before its commit script
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+
+    assert [(q, i) for q, i, _ in await pg_rows(pg, room_id)] == [(1, kept["id"]), (2, orphan["id"])]
+    stored = await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=2)
+    assert stored is not None and {**stored, "seq": 1} == {**orphan}
+    again, created = await send(redis, keys, settings, room_id, owner, "retry", client_id="z")
+    assert not created and again["id"] == orphan["id"] and again["seq"] == 2
