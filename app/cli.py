@@ -67,7 +67,8 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
             await close_db()
         for r in results:
             state = "done" if r.drained and not r.busy else ("busy (a worker holds it)" if r.busy else "more left")
-            print(f"{r.room_id}  rows={r.rows}  ms={r.ms:.0f}  flushed={r.flushed}  {state}")
+            extra = (f"  dead_letters={r.skipped}" if r.skipped else "") + (f"  reseq={r.reseq}" if r.reseq else "")
+            print(f"{r.room_id}  rows={r.rows}  ms={r.ms:.0f}  flushed={r.flushed}{extra}  {state}")
         left = [r for r in results if r.busy or not r.drained]
         print(f"{len(results)} rooms, {sum(r.rows for r in results)} messages flushed"
               + (f", {len(left)} not finished" if left else ""))

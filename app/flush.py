@@ -502,7 +502,6 @@ async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[A
     set the bad ones aside, all in one transaction. k bad rows cost O(k log n) chunks, at most
     2n - 1 (every row bad)."""
     orphan_seqs: list[int] = []
-    bad = 0
     async with pool.acquire() as conn:
         try:
             await conn.execute(begin)
@@ -518,7 +517,6 @@ async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[A
                     await conn.execute("ROLLBACK TO SAVEPOINT chat_flush_chunk;RELEASE SAVEPOINT chat_flush_chunk")
                     if hi - lo == 1:
                         dead.append(_dead_of(records[lo], raws[lo] if raws else None, exc))
-                        bad += 1
                     else:
                         mid = (lo + hi) // 2
                         todo += [(mid, hi), (lo, mid)]  # lower half first: rows keep their order
