@@ -39,8 +39,9 @@ OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2,
 # The cid key holds only the seq: a retry gets the entry from the stream while it is there
 # ("" once trimmed: the caller reads that seq from PostgreSQL). A key written before this
 # change holds the whole message JSON, returned as it is.
-# A drained room's keys carry an idle TTL (set by the flush): a send removes it, checked on
-# the log alone (one call; the log is the key that must never expire with unflushed entries).
+# A drained room's keys carry an idle TTL (set by the flush): a send removes it, tried on
+# the log first (one call when there is none; the log is the key that must never expire
+# with unflushed entries).
 ACCEPT_LUA = RATE_HIT_LUA + """
 local sender = ARGV[1]
 if sender ~= '' then
@@ -63,8 +64,7 @@ if limit > 0 then
   local wait = rate_hit(KEYS[2], limit, ARGV[3])
   if wait > 0 then return {4, wait} end
 end
-if redis.call('PTTL', KEYS[5]) > 0 then
-  redis.call('PERSIST', KEYS[5])
+if redis.call('PERSIST', KEYS[5]) == 1 then
   redis.call('PERSIST', KEYS[4])
   redis.call('PERSIST', KEYS[6])
   redis.call('PERSIST', KEYS[1])
