@@ -19,9 +19,9 @@ from app import members_cache
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
 from app.keys import Keys
 from app.pagination import decode_cursor, page
-from app.rooms import (announce_join, announce_leave, limit, load_membership, locked_room, parse_id,
-                       member_snapshot, publish_room_updated, remove_locked, render_membership, require_member, require_role,
-                       role_in, version_locked)
+from app.rooms import (announce_join, announce_leave, load_membership, locked_room, member_snapshot, parse_id,
+                       publish_room_updated, rate_check, remove_locked, render_membership, require_member,
+                       require_role, role_in, version_locked)
 from app.serialize import utcnow
 from app.settings import Settings
 from models.room import Membership, Role, Room
@@ -87,7 +87,7 @@ async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, u
                      settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
     """Make a user a member (owner/admin), unbanning them if banned. -> (membership, created)."""
     rid = parse_id(room_id, RoomNotFound)
-    await limit(redis, keys, settings, "joins", actor_id)  # member adds count as the actor's joins
+    await rate_check(redis, keys, settings, "joins", actor_id)  # member adds count as the actor's joins
     version = 0
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)

@@ -231,7 +231,8 @@ async def publish_room_updated(redis: Redis, keys: Keys, room: Room,
         await publish(events.to_user(redis, keys, user_id, {"type": "room_updated", "room": {**out, "my_role": role}}))
 
 
-async def limit(redis: Redis, keys: Keys, settings: Settings | None, bucket: str, user_id: str) -> None:
+async def rate_check(redis: Redis, keys: Keys, settings: Settings | None, bucket: str,
+                     user_id: str) -> None:
     """A per-user limit (rooms created, joins), in Redis before any PostgreSQL work; None = no limit."""
     if settings is None:
         return
@@ -363,7 +364,7 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
 async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRoom,
                       settings: Settings | None = None) -> dict[str, Any]:
     """Create a room owned by `owner_id` with `data.member_ids` as members; the owner's view of it."""
-    await limit(redis, keys, settings, "rooms", owner_id)
+    await rate_check(redis, keys, settings, "rooms", owner_id)
     others: list[str] = []
     seen = {owner_id}
     for raw in data.member_ids:
@@ -482,7 +483,7 @@ async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str,
                     settings: Settings | None = None) -> dict[str, Any]:
     """Join a public room (again is harmless); private -> 404, banned -> 403. The membership."""
     rid = parse_id(room_id, RoomNotFound)
-    await limit(redis, keys, settings, "joins", user_id)
+    await rate_check(redis, keys, settings, "joins", user_id)
     version = 0
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
