@@ -71,6 +71,16 @@ local minid = math.min(flushed + 1, last - tonumber(ARGV[2]) + 1)
 if minid > 1 then
   redis.call('XTRIM', KEYS[1], 'MINID', minid)
 end
+-- History reads the stream from its first entry on and PostgreSQL only below it, so the stream
+-- must not have holes. A counter raised over a Redis rollback leaves one between the old tail
+-- and the new entries: drop that tail (everything up to `flushed` is in PostgreSQL).
+local n = redis.call('XLEN', KEYS[1])
+if n > 0 then
+  local lo = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  local hi = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+  local span = tonumber(string.match(hi, '^(%d+)')) - tonumber(string.match(lo, '^(%d+)')) + 1
+  if span ~= n then redis.call('XTRIM', KEYS[1], 'MINID', flushed + 1) end
+end
 local drained = 0
 if flushed >= last then
   redis.call('SREM', KEYS[4], ARGV[3])
@@ -169,13 +179,19 @@ end
 return moved
 """
 
-# Raise an existing counter to at least ARGV[1] (a missing one is seeded on the next send).
-# KEYS: 1 seq. Returns 1 raised, 0 already there, -1 missing.
+# Raise an existing counter to at least ARGV[1] (a missing one is seeded on the next send), and
+# drop the stream's entries up to `flushed` (all in PostgreSQL): left below the raised counter
+# they would be a hole in what history reads from Redis.
+# KEYS: 1 seq, 2 log, 3 flushed. Returns 1 raised, 0 already there, -1 missing.
 RAISE_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 if tonumber(cur) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
+  local flushed = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if flushed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('XTRIM', KEYS[2], 'MINID', flushed + 1)
+  end
   return 1
 end
 return 0
@@ -667,7 +683,9 @@ async def check_redis_restart(*, redis: Redis, keys: Keys, pool: asyncpg.Pool) -
         async with redis.pipeline(transaction=False) as pipe:
             todo = [r for r in rows if r["top"] > 0]
             for r in todo:
-                await raise_script(keys=[keys.room_seq(str(r["id"]))], args=[int(r["top"])], client=pipe)
+                rid = str(r["id"])
+                await raise_script(keys=[keys.room_seq(rid), keys.room_log(rid), keys.room_flushed(rid)],
+                                   args=[int(r["top"])], client=pipe)
             results = await pipe.execute() if todo else []
         raised += sum(1 for x in results if x == 1)
         if len(rows) < RESEED_PAGE:

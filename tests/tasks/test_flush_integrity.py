@@ -228,20 +228,33 @@ async def test_seqs_survive_a_redis_rollback(redis: Redis, keys: Keys, settings:
 async def test_a_redis_restart_raises_counters_before_any_seq_is_reused(
         redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
     room_id, owner = await new_room(redis, keys)
-    for i in range(6):
-        await send(redis, keys, settings, room_id, owner, f"m{i}")
+    sent = [(await send(redis, keys, settings, room_id, owner, f"m{i}"))[0] for i in range(2)]
     await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
-    await redis.set(keys.room_seq(room_id), 2)  # the counter came back from before seqs 3..6
+    sent += [(await send(redis, keys, settings, room_id, owner, f"m{i}"))[0] for i in range(2, 4)]
+    snap = await snapshot(redis, [keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id)])
+    sent += [(await send(redis, keys, settings, room_id, owner, f"m{i}"))[0] for i in range(4, 6)]
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+    await restore(redis, snap)  # seq 4, flushed 2, stream 1..4: PostgreSQL has 1..6
     await redis.set(keys.redis_run_id(), "a-previous-redis-process")
 
     raised = await flush.check_redis_restart(redis=redis, keys=keys, pool=pg)
 
     assert raised is not None and raised >= 1
     assert int(await redis.get(keys.room_seq(room_id))) == 6
-    assert int(await redis.get(keys.room_flushed(room_id))) == 6  # never advanced by the check
+    assert int(await redis.get(keys.room_flushed(room_id))) == 2  # never advanced by the check
+    assert [e[0] for e in await redis.xrange(keys.room_log(room_id))] == ["3-0", "4-0"]  # flushed tail dropped
     assert await flush.check_redis_restart(redis=redis, keys=keys, pool=pg) is None  # same run_id now
     msg, _ = await send(redis, keys, settings, room_id, owner, "after restart")
     assert msg["seq"] == 7
+
+    res = await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+
+    assert res.reseq == 0  # nothing collided
+    items, more = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id,
+                                         before=None, after=None, limit=50)
+    assert not more and [(m["seq"], m["id"]) for m in items] == \
+        [(m["seq"], m["id"]) for m in sent] + [(7, msg["id"])]  # no hole between the old tail and 7
+    assert [q for q, _, _ in await pg_rows(pg, room_id)] == list(range(1, 8))
 
 
 async def test_a_lost_counter_is_seeded_above_seqs_the_prune_deleted(
