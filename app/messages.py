@@ -142,10 +142,10 @@ async def _pg_max_seq(room_id: str) -> int:
 
 def _trigger_flush(settings: Settings, room_id: str) -> None:
     """Backlog over the threshold: ask the worker to flush this room now (never awaited by the send)."""
-    from app.jobs import enqueue_flush_room  # imported lazily: the broker is not needed to send
-
     async def run() -> None:
         try:
+            from app.jobs import enqueue_flush_room  # lazily: the broker is not needed to send
+
             await enqueue_flush_room(settings, room_id)
         except Exception:  # noqa: BLE001 - the periodic flush picks the room up anyway
             log.warning("could not enqueue flush_room(%s)", room_id, exc_info=True)
