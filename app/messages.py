@@ -3,7 +3,8 @@
 Cache mode (the default): a send is one Redis script call (app/cache.py) that
 checks membership, idempotency and the rate limit, allocates the seq, appends
 to the room's stream and publishes the event. PostgreSQL is touched only to
-rebuild what Redis lost (a member set, a seq counter). The worker moves the
+rebuild what Redis lost (a member set, a seq counter) and to answer a retried
+client_id whose message was already flushed and trimmed. The worker moves the
 stream into PostgreSQL later (app/flush.py).
 
 Direct mode (CHAT_WRITE_MODE=direct) is the "database only" design the cache

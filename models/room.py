@@ -21,7 +21,9 @@ class Room(Model):
     is_private = fields.BooleanField(default=False)
     owner = fields.ForeignKeyField("models.User", related_name="owned_rooms", on_delete=fields.RESTRICT)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
-    # Only CHAT_WRITE_MODE=direct uses this: the database-only design allocates seqs here.
+    # The highest seq PostgreSQL has seen for the room: CHAT_WRITE_MODE=direct allocates seqs
+    # here; in cache mode the flush raises it to every batch's top, so a counter re-seeded
+    # from PostgreSQL stays above seqs the retention prune deleted.
     last_seq = fields.BigIntField(default=0)
 
     class Meta:
