@@ -213,16 +213,21 @@ async def test_handshake_kick_race_leaves_no_kicked_socket_reading(
     t = Tally()
     async with httpx.AsyncClient(base_url=one.base_url, timeout=30) as api1, \
             httpx.AsyncClient(base_url=two.base_url, timeout=30) as api2:
+        handshake_s, kick_s = 0.01, 0.01  # running estimates of how long each takes here
         for i, (user, room) in enumerate(pairs(c)):
             rid = room["id"]
             assert (await api1.post(f"/rooms/{rid}/join", headers=user.headers)).status_code == 200
             srv = one if i % 2 else two
-            # The kick leaves a little later than the upgrade request, so it lands during the
-            # handshake (token check, registration, the rooms read from PostgreSQL, the hello).
+            # Aim the kick's commit at the handshake's later part (registration, the rooms read
+            # from PostgreSQL, the hello): the window where an attach could undo it.
+            delay = max(0.0, random.uniform(0.3, 1.1) * handshake_s - 0.6 * kick_s)
+            start = time.monotonic()
             (ws, hello_at), (kicked, kick_sent) = await asyncio.gather(
                 timed(WS.open(srv.ws_url, user.access_token)),
-                later(random.uniform(0, MAX_DELAY_S), lambda: api2.delete(
-                    f"/rooms/{rid}/members/{user.id}", headers=c.owner.headers)))
+                later(delay, lambda: api2.delete(f"/rooms/{rid}/members/{user.id}", headers=c.owner.headers)))
+            kicked_at = time.monotonic()
+            handshake_s = 0.8 * handshake_s + 0.2 * (hello_at - start)
+            kick_s = 0.8 * kick_s + 0.2 * (kicked_at - kick_sent)
             assert kicked.status_code == 204, kicked.text
             t.rounds += 1
             t.overlapped += kick_sent < hello_at
