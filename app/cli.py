@@ -51,7 +51,7 @@ def _makemigrations(settings: Settings, args: argparse.Namespace) -> int:
 @command("flush", "flush every pending room to PostgreSQL now and wait until done")
 def _flush(settings: Settings, args: argparse.Namespace) -> int:
     from app.db import close_db, init_db, ping_db, raw_pool
-    from app.flush import flush_all_pending
+    from app.flush import check_redis_restart, flush_all_pending
     from app.keys import Keys
     from app.redis import connect_redis
 
@@ -60,6 +60,8 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
         redis = connect_redis(settings.redis_url)
         try:
             await ping_db()
+            # As the flush tick does: after a Redis restart, counters first (no seq reused meanwhile).
+            await check_redis_restart(redis=redis, keys=Keys(settings.redis_prefix), pool=raw_pool())
             results = await flush_all_pending(redis=redis, keys=Keys(settings.redis_prefix),
                                               settings=settings, pool=raw_pool())
         finally:
