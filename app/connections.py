@@ -322,10 +322,10 @@ class Connection:
         self._sent_direct[message["id"]] = self.registry.gen if self.registry is not None else 0
         self.send({"type": "ack", "client_id": message.get("client_id"), "message": message})
 
-    def fanout_gap(self, generation: int) -> None:
+    def fanout_gap(self, generation: int, resync: Frame) -> None:
         """The process's subscription dropped and is back (now `generation`): events published
         meanwhile are lost. Tell the client to sync, and ack what the lost events would have."""
-        self.send({"type": "resync", "room_id": None, "reason": "fanout_gap"})
+        self.push(resync)
         if self._sent_direct:  # events older than the previous subscription can no longer come
             self._sent_direct = {m: g for m, g in self._sent_direct.items() if g >= generation - 1}
         if self._pending_acks:
@@ -451,9 +451,10 @@ class Registry:
     def fanout_gap(self) -> None:
         """The subscription is back after a loss: a new generation, and every client resyncs."""
         self.gen += 1
+        resync = Frame(dumps({"type": "resync", "room_id": None, "reason": "fanout_gap"}))  # framed once
         for conn in list(self.conns.values()):
             try:
-                conn.fanout_gap(self.gen)
+                conn.fanout_gap(self.gen, resync)
             except Exception:  # noqa: BLE001 - one broken socket must not stop the others
                 log.debug("resync of %s failed", conn.id, exc_info=True)
 
