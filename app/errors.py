@@ -233,6 +233,18 @@ def error_response(err: ChatError) -> HTTPResponse:
     return json(err.body(), status=err.status, headers=err.headers or None)
 
 
+def allowed_methods(request: Request) -> str:
+    """The methods the router serves on this request's path, for a 405's Allow header."""
+    found = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        try:
+            request.app.router.get(request.path, method, request.headers.get("host"))
+        except Exception:  # noqa: BLE001 - NotFound / MethodNotAllowed: not this one
+            continue
+        found.append(method)
+    return ", ".join(found)
+
+
 def register_error_handlers(app: Sanic) -> None:
     """Map every exception to the API envelope, once, for the whole app."""
 
@@ -244,6 +256,11 @@ def register_error_handlers(app: Sanic) -> None:
         elif err.status == 503 and not isinstance(exc, ChatError):
             # A backing service failed under a request: say which call and why, for operators.
             log.warning("%s %s: %s (%r)", request.method, request.path, err.message, exc)
+        if err.status == 405 and "Allow" not in err.headers:
+            # Methods the router does not know at all (TRACE, CONNECT) come without a list.
+            allow = allowed_methods(request)
+            if allow:
+                err.headers = {**err.headers, "Allow": allow}
         from app.door import allow_drain
         allow_drain(request)  # refused with body unread: read it away so the client sees this answer
         return error_response(err)

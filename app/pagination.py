@@ -22,7 +22,7 @@ MAX_LIMIT = 200
 
 
 def parse_limit(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
-    """`?limit=`: default 50, clamped to 200, below 1 (or not a number) is 422."""
+    """`?limit=`: default 50, clamped to 200; below 1, above 2^63-1 or not an integer is 422."""
     raw = request.args.get("limit")
     if raw is None or raw == "":
         return default
@@ -32,7 +32,9 @@ def parse_limit(request: Request, default: int = DEFAULT_LIMIT, maximum: int = M
         raise ValidationFailed({"limit": "must be an integer"}) from None
     if value < 1:
         raise ValidationFailed({"limit": "must be at least 1"})
-    return min(value, maximum)  # any larger integer is clamped (documented: no upper bound)
+    if value > BIGINT_MAX:  # the documented type is a 64-bit integer; up to it, larger is clamped
+        raise ValidationFailed({"limit": f"must be at most {BIGINT_MAX}"})
+    return min(value, maximum)
 
 
 def encode_cursor(position: dict[str, Any]) -> str:

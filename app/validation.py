@@ -23,6 +23,11 @@ M = TypeVar("M", bound=BaseModel)
 # PostgreSQL bigint: every seq, id and count the API takes is stored in one.
 BIGINT_MAX = 2**63 - 1
 
+# The same rule for the OpenAPI document, as a JSON Schema pattern (ASCII regex text that
+# Python's re, ECMA-262 and Rust's regex all read). It names NUL only: no regex engine a
+# validator uses can name a lone surrogate, and no JSON encoder of a real client emits one.
+STORABLE_PATTERN = r"^[^\x00]*$"
+
 # NUL and lone surrogates (a valid pair never reaches Python as two code points).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _UNSTORABLE_REASON = "must not contain NUL or unpaired surrogate characters"
@@ -43,8 +48,7 @@ def json_object(request: Request) -> dict[str, Any]:
 def parse_object(raw: str | bytes, what: str) -> dict[str, Any]:
     """JSON text that must be an object (a request body, a WebSocket frame), or malformed_json.
 
-    Also 422 when any string in it (a key or a value, at any depth) has text PostgreSQL
-    cannot store, or an integer does not fit a bigint.
+    Also 422 when any string value in it, at any depth, has text PostgreSQL cannot store. (Numbers are each field's business: a seq is bounded where it is read.)
     """
     lenient = False
     try:
@@ -79,7 +83,7 @@ def _no_constant(name: str) -> Any:
 
 
 def first_bad_field(value: Any, path: str = "", *, surrogates: bool = True) -> tuple[str, str] | None:
-    """(field path, reason) of the first unstorable string or out-of-range integer, or None."""
+    """(field path, reason) of the first string value PostgreSQL cannot store, or None."""
     bad_text = _UNSTORABLE.search if surrogates else _has_nul
     stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
@@ -87,16 +91,10 @@ def first_bad_field(value: Any, path: str = "", *, surrogates: bool = True) -> t
         t = type(v)
         if t is str:
             if bad_text(v):
-                return where or "body", _UNSTORABLE_REASON
-        elif t is int:
-            if not -BIGINT_MAX - 1 <= v <= BIGINT_MAX:
-                return where or "body", "must be between -2^63 and 2^63-1"
+                return _printable(where) or "body", _UNSTORABLE_REASON
         elif t is dict:
-            for k, item in v.items():
-                name = f"{where}.{k}" if where else str(k)
-                if bad_text(k):
-                    return _printable(name), "field names " + _UNSTORABLE_REASON
-                stack.append((name, item))
+            # Keys are only ever looked up, never stored: a strange one is an ignored field.
+            stack.extend((f"{where}.{k}" if where else str(k), item) for k, item in v.items())
         elif t is list:
             stack.extend((f"{where}.{i}" if where else str(i), item) for i, item in enumerate(v))
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Callable, Optional, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, empty, json
 from sanic_ext import openapi
@@ -19,7 +19,8 @@ from app import auth, ratelimit
 from app.errors import RateLimited
 from app.users import render_user
 from app.validation import body
-from blueprints.deps import ErrorEnvelope, authenticated
+from app.validation import STORABLE_PATTERN
+from blueprints.deps import JsonBody, ErrorEnvelope, authenticated, body_schema, text_field, trimmed_pattern
 
 bp = Blueprint("auth")
 
@@ -65,23 +66,41 @@ Username = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern
 # No control characters: they render badly, and PostgreSQL refuses NUL outright.
 DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
                                                pattern=r"^[^\x00-\x1f\x7f]+$")]
+# The documents say what the door (app/validation.parse_object) refuses in every string: NUL
+# and lone surrogates. Only in the schema: pydantic's regex engine cannot name surrogates.
+_STORABLE = text_field(STORABLE_PATTERN)
 
 
-class RegisterBody(BaseModel):
+def _display_name_schema(schema: dict) -> None:
+    """Document what the server checks after stripping, not DisplayName's own (pre-strip) keywords."""
+    prop = schema["properties"]["display_name"]
+    prop["anyOf"] = [{"type": "string"}, {"type": "null"}]
+    body_schema(schema)
+
+
+class RegisterBody(JsonBody):
+    model_config = ConfigDict(json_schema_extra=_display_name_schema)
+
     username: Username = Field(description="3-32 of A-Z a-z 0-9 _ . -; unique case-insensitively")
-    password: str = Field(min_length=8, max_length=128)
-    display_name: Optional[DisplayName] = Field(default=None, description="defaults to the username")
+    password: str = Field(min_length=8, max_length=128, json_schema_extra=_STORABLE)
+    display_name: Optional[DisplayName] = Field(
+        default=None, description="1-64 characters once surrounding whitespace is stripped, no control "
+        "characters; defaults to the username", json_schema_extra=text_field(trimmed_pattern(64)))
 
 
-class LoginBody(BaseModel):
+class LoginBody(JsonBody):
+    model_config = ConfigDict(json_schema_extra=body_schema)
+
     # Loose limits: a name or password that cannot exist simply fails as invalid_credentials;
     # the caps only bound the hashing work a request can ask for.
-    username: str = Field(min_length=1, max_length=256)
-    password: str = Field(min_length=1, max_length=1024)
+    username: str = Field(min_length=1, max_length=256, json_schema_extra=_STORABLE)
+    password: str = Field(min_length=1, max_length=1024, json_schema_extra=_STORABLE)
 
 
-class RefreshBody(BaseModel):
-    refresh_token: str = Field(min_length=1, max_length=4096)
+class RefreshBody(JsonBody):
+    model_config = ConfigDict(json_schema_extra=body_schema)
+
+    refresh_token: str = Field(min_length=1, max_length=4096, json_schema_extra=_STORABLE)
 
 
 class TokenPairOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, json
 from sanic_ext.extensions.openapi import openapi
@@ -13,8 +13,12 @@ from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Res
 from app import files, media, ratelimit, rooms
 from app.door import upload_body_cap
 from app.errors import PayloadTooLarge, RateLimited
-from blueprints.deps import ErrorEnvelope, authenticated
-from blueprints.messages import FileOut
+from app.messages import CLIENT_ID_MAX
+from app.validation import STORABLE_PATTERN
+from blueprints.deps import ErrorEnvelope, authenticated, body_schema, text_field
+from blueprints.messages import DEFAULT_MAX_CHARS, FileOut
+
+_STORABLE = text_field(STORABLE_PATTERN)
 
 bp = Blueprint("files")
 
@@ -25,9 +29,15 @@ INLINE_TYPES = frozenset(media.PILLOW_FORMATS)  # raster images only; never SVG 
 # -- documentation schemas ----------------------------------------------------------
 
 class UploadForm(BaseModel):
-    file: bytes = Field(description="the file; its type is sniffed from the bytes (MAX_UPLOAD_BYTES, default 10 MiB)")
-    body: str | None = Field(default=None, description="text of the file's message")
-    client_id: str | None = Field(default=None, max_length=64, description="retry key, as for messages")
+    # Form fields are text (or absent): none of them can be null.
+    model_config = ConfigDict(json_schema_extra=body_schema)
+
+    file: bytes = Field(min_length=1, description="the file (not empty); its type is sniffed from the bytes "
+                        "(MAX_UPLOAD_BYTES, default 10 MiB)")
+    body: str = Field(default=None, max_length=DEFAULT_MAX_CHARS,  # type: ignore[assignment]
+                      description="text of the file's message (may be empty)", json_schema_extra=_STORABLE)
+    client_id: str = Field(default=None, max_length=CLIENT_ID_MAX,  # type: ignore[assignment]
+                           description="retry key, as for messages; empty means none", json_schema_extra=_STORABLE)
 
 
 class FileMetaOut(FileOut):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext.extensions.openapi import openapi
@@ -13,8 +13,12 @@ from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Res
 from app import messages, rooms
 from app.errors import MessageNotFound, ValidationFailed
 from app.pagination import parse_limit
-from app.validation import BIGINT_MAX, body
-from blueprints.deps import ErrorEnvelope, authenticated
+from app.messages import CLIENT_ID_MAX
+from app.settings import Settings
+from app.validation import BIGINT_MAX, STORABLE_PATTERN, body
+from blueprints.deps import JsonBody, NOT_BLANK_PATTERN, ErrorEnvelope, authenticated, bigint, body_schema, text_field
+
+DEFAULT_MAX_CHARS = Settings.__dataclass_fields__["message_max_chars"].default
 
 bp = Blueprint("messages")
 
@@ -26,6 +30,20 @@ class SendMessage(BaseModel):
 
     body: str
     client_id: str | None = None
+
+
+class SendMessageDoc(JsonBody):
+    """Body of POST /rooms/{id}/messages as documented: what app.messages.validate_send accepts."""
+
+    model_config = ConfigDict(title="SendMessage", json_schema_extra=body_schema)
+
+    body: str = Field(max_length=DEFAULT_MAX_CHARS,
+                      description=f"1-MESSAGE_MAX_CHARS (default {DEFAULT_MAX_CHARS}) characters, "
+                                  "not only whitespace",
+                      json_schema_extra=text_field(NOT_BLANK_PATTERN))
+    client_id: Optional[str] = Field(None, min_length=1, max_length=CLIENT_ID_MAX,
+                                     description="retry key: a resend with the same one returns the original",
+                                     json_schema_extra=text_field(STORABLE_PATTERN))
 
 
 # -- documentation schemas ----------------------------------------------------------
@@ -76,7 +94,7 @@ def _svc(request: Request) -> dict[str, Any]:
 @bp.post("/rooms/<room_id>/messages")
 @openapi.definition(
     summary="Send a message (201; 200 with the original for a retried client_id)", tag="messages",
-    secured={"bearer": []}, body=RequestBody({"application/json": Component(SendMessage)}, required=True),
+    secured={"bearer": []}, body=RequestBody({"application/json": Component(SendMessageDoc)}, required=True),
     response=[_resp(201, MessageOut, "the new message"), _resp(200, MessageOut, "the original (retried client_id)"),
               _resp(400, ErrorEnvelope, "malformed_json"), _E401, _E403, _E404, _E422,
               _resp(429, ErrorEnvelope, "rate_limited (Retry-After)")])
@@ -92,9 +110,10 @@ async def send_message(request: Request, room_id: str) -> HTTPResponse:
 @openapi.definition(
     summary="History, ascending by seq: newest `limit`; with after the oldest after it; with both, between",
     tag="messages", secured={"bearer": []},
-    parameter=[{"name": "before", "schema": int, "location": "query", "description": "seq, exclusive"},
-               {"name": "after", "schema": int, "location": "query", "description": "seq, exclusive"},
-               {"name": "limit", "schema": int, "location": "query", "description": "1-200, default 50"}],
+    parameter=[{"name": "before", "location": "query", **bigint(1, BIGINT_MAX, "seq, exclusive")},
+               {"name": "after", "location": "query", **bigint(0, BIGINT_MAX - 1, "seq, exclusive")},
+               {"name": "limit", "location": "query",
+                **bigint(1, BIGINT_MAX, "default 50; any value above 200 is served as 200")}],
     response=[_resp(200, MessagePage, "a page of messages"), _E401, _E403, _E404, _E422])
 @authenticated
 async def list_messages(request: Request, room_id: str) -> HTTPResponse:
@@ -110,8 +129,11 @@ async def list_messages(request: Request, room_id: str) -> HTTPResponse:
 
 @bp.get("/rooms/<room_id>/messages/<seq>")
 @openapi.definition(summary="One message by seq", tag="messages", secured={"bearer": []},
+                    parameter=[{"name": "seq", "location": "path",
+                                **bigint(0, BIGINT_MAX, "the message's seq (0 and unknown seqs: 404)")}],
                     response=[_resp(200, MessageOut, "the message"), _E401, _E403,
-                              _resp(404, ErrorEnvelope, "room_not_found or message_not_found")])
+                              _resp(404, ErrorEnvelope, "room_not_found or message_not_found"),
+                              _resp(422, ErrorEnvelope, "validation_failed: seq past 2^63-1")])
 @authenticated
 async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)

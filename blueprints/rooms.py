@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 from sanic_ext.extensions.openapi import openapi
 from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
+from sanic_ext.extensions.openapi.types import String
 
 from app import membership, rooms
 from app.membership import AddMember, ChangeRole
 from app.pagination import parse_limit
-from app.rooms import CreateRoom, UpdateRoom
-from app.validation import body
-from blueprints.deps import ErrorEnvelope, authenticated
+from app.rooms import MAX_INITIAL_MEMBERS, CreateRoom, UpdateRoom
+from app.validation import BIGINT_MAX, STORABLE_PATTERN, body
+from blueprints.deps import JsonBody, ErrorEnvelope, authenticated, bigint, body_schema, text_field, trimmed_pattern
 
 bp = Blueprint("rooms")
 
@@ -55,9 +56,52 @@ class MembershipPage(BaseModel):
     next_cursor: str | None
 
 
+class CreateRoomDoc(JsonBody):
+    """Body of POST /rooms (what the server accepts: app.rooms.CreateRoom; other keys are ignored)."""
+
+    model_config = ConfigDict(title="CreateRoom", json_schema_extra=body_schema)
+
+    name: str = Field(description="1-64 characters once surrounding whitespace is stripped; no control characters",
+                      json_schema_extra=text_field(trimmed_pattern(64)))
+    topic: Optional[str] = Field("", description="0-256 characters once stripped; tabs and line breaks allowed, "
+                                 "no other control characters; null means none",
+                                 json_schema_extra=text_field(trimmed_pattern(256, allow_empty=True, multiline=True)))
+    is_private: bool = False
+    member_ids: list[str] = Field(default_factory=list, max_length=MAX_INITIAL_MEMBERS,
+                                  description="user ids to add (404 user_not_found for an unknown one)",
+                                  json_schema_extra={"items": {"type": "string", "pattern": STORABLE_PATTERN}})
+
+
+class UpdateRoomDoc(JsonBody):
+    """Body of PATCH /rooms/{id}: only the fields present change (name and is_private may not be null)."""
+
+    model_config = ConfigDict(title="UpdateRoom", json_schema_extra=body_schema)
+
+    name: str = Field(None, description="as for POST /rooms",  # type: ignore[assignment]
+                      json_schema_extra=text_field(trimmed_pattern(64)))
+    topic: Optional[str] = Field(None, description="as for POST /rooms; null clears it",
+                                 json_schema_extra=text_field(trimmed_pattern(256, allow_empty=True, multiline=True)))
+    is_private: bool = Field(None)  # type: ignore[assignment]
+
+
+class AddMemberDoc(JsonBody):
+    model_config = ConfigDict(title="AddMember", json_schema_extra=body_schema)
+
+    user_id: str = Field(description="the user to add (404 user_not_found when unknown)",
+                         json_schema_extra=text_field(STORABLE_PATTERN))
+
+
+class ChangeRoleDoc(JsonBody):
+    model_config = ConfigDict(title="ChangeRole", json_schema_extra=body_schema)
+
+    role: Literal["admin", "member"]
+
+
 _PAGE_PARAMS = [
-    {"name": "limit", "schema": int, "location": "query", "description": "1-200 (above 200: 200), default 50"},
-    {"name": "cursor", "schema": str, "location": "query", "description": "next_cursor of the previous page"},
+    {"name": "limit", "location": "query",
+     **bigint(1, BIGINT_MAX, "page size, default 50; any value above 200 is served as 200")},
+    {"name": "cursor", "schema": str, "location": "query",
+     "description": "next_cursor of the previous page, as given (anything else is 422)"},
 ]
 
 
@@ -95,7 +139,7 @@ def _svc(request: Request) -> dict[str, Any]:
 
 @bp.post("/rooms")
 @_doc("Create a room (the caller becomes its owner; member_ids become members)", (201, RoomOut, "the new room"),
-      (404, "user_not_found: a member_ids entry is unknown (no room is created)"), _INVALID, body_model=CreateRoom)
+      (404, "user_not_found: a member_ids entry is unknown (no room is created)"), _INVALID, body_model=CreateRoomDoc)
 @authenticated
 async def create_room(request: Request) -> HTTPResponse:
     data = body(request, CreateRoom)
@@ -107,8 +151,9 @@ async def create_room(request: Request) -> HTTPResponse:
 @bp.get("/rooms")
 @_doc("List the caller's rooms (scope=joined) or the public directory (scope=public), newest first",
       (200, RoomPage, "a page of rooms"), _LIST_422,
-      params=[{"name": "scope", "schema": str, "location": "query", "description": "joined (default) | public"},
-              {"name": "q", "schema": str, "location": "query",
+      params=[{"name": "scope", "schema": String(enum=["joined", "public"]), "location": "query",
+               "description": "joined (default) | public"},
+              {"name": "q", "schema": String(pattern=STORABLE_PATTERN), "location": "query",
                "description": "case-insensitive substring of the name; % and _ are literal"}, *_PAGE_PARAMS])
 @authenticated
 async def list_rooms(request: Request) -> HTTPResponse:
@@ -127,7 +172,7 @@ async def get_room(request: Request, room_id: str) -> HTTPResponse:
 
 @bp.patch("/rooms/<room_id>")
 @_doc("Change name, topic or privacy (owner, admin); absent fields stay", (200, RoomOut, "the updated room"),
-      _ROOM_403, _ROOM_404, _INVALID, body_model=UpdateRoom)
+      _ROOM_403, _ROOM_404, _INVALID, body_model=UpdateRoomDoc)
 @authenticated
 async def update_room(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, UpdateRoom)
@@ -176,7 +221,7 @@ async def list_members(request: Request, room_id: str) -> HTTPResponse:
 
 @bp.post("/rooms/<room_id>/members")
 @_doc("Add a member, lifting a ban (owner, admin)", (201, MembershipOut, "the new membership"),
-      _ROOM_403, _ROOM_404, (404, "user_not_found"), _INVALID, body_model=AddMember,
+      _ROOM_403, _ROOM_404, (404, "user_not_found"), _INVALID, body_model=AddMemberDoc,
       also=[(200, MembershipOut, "already a member: unchanged")])
 @authenticated
 async def add_member(request: Request, room_id: str) -> HTTPResponse:
@@ -192,7 +237,7 @@ async def add_member(request: Request, room_id: str) -> HTTPResponse:
       (200, MembershipOut, "the membership"),
       (403, "not_member, or forbidden (caller not the owner, or the target is the owner)"), _ROOM_404,
       (404, "user_not_found, or not_member (the target is not in the room)"),
-      (422, "validation_failed: role must be admin or member"), body_model=ChangeRole)
+      (422, "validation_failed: role must be admin or member"), body_model=ChangeRoleDoc)
 @authenticated
 async def change_role(request: Request, room_id: str, user_id: str) -> HTTPResponse:
     data = body(request, ChangeRole)

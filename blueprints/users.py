@@ -9,10 +9,12 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 from sanic_ext.extensions.openapi.definitions import Component
+from sanic_ext.extensions.openapi.types import Long, String
 
 from app import users
 from app.errors import InvalidToken, UserNotFound, ValidationFailed
 from app.pagination import decode_cursor, page, parse_limit
+from app.validation import BIGINT_MAX, STORABLE_PATTERN
 from blueprints.auth import UserOut, document_errors
 from blueprints.deps import authenticated
 
@@ -42,9 +44,10 @@ async def me(request: Request) -> HTTPResponse:
 @bp.get("/users")
 @openapi.summary("Users whose username starts with q (case-insensitive; % and _ literal)")
 @openapi.secured("bearer")
-@openapi.parameter("q", str, "query", description="username prefix; empty lists everyone")
-@openapi.parameter("limit", int, "query", description="1-200 (larger values are clamped), default 50")
-@openapi.parameter("cursor", str, "query", description="next_cursor of the previous page")
+@openapi.parameter("q", String(pattern=STORABLE_PATTERN), "query", description="username prefix; empty lists everyone")
+@openapi.parameter("limit", Long(minimum=1, maximum=BIGINT_MAX), "query",
+                   description="page size, default 50; any value above 200 is served as 200")
+@openapi.parameter("cursor", str, "query", description="next_cursor of the previous page, as given (else 422)")
 @openapi.response("200", {"application/json": Component(UserPage)}, "A page of users, by username")
 @document_errors(401, 422)
 @authenticated
