@@ -2,16 +2,33 @@
 
 The session creates its own database (`chat_test_<random>`) on the server of
 DATABASE_URL (default: the local one), applies the committed migrations, and
-uses its own Redis key prefix; both are removed at the end. A missing service
-fails the run loudly: these tests mean nothing without the real thing.
+uses its own Redis key prefix (hence its own Dramatiq namespace, see
+app.keys.Keys.dramatiq_namespace) and its own MEDIA_ROOT in a temporary directory;
+all are removed at the end. A missing service fails the run loudly: these tests mean
+nothing without the real thing.
+
+Isolation inside the session: the `isolated` fixture gives a test (or, overriding
+`settings`/`keys` in a module, a whole module) a Redis prefix of its own under the
+session's, so jobs one test enqueues never reach another test's worker.
+
+Timeouts: pytest-timeout's signal method (pyproject) fails a hung test and lets its
+fixtures tear down; a SIGALRM that lands in a background asyncio task can be swallowed,
+so a backstop thread dumps the stacks and ends the run TIMEOUT_BACKSTOP_S later, after
+stopping every process the tests started (they also die with us: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import uuid
-from typing import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -22,7 +39,7 @@ from redis.asyncio import Redis
 
 from app.keys import Keys
 from app.settings import Settings
-from tests.support import ServerProc
+from tests.support import ROOT, ServerProc, live_procs, stop_all
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -38,6 +55,10 @@ TEST_DB_NAME = f"chat_test_{RUN_ID}"
 TEST_DB_URL = _with_db(BASE_DB_URL, TEST_DB_NAME)
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_PREFIX = f"chat_test_{RUN_ID}"
+# Uploads of every process of the session land here, never in the repository's ./media.
+MEDIA_ROOT = tempfile.mkdtemp(prefix=f"chat-test-media-{RUN_ID}-")
+REPO_MEDIA = ROOT / "media"
+TIMEOUT_BACKSTOP_S = 30.0
 
 # Environment of every process the tests start, and of the in-process Settings.
 # Rate limits are relaxed here; the rate-limit tests set their own.
@@ -46,6 +67,7 @@ TEST_ENV = {
     "DATABASE_URL": TEST_DB_URL,
     "REDIS_URL": REDIS_URL,
     "REDIS_PREFIX": REDIS_PREFIX,
+    "MEDIA_ROOT": MEDIA_ROOT,
     "RATE_MESSAGES": "100000",
     "RATE_AUTH": "100000",
     "RATE_UPLOADS": "100000",
@@ -59,8 +81,78 @@ TEST_ENV = {
 }
 
 
+def _repo_media_files() -> set[str]:
+    if not REPO_MEDIA.is_dir():
+        return set()
+    return {str(p.relative_to(REPO_MEDIA)) for p in REPO_MEDIA.rglob("*") if p.is_file()}
+
+
+_media_before: set[str] = set()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("CHAT_TEST_RUN", RUN_ID)
+    # Anything that loads Settings from the environment (a `python -m bench` run, a stray
+    # Settings.load()) gets the session's prefix, namespace and media root too.
+    os.environ["REDIS_PREFIX"] = REDIS_PREFIX
+    os.environ["MEDIA_ROOT"] = MEDIA_ROOT
+    _media_before.update(_repo_media_files())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test wrote into the repository's media/ or left a process running."""
+    problems = []
+    leaked = stop_all()
+    if leaked:
+        problems.append(f"processes still running at the end of the session (stopped now): {leaked}")
+    created = sorted(_repo_media_files() - _media_before)
+    if created:
+        problems.append(f"the run created {len(created)} file(s) under {REPO_MEDIA} (MEDIA_ROOT must be "
+                        f"the session's temporary directory): {created[:10]}")
+    shutil.rmtree(MEDIA_ROOT, ignore_errors=True)
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for p in problems:
+            if reporter is not None:
+                reporter.write_line(f"SESSION CHECK FAILED: {p}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+def _backstop(item: pytest.Item, settings: Any) -> None:
+    """The signal did not end the test (swallowed in a background task): stop children, dump, exit."""
+    import pytest_timeout
+
+    stop_all(2.0)
+    pytest_timeout.timeout_timer(item, settings)  # dumps every thread's stack, then os._exit(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method plus a thread backstop TIMEOUT_BACKSTOP_S later."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own implementation
+    import pytest_timeout
+
+    def handler(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        pytest_timeout.timeout_sigalrm(item, settings)
+
+    backstop = threading.Timer(settings.timeout + TIMEOUT_BACKSTOP_S, _backstop, (item, settings))
+    backstop.daemon = True
+    backstop.name = f"timeout backstop {item.nodeid}"
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        backstop.cancel()
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # read by pytest-timeout's cancel hook
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    backstop.start()
+    return True
 
 
 async def _create_database() -> None:
@@ -87,7 +179,9 @@ async def _drop_database() -> None:
 
 def _clear_redis_prefix() -> None:
     client = redis_sync.Redis.from_url(REDIS_URL)
-    for pattern in (f"{REDIS_PREFIX}:*", f"{REDIS_PREFIX}-*"):
+    # The session's keys, its Dramatiq namespace and every sub-prefix (`isolated`) start with
+    # REDIS_PREFIX; RUN_ID has a fixed length, so no other session's prefix matches.
+    for pattern in (f"{REDIS_PREFIX}*",):
         batch = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(batch), 500):
             client.delete(*batch[i:i + 500])
@@ -115,6 +209,30 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_prefix)
+
+
+@dataclasses.dataclass
+class Isolated:
+    """A Redis prefix (so key space and Dramatiq namespace) of one test or module, under the session's."""
+
+    prefix: str
+    env: dict[str, str]  # TEST_ENV with that prefix: give it to every process of the test
+    settings: Settings
+    keys: Keys
+
+
+def isolated_env(tag: str = "") -> Isolated:
+    """A fresh sub-prefix `<REDIS_PREFIX>.<tag><random>`; cleared with the session's keys."""
+    prefix = f"{REDIS_PREFIX}.{tag}{uuid.uuid4().hex[:8]}"
+    env = {**TEST_ENV, "REDIS_PREFIX": prefix}
+    settings = Settings.load(env=env, env_file=None)
+    return Isolated(prefix, env, settings, Keys(prefix))
+
+
+@pytest.fixture
+def isolated() -> Isolated:
+    """This test's own Redis prefix and Dramatiq namespace (workers started with `.env` use it)."""
+    return isolated_env()
 
 
 @pytest.fixture(scope="session")
@@ -149,3 +267,12 @@ async def db(settings: Settings) -> AsyncIterator[None]:
     await init_db(settings.database_url, 5)
     yield
     await close_db()
+
+
+@pytest.fixture
+async def pool(db: None) -> Any:
+    """The asyncpg pool behind Tortoise, as the worker's flush gets it (tasks/broker.Resources.pool)."""
+    from app.db import ping_db, raw_pool
+
+    await ping_db()
+    return raw_pool()

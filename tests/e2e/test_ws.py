@@ -101,8 +101,8 @@ async def test_send_acks_the_sender_and_reaches_every_other_connection(server: S
     for other in (a2, b):
         got = await other.recv_until(lambda f: f["type"] == "message")
         assert got["message"] == ack["message"]
-    await a1.nothing_for(0.3, lambda f: f["type"] == "message")  # the sender gets the ack instead
-    # HTTP sends reach every connection, the sender's too
+    # HTTP sends reach every connection, the sender's too. On a1 this is the first message
+    # frame: its own WebSocket send (seq 1), fanned out earlier, never came back to it (it got the ack).
     api.post(f"/rooms/{room['id']}/messages", json={"body": "from http"}, headers=alice.headers)
     for ws in (a1, a2, b):
         got = await ws.recv_until(lambda f: f["type"] == "message")
@@ -123,9 +123,10 @@ async def test_retried_client_id_over_ws_and_http_returns_the_first_message(
     resp = api.post(f"/rooms/{room['id']}/messages", json={"body": "x", "client_id": "retry-me"}, headers=alice.headers)
     assert resp.status_code == 200 and resp.json() == first["message"]
     assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["seq"] == 1
-    await b.nothing_for(0.5, lambda f: f["type"] == "message")  # not broadcast again
     nxt = await a.request({**frame, "client_id": "another"}, "ack")
     assert nxt["message"]["seq"] == 2
+    # the retries were not broadcast again: the next message b sees is the later seq 2
+    assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["seq"] == 2
     await a.close()
     await b.close()
 
@@ -163,13 +164,16 @@ async def test_typing_reaches_other_members_only(server: ServerProc, api: httpx.
     await a1.send({"type": "typing", "room_id": room["id"]})
     got = await b.recv_until(lambda f: f["type"] == "typing")
     assert got == {"type": "typing", "room_id": room["id"], "user_id": alice.id}
-    await a2.nothing_for(0.3, lambda f: f["type"] == "typing")
-    await a1.nothing_for(0.1, lambda f: f["type"] == "typing")
+    # bob's typing, fanned out after alice's, is the first typing her own connections see
+    await b.send({"type": "typing", "room_id": room["id"]})
+    for ws in (a1, a2):
+        assert (await ws.recv_until(lambda f: f["type"] == "typing"))["user_id"] == bob.id
     for ws in (a1, a2, b):
         await ws.close()
 
 
 async def test_rooms_over_the_socket(server: ServerProc, api: httpx.Client, alice: TestUser, bob: TestUser) -> None:
+    marker = make_room(api, alice, member_ids=[bob.id])  # a room bob stays in, for proofs of absence
     a = await WS.open(server.ws_url, alice.access_token)
     b = await WS.open(server.ws_url, bob.access_token)
     created = await a.request({"type": "create_room", "name": "from ws", "topic": "t", "client_id": "cr1"},
@@ -185,7 +189,10 @@ async def test_rooms_over_the_socket(server: ServerProc, api: httpx.Client, alic
     assert left == {"type": "left", "room_id": room["id"]}
     assert (await a.recv_until(lambda f: f["type"] == "member_left"))["user_id"] == bob.id
     await a.request({"type": "send", "room_id": room["id"], "body": "gone?"}, "ack")
-    await b.nothing_for(0.5, lambda f: f["type"] == "message")
+    # a later message in a room bob is still in reaches him; "gone?" must not have come first
+    await a.request({"type": "send", "room_id": marker["id"], "body": "marker"}, "ack")
+    await b.none_before(lambda f: f["type"] == "message" and f["message"]["room_id"] == marker["id"],
+                        lambda f: f["type"] == "message" and f["message"]["room_id"] == room["id"])
     assert (await a.request({"type": "ping"}, "pong")) == {"type": "pong"}
     await a.close()
     await b.close()

@@ -1,17 +1,18 @@
-"""Helpers for the real-time tests: a small WebSocket client and the worker's flush contract by hand."""
+"""Helpers for the real-time tests: a small WebSocket client, and the real flush held at will."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from datetime import datetime
 from typing import Any, Callable
 
-import asyncpg
 import websockets
 from redis.asyncio import Redis
 
+from app.flush import FlushResult, flush_room
 from app.keys import Keys
+from app.settings import Settings
 
 
 class WS:
@@ -49,39 +50,104 @@ class WS:
         await self.send(frame)
         return await self.recv_until(lambda f: f["type"] in (reply_type, "error"), timeout)
 
-    async def nothing_for(self, seconds: float, pred: Callable[[dict[str, Any]], bool] = lambda f: True) -> None:
-        """Assert no frame matching `pred` arrives within `seconds`."""
-        try:
-            while True:
-                frame = await self.recv(seconds)
-                assert not pred(frame), f"unexpected frame {frame}"
-        except asyncio.TimeoutError:
-            return
+    async def none_before(self, marker: Callable[[dict[str, Any]], bool],
+                          forbidden: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """Read up to the first `marker` frame and fail if a `forbidden` frame came before it.
+
+        Proof of absence by a positive marker instead of a quiet window: the caller makes the
+        server emit the marker through the same path, after the forbidden frame would have
+        been emitted (a later fan-out event, a later message of the room), so a forbidden
+        frame would have to arrive first. Returns the marker frame.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - loop.time()))
+            assert not forbidden(frame), f"unexpected frame before the marker: {frame}"
+            if marker(frame):
+                return frame
 
     async def close(self) -> None:
         await self.conn.close()
 
 
-async def move_to_db(redis: Redis, keys: Keys, db_url: str, room_id: str, upto: int) -> int:
-    """Exactly the worker's contract: copy stream entries <= upto into PostgreSQL
-    (idempotent on (room_id, seq)), commit, mark flushed, then trim what is committed."""
-    log = keys.room_log(room_id)
-    entries = await redis.xrange(log, "-", f"{upto}")
-    rows = []
-    for _, fields in entries:
-        m = json.loads(fields["m"])
-        rows.append((m["id"], m["room_id"], m["seq"], m["sender_id"], m["kind"], m["body"],
-                     m["file"]["id"] if m.get("file") else None, m["client_id"],
-                     datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))))
-    conn = await asyncpg.connect(db_url)
-    try:
-        await conn.executemany(
-            "INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)"
-            " VALUES ($1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::uuid, $8, $9)"
-            " ON CONFLICT (room_id, seq) DO NOTHING", rows)
-    finally:
-        await conn.close()
-    if rows:
-        await redis.set(keys.room_flushed(room_id), max(r[2] for r in rows))
-    await redis.xtrim(log, minid=upto + 1, approximate=False)
-    return len(rows)
+class FlushGate:
+    """The flush's asyncpg pool, held after each PostgreSQL COMMIT until the test lets it go.
+
+    Pass it as `pool=` to app.flush.flush_room: the real flush runs unchanged, but after a
+    batch commits it waits, still before its Redis step (advance `flushed`, trim). While it
+    waits the batch is in PostgreSQL *and* in the room's stream; a test does its reads
+    there (`async with gate.paused(task)`) and so proves they overlapped that window.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.commits = 0
+        self._paused = asyncio.Event()
+        self._resume = asyncio.Event()
+
+    def acquire(self, *args: Any, **kwargs: Any) -> "_GatedAcquire":
+        return _GatedAcquire(self, self.pool.acquire(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+    async def _after_commit(self) -> None:
+        self.commits += 1
+        self._resume.clear()
+        self._paused.set()
+        await self._resume.wait()
+
+    async def wait_paused(self, flush: "asyncio.Task[Any]", timeout: float = 30.0) -> bool:
+        """True once the flush waits after a commit; False if the flush task ended first."""
+        paused = asyncio.ensure_future(self._paused.wait())
+        try:
+            await asyncio.wait({paused, flush}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            paused.cancel()
+        if self._paused.is_set():
+            return True
+        if flush.done():
+            flush.result()  # re-raise a failed flush
+            return False
+        raise AssertionError(f"the flush neither committed nor ended within {timeout}s")
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._resume.set()
+
+
+class _GatedAcquire:
+    def __init__(self, gate: FlushGate, inner: Any) -> None:
+        self.gate, self.inner = gate, inner
+
+    async def __aenter__(self) -> "_GatedConn":
+        return _GatedConn(self.gate, await self.inner.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.inner.__aexit__(*exc)
+
+
+class _GatedConn:
+    def __init__(self, gate: FlushGate, conn: Any) -> None:
+        self._gate, self._conn = gate, conn
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        out = await self._conn.execute(query, *args, **kwargs)
+        if query.rstrip().rstrip(";").upper().endswith("COMMIT"):
+            await self._gate._after_commit()
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def flush_upto(redis: Redis, keys: Keys, settings: Settings, pool: Any, room_id: str, upto: int,
+                     cache_tail: int = 0) -> FlushResult:
+    """The real flush (app.flush.flush_room) of the room's entries up to seq `upto`, as one batch."""
+    done = int(await redis.get(keys.room_flushed(room_id)) or 0)
+    assert upto > done, (upto, done)
+    s = dataclasses.replace(settings, flush_batch_size=upto - done, cache_tail=cache_tail)
+    res = await flush_room(room_id, redis=redis, keys=keys, settings=s, pool=pool, max_run_s=0)
+    assert res.flushed == upto and not res.busy, res
+    return res

@@ -1,59 +1,97 @@
-"""Test helpers: rooms in PostgreSQL and messages in a room's Redis cache, in the accept path's format.
+"""Test helpers: rooms in PostgreSQL, and messages sent into a room's Redis cache by the real accept path.
 
-The accept path (app/messages.py) owns writing the cache; these helpers write exactly what
-app/keys.py's docstring specifies (stream entry "<seq>-0", field "m" = the API's message
-JSON, the seq counter, the pending set) so the worker can be tested on its own.
+`push` sends through app.messages.accept_message, the same call the HTTP and WebSocket
+handlers make (member check, idempotency, seq, the stream entry, the pending set, the
+fan-out publish, the backlog trigger), so the flush is tested on exactly what the server
+writes. `message` builds a stream entry by hand, for tests that inject what the accept
+path would never write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
+from unittest import mock
 
 from redis.asyncio import Redis
 
+from app import messages
 from app.keys import Keys
-from app.serialize import dumps, iso
-from models.room import Room
+from app.serialize import iso
+from app.settings import Settings
+from models.room import Membership, Role, Room
 from models.user import User
 from tests.conftest import TEST_ENV
 from tests.support import Proc, worker_argv
 
+# Concurrent sends per round: the accept batcher pipelines them into few round trips.
+PUSH_CONCURRENCY = 200
+# Backlog threshold of a fill that must not enqueue flush jobs (see `push(trigger=...)`).
+NO_TRIGGER = 10**12
+
 
 async def make_room() -> tuple[str, str]:
-    """A user and a room owned by them (ORM rows, for the messages' foreign keys)."""
+    """A user and a room owned by them (ORM rows, with the owner's membership)."""
     name = f"w{uuid.uuid4().hex[:12]}"
     user = await User.create(username=name, username_lower=name, display_name=name, password_hash="x")
     room = await Room.create(name=f"room-{name}", owner=user)
+    await Membership.create(room=room, user=user, role=Role.OWNER)
     return str(user.id), str(room.id)
 
 
 def message(room_id: str, seq: int, sender_id: str | None, created_at: datetime | None = None) -> dict[str, Any]:
+    """A hand-made message in the API's shape (only for injecting entries the accept path would not write)."""
     return {"id": str(uuid.uuid4()), "room_id": room_id, "seq": seq, "sender_id": sender_id, "kind": "text",
             "body": f"message {seq}", "file": None, "client_id": f"c{seq}",
             "created_at": iso(created_at or datetime.now(timezone.utc))}
 
 
+def _settings_for(keys: Keys, settings: Settings | None, trigger: bool) -> Settings:
+    base = settings or Settings.load(env=TEST_ENV, env_file=None)
+    s = dataclasses.replace(base, redis_prefix=keys.prefix)
+    return s if trigger else dataclasses.replace(s, flush_backlog_threshold=NO_TRIGGER)
+
+
 async def push(redis: Redis, keys: Keys, room_id: str, sender_id: str | None, n: int,
-               created_at: datetime | None = None, age_step: timedelta | None = None) -> list[dict[str, Any]]:
-    """Append n messages to the room's cache as the accept path would; returns them."""
-    start = int(await redis.get(keys.room_seq(room_id)) or 0)
-    out = []
-    for lo in range(0, n, 2000):
-        pipe = redis.pipeline(transaction=False)
-        for i in range(lo, min(n, lo + 2000)):
-            seq = start + i + 1
-            at = created_at + (age_step * i if age_step else timedelta()) if created_at else None
-            m = message(room_id, seq, sender_id, at)
-            out.append(m)
-            pipe.xadd(keys.room_log(room_id), {"m": dumps(m)}, id=f"{seq}-0")
-        pipe.incrby(keys.room_seq(room_id), min(n, lo + 2000) - lo)
-        pipe.sadd(keys.pending_rooms(), room_id)
-        await pipe.execute()
-    return out
+               created_at: datetime | None = None, age_step: timedelta | None = None, *,
+               settings: Settings | None = None, trigger: bool = False) -> list[dict[str, Any]]:
+    """Send n messages into the room through app.messages.accept_message; returns them in seq order.
+
+    `sender_id` joins the room first if it is not a member (as a client would). `created_at`
+    (plus `age_step` per message) fixes the accept path's clock, for retention tests; those
+    sends go one at a time so the times follow the seqs. `trigger=False` (the default) sets
+    the backlog threshold out of reach, so a fill enqueues no flush_room job; pass
+    `trigger=True` to get the accept path's own backlog trigger with `settings`' threshold.
+    """
+    s = _settings_for(keys, settings, trigger)
+    if sender_id is not None:
+        await Membership.get_or_create(room_id=room_id, user_id=sender_id, defaults={"role": Role.MEMBER})
+    counter = iter(range(n))
+
+    async def one(i: int) -> dict[str, Any]:
+        msg, created = await messages.accept_message(redis=redis, keys=keys, settings=s, room_id=room_id,
+                                                     sender_id=sender_id, body=f"message {i}",
+                                                     client_id=f"fill-{uuid.uuid4().hex[:16]}")
+        assert created, msg
+        return msg
+
+    out: list[dict[str, Any]] = []
+    if created_at is not None:
+        for i in counter:
+            at = created_at + (age_step * i if age_step else timedelta())
+            with mock.patch.object(messages, "now_iso", lambda at=at: iso(at)):
+                out.append(await one(i))
+    elif n:
+        # The first send alone: it rebuilds what Redis does not hold yet (member set, counter)
+        # once, instead of every concurrent send of the first round doing it.
+        out.append(await one(0))
+        for lo in range(1, n, PUSH_CONCURRENCY):
+            out += await asyncio.gather(*(one(i) for i in range(lo, min(n, lo + PUSH_CONCURRENCY))))
+    return sorted(out, key=lambda m: m["seq"])
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
@@ -67,9 +105,13 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: s
                          + (f"\n--- {proc.name} log ---\n{proc.log_tail(60)}" if proc else ""))
 
 
-def start_worker(name: str, **env: str) -> Proc:
-    """A real `dramatiq tasks.worker` process (stop it by PID: proc.stop() / proc.kill())."""
-    full = {**TEST_ENV, "BROKER_HEARTBEAT_TIMEOUT_S": "4", "FLUSH_LEASE_S": "2", **env}
+def start_worker(name: str, base_env: dict[str, str] | None = None, **env: str) -> Proc:
+    """A real `dramatiq tasks.worker` process (stop it by PID: proc.stop() / proc.kill()).
+
+    `base_env` is TEST_ENV unless given: pass an `isolated` env so the worker consumes only
+    the jobs of its own Dramatiq namespace.
+    """
+    full = {**(base_env or TEST_ENV), "BROKER_HEARTBEAT_TIMEOUT_S": "4", "FLUSH_LEASE_S": "2", **env}
     return Proc(f"{name}-{uuid.uuid4().hex[:6]}", worker_argv(processes=1, threads=4), full)
 
 

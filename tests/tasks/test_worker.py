@@ -12,16 +12,34 @@ import pytest
 
 from app.jobs import enqueue, enqueue_flush_room
 from app.serialize import utcnow
+from app.keys import Keys
+from app.settings import Settings
 from models.file import File
+from tests.conftest import Isolated, isolated_env
 from tests.support import Proc
 from tests.tasks.cache_fill import make_room, push, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
+# The module's own Redis prefix and Dramatiq namespace: the worker below sees only the jobs
+# these tests enqueue (no scheduler tick, no other test's backlog trigger), so "the triggered
+# flush ran once" means what it says.
+ISO: Isolated = isolated_env("worker")
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return ISO.settings
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return ISO.keys
+
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Proc]:
-    proc = start_worker("worker")
+    proc = start_worker("worker", ISO.env)
     deadline = time.monotonic() + 40
     while "worker resources open" not in proc.log_tail(200):
         assert proc.alive() and time.monotonic() < deadline, f"worker did not boot:\n{proc.log_tail(60)}"
@@ -66,15 +84,15 @@ async def test_flush_pending_moves_10000_messages_of_20_rooms_exactly(settings, 
 
 async def test_backlog_trigger_enqueues_one_job_that_flushes_the_room(settings, keys, redis, pool, worker):
     sender, room = await make_room()
-    await push(redis, keys, room, sender, settings.flush_backlog_threshold + 1)
-    # what the accept path does when the backlog passes the threshold: flag, then enqueue
-    assert await redis.set(keys.room_flush_queued(room), "1", nx=True, ex=30)
-    await enqueue_flush_room(settings, room)
+    n = settings.flush_backlog_threshold
+    # The accept path's own trigger: the send that makes the backlog reach the threshold (the
+    # last one here) sets flush_queued and enqueues flush_room; nothing else enqueues.
+    await push(redis, keys, room, sender, n, settings=settings, trigger=True)
 
     async def flushed() -> bool:
-        return int(await redis.get(keys.room_flushed(room)) or 0) == settings.flush_backlog_threshold + 1
+        return int(await redis.get(keys.room_flushed(room)) or 0) == n
     await wait_for(flushed, 30, "the triggered flush", worker)
-    assert await _seqs(pool, room) == list(range(1, settings.flush_backlog_threshold + 2))
+    assert await _seqs(pool, room) == list(range(1, n + 1))
     assert await redis.exists(keys.room_flush_queued(room)) == 0  # re-armed for the next backlog
     assert worker.log_tail(400).count(f"flush room={room} ") == 1
 

@@ -1,4 +1,8 @@
-"""Worker failures with real processes: two workers on one room, a worker SIGKILLed mid-flush."""
+"""Worker failures with real processes: two workers on one room, a worker SIGKILLed mid-flush.
+
+Each test has its own Redis prefix and Dramatiq namespace (`isolated`): its workers see
+only the jobs it enqueues, so "only the requeued job can finish it" holds.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,16 @@ from app.jobs import enqueue_flush_room
 from tests.tasks.cache_fill import make_room, push, start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def settings(isolated):
+    return isolated.settings
+
+
+@pytest.fixture
+def keys(isolated):
+    return isolated.keys
 
 
 async def _check_exact(pool, room: str, n: int) -> None:
@@ -36,20 +50,29 @@ async def _suffix_invariant(redis, keys, pool, room: str) -> None:
                                uuid.UUID(room), flushed) == flushed
 
 
-async def test_two_workers_flushing_one_room_under_live_sends(settings, keys, redis, pool):
+async def test_two_workers_flushing_one_room_under_live_sends(isolated, settings, keys, redis, pool):
     sender, room = await make_room()
     await push(redis, keys, room, sender, 6000)
-    workers = [start_worker("worker-pair", FLUSH_BATCH_SIZE="300") for _ in range(2)]
+    workers = [start_worker("worker-pair", isolated.env, FLUSH_BATCH_SIZE="300") for _ in range(2)]
     try:
         await asyncio.gather(*(wait_worker_ready(w) for w in workers))
         total = 6000
-        for _ in range(15):  # live sends, each followed by a flush request, checked as they run
+
+        def both_flushed() -> bool:
+            return all(f"flush room={room} " in w.output() for w in workers)
+
+        # Live sends, each followed by flush requests, checked as they run; at least 15 rounds,
+        # and on until each worker has flushed part of the room (the test's premise).
+        rounds = 0
+        while rounds < 15 or not both_flushed():
+            assert rounds < 150, "one worker took every flush of the room: not two workers at it"
             await push(redis, keys, room, sender, 200)
             total += 200
             for _ in range(2):
                 await enqueue_flush_room(settings, room)
             await _suffix_invariant(redis, keys, pool, room)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 if rounds < 15 else 0.3)
+            rounds += 1
 
         async def done() -> bool:
             await _suffix_invariant(redis, keys, pool, room)
@@ -65,12 +88,12 @@ async def test_two_workers_flushing_one_room_under_live_sends(settings, keys, re
         assert "Traceback" not in log and "[ERROR]" not in log, w.log_tail(60)
 
 
-async def test_a_worker_killed_mid_flush_is_finished_by_the_next(settings, keys, redis, pool):
-    n = 40_000
+async def test_a_worker_killed_mid_flush_is_finished_by_the_next(isolated, settings, keys, redis, pool):
+    n = 20_000
     sender, room = await make_room()
     await push(redis, keys, room, sender, n)
     # Small batches make the flush long enough to be killed in the middle of it.
-    first = start_worker("worker-killed", FLUSH_BATCH_SIZE="100")
+    first = start_worker("worker-killed", isolated.env, FLUSH_BATCH_SIZE="50")
     second = None
     try:
         await wait_worker_ready(first)
@@ -85,7 +108,7 @@ async def test_a_worker_killed_mid_flush_is_finished_by_the_next(settings, keys,
         assert at_kill < n, "the flush finished before the kill; the test proves nothing"
 
         # No scheduler runs: only Dramatiq requeueing the dead worker's job can finish it.
-        second = start_worker("worker-after-kill")
+        second = start_worker("worker-after-kill", isolated.env)
         await wait_worker_ready(second)
 
         async def finished() -> bool:
