@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sanic import Sanic
 
-from app.connections import Registry
+from app.registry import Registry
 from app.events import decode
 from app.keys import Keys
 

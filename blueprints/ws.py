@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 from sanic import Blueprint, Request
 
 from app import auth, events, messages, rooms
-from app.connections import Connection, Frame, Registry
+from app.connections import Connection, Frame
+from app.registry import Registry
 from app.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from app import connections
-from app.connections import MESSAGE_HEAD, Connection, Registry
+from app.connections import MESSAGE_HEAD, Connection
+from app.registry import Registry
 from app.fanout import dispatch
 from app.serialize import dumps
 
