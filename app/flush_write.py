@@ -1,0 +1,271 @@
+"""The flush's PostgreSQL side: one batch of cached messages in one transaction.
+
+Direct COPY into `messages` when that is safe (the common case), else COPY into a staging
+table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING that also returns the orphans
+(rows whose seq PostgreSQL holds under another message id: Redis re-issued it). Rows that
+PostgreSQL refuses for their data are found by bisecting the batch under savepoints and set
+aside in `dead_letters` in the same transaction. Every write raises rooms.last_seq to the
+batch's top. app/flush.py drives it; app/flush_reseq.py moves the orphans."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("chat.flush")
+
+COLUMNS = ("id", "room_id", "seq", "sender_id", "kind", "body", "file_id", "client_id", "created_at")
+
+# What PostgreSQL or asyncpg's encoder raise for a row's data: SQLSTATE class 22 (NUL in text,
+# too long, out of range) server side; ValueError (bad UUID, lone surrogate), TypeError and
+# OverflowError client side. Unique and foreign-key violations (class 23) are not here.
+DATA_ERRORS = (asyncpg.DataError, ValueError, TypeError, OverflowError)
+
+# Temp tables are per session, and asyncpg's pool keeps sessions: created once per
+# connection, emptied by every commit. Sent with BEGIN in one round trip.
+BEGIN_SQL = """BEGIN;{skip_fk}
+CREATE TEMP TABLE IF NOT EXISTS chat_flush_stage (
+  id uuid, room_id uuid, seq bigint, sender_id uuid, kind text, body text,
+  file_id uuid, client_id text, created_at timestamptz
+) ON COMMIT DELETE ROWS"""
+
+# Per-row foreign-key triggers cost more than the insert itself (about 60% of a batch).
+# Both write paths take the locks those triggers would take (KEY SHARE on the room, the
+# senders and the files) once per batch and never write a reference they did not lock,
+# so the triggers are redundant; where the database role may (a superuser, or PostgreSQL
+# 15+ `GRANT SET ON PARAMETER session_replication_role`), the flush transaction turns
+# them off. It also turns off any other trigger on `messages`: there are none, and one
+# added later must be added to these statements instead. Other roles keep the triggers.
+SKIP_FK_SQL = "\nSET LOCAL session_replication_role = replica;"
+
+# The direct path (the common case: nothing of the batch in PostgreSQL yet, every
+# reference alive) locks the references and checks they all exist; if one is missing it
+# raises, and the batch goes the staging way, which drops or nulls it. Ids are inlined
+# as canonical UUID text (uuid.UUID re-formats them), so BEGIN, the role switch and this
+# check share one round trip: 3 per batch (BEGIN+check, COPY, last_seq+COMMIT).
+CHECK_REFS_SQL = """
+DO $$
+DECLARE n bigint;
+BEGIN
+  PERFORM 1 FROM rooms WHERE id = '{room}' FOR KEY SHARE;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n <> 1 THEN RAISE foreign_key_violation; END IF;{more}
+END $$"""
+CHECK_MORE_SQL = """
+  PERFORM 1 FROM {table} WHERE id IN ({ids}) FOR KEY SHARE;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n <> {count} THEN RAISE foreign_key_violation; END IF;"""
+
+# Rows of a room deleted meanwhile are dropped; a deleted sender or file becomes NULL (as
+# ON DELETE SET NULL would have done). A delete that commits first is not seen by the
+# locks; one that comes later waits for our commit and then cascades as usual.
+# ON CONFLICT without a target: a seq taken (re-run, or a Redis rollback) and an id already
+# stored at another seq (a message moved by RESEQ_LUA, seen again after a second rollback)
+# are both skipped here and judged below. The stage is emptied in the same statement (the
+# careful path reuses it per chunk). Returns the orphans: rows not inserted whose id
+# PostgreSQL does not hold (the sub-select sees the table as before this INSERT).
+INSERT_STAGED_SQL = """WITH
+  r AS (SELECT id FROM rooms WHERE id IN (SELECT room_id FROM chat_flush_stage) FOR KEY SHARE),
+  u AS (SELECT id FROM users WHERE id IN (SELECT sender_id FROM chat_flush_stage) FOR KEY SHARE),
+  f AS (SELECT id FROM files WHERE id IN (SELECT file_id FROM chat_flush_stage) FOR KEY SHARE),
+  ins AS (
+    INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)
+    SELECT s.id, s.room_id, s.seq, u.id, s.kind, s.body, f.id, s.client_id, s.created_at
+    FROM chat_flush_stage s
+    JOIN r ON r.id = s.room_id
+    LEFT JOIN u ON u.id = s.sender_id
+    LEFT JOIN f ON f.id = s.file_id
+    ON CONFLICT DO NOTHING
+    RETURNING seq),
+  del AS (DELETE FROM chat_flush_stage)
+SELECT s.seq FROM chat_flush_stage s JOIN r ON r.id = s.room_id
+WHERE s.seq NOT IN (SELECT seq FROM ins)
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = s.id)"""
+
+# Ends every write: the room's last_seq follows what the flush wrote (a counter re-seeded from
+# PostgreSQL then stays above seqs the retention prune deleted). Inlined (a UUID re-formatted
+# by uuid.UUID and an int) so it shares COMMIT's round trip; no write when already there.
+LAST_SEQ_SQL = "UPDATE rooms SET last_seq = {top} WHERE id = '{room}' AND last_seq < {top}"
+
+DEAD_SQL = """INSERT INTO dead_letters (room_id, seq, message_id, entry, digest, error, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (room_id, seq, digest) DO NOTHING"""
+
+# PostgreSQL's view of the room's highest seq (orphan path only).
+FLOOR_SQL = """SELECT GREATEST(r.last_seq, COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_id = r.id), 0))
+FROM rooms r WHERE r.id = $1"""
+
+# Whether this process's database role may skip the triggers: None until tried.
+_skip_fk: dict[str, bool | None] = {"allowed": None}
+
+
+@dataclass
+class DeadRow:
+    """A cache entry set aside: what goes into `dead_letters`."""
+
+    seq: int
+    message_id: str | None
+    entry: bytes
+    error: str
+
+
+@dataclass
+class Written:
+    """What one batch's transaction did."""
+
+    path: str  # "copy", "stage" or "careful" (bisected after a data error); "" = no rows
+    orphans: list[int] = field(default_factory=list)  # indexes into the records
+    dead: list[DeadRow] = field(default_factory=list)  # every row set aside (read or write)
+    floor: int = 0  # PostgreSQL's highest seq of the room (set when there are orphans)
+
+
+def _id_or_none(value: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"[:2000]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _check_refs_sql(room_id: str, records: list[tuple[Any, ...]]) -> str:
+    more = ""
+    for table, col in (("users", 3), ("files", 6)):
+        ids = {str(uuid.UUID(r[col])) for r in records if r[col] is not None}
+        if ids:
+            more += CHECK_MORE_SQL.format(table=table, ids=",".join(f"'{i}'" for i in sorted(ids)),
+                                          count=len(ids))
+    return CHECK_REFS_SQL.format(room=uuid.UUID(room_id), more=more)
+
+
+def _dead_of(record: tuple[Any, ...], raw: str | None, exc: BaseException) -> DeadRow:
+    entry = (raw if raw is not None else repr(record)).encode("utf-8", "surrogatepass")
+    return DeadRow(int(record[2]), _id_or_none(record[0]), entry, _error_text(exc))
+
+
+async def _finish(conn: Any, room_id: str, top: int, dead: list[DeadRow], with_floor: bool) -> int:
+    """Dead letters, last_seq and COMMIT of a write; PostgreSQL's max seq when asked (orphans)."""
+    room = uuid.UUID(room_id)
+    if dead:
+        await conn.executemany(DEAD_SQL, [(room, d.seq, d.message_id, d.entry, hashlib.sha1(d.entry).hexdigest(),
+                                           d.error) for d in dead])
+    last_seq = LAST_SEQ_SQL.format(top=int(top), room=room)
+    if not with_floor:
+        await conn.execute(last_seq + ";COMMIT")
+        return 0
+    await conn.execute(last_seq)
+    floor = int(await conn.fetchval(FLOOR_SQL, room) or 0)
+    await conn.execute("COMMIT")
+    return floor
+
+
+async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]], *,
+                 raws: list[str] | None = None, dead: list[DeadRow] | None = None, top: int | None = None,
+                 skip_fk: bool | None = None) -> Written:
+    """Write one batch (rows, and entries already set aside) in one transaction."""
+    dead = list(dead or [])
+    if top is None:
+        top = max([int(r[2]) for r in records] + [d.seq for d in dead] + [0])
+    skip = _skip_fk["allowed"] is not False if skip_fk is None else skip_fk
+    if not records:
+        async with pool.acquire() as conn:
+            try:
+                await conn.execute("BEGIN")
+                await _finish(conn, room_id, top, dead, False)
+            except BaseException:
+                await _rollback(conn)
+                raise
+        return Written("", dead=dead)
+    careful = False
+    if skip:
+        async with pool.acquire() as conn:
+            try:
+                await conn.execute("BEGIN;" + SKIP_FK_SQL + _check_refs_sql(room_id, records))
+                await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
+                await _finish(conn, room_id, top, dead, False)
+                _skip_fk["allowed"] = True
+                return Written("copy", dead=dead)
+            except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+                # Rows already there (a re-run after a crash, or a Redis rollback), or a reference is gone.
+                await _rollback(conn)
+            except DATA_ERRORS:
+                await _rollback(conn)
+                careful = True
+            except asyncpg.InsufficientPrivilegeError:
+                await _rollback(conn)
+                if skip_fk:
+                    raise
+                skip = _skip_fk["allowed"] = False
+                log.info("flush: the database role may not set session_replication_role; "
+                         "per-row foreign-key checks stay on (slower flushes)")
+            except BaseException:
+                await _rollback(conn)
+                raise
+    begin = BEGIN_SQL.format(skip_fk=SKIP_FK_SQL if skip else "")
+    if not careful:
+        async with pool.acquire() as conn:
+            try:
+                await conn.execute(begin)
+                await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
+                orphan_seqs = [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
+                floor = await _finish(conn, room_id, top, dead, bool(orphan_seqs))
+                return Written("stage", _indexes(records, orphan_seqs), dead, floor)
+            except DATA_ERRORS:
+                await _rollback(conn)
+            except BaseException:
+                await _rollback(conn)
+                raise
+    return await _write_careful(pool, room_id, records, raws, dead, top, begin)
+
+
+async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]],
+                         raws: list[str] | None, dead: list[DeadRow], top: int, begin: str) -> Written:
+    """A batch with rows PostgreSQL refuses: bisect it under savepoints, commit every good row and
+    set the bad ones aside, all in one transaction. k bad rows cost O(k log n) chunks, at most
+    2n - 1 (every row bad)."""
+    orphan_seqs: list[int] = []
+    async with pool.acquire() as conn:
+        try:
+            await conn.execute(begin)
+            todo = [(0, len(records))]
+            while todo:
+                lo, hi = todo.pop()
+                await conn.execute("SAVEPOINT chat_flush_chunk")
+                try:
+                    await conn.copy_records_to_table("chat_flush_stage", records=records[lo:hi], columns=COLUMNS)
+                    orphan_seqs += [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
+                    await conn.execute("RELEASE SAVEPOINT chat_flush_chunk")
+                except DATA_ERRORS as exc:
+                    await conn.execute("ROLLBACK TO SAVEPOINT chat_flush_chunk;RELEASE SAVEPOINT chat_flush_chunk")
+                    if hi - lo == 1:
+                        dead.append(_dead_of(records[lo], raws[lo] if raws else None, exc))
+                    else:
+                        mid = (lo + hi) // 2
+                        todo += [(mid, hi), (lo, mid)]  # lower half first: rows keep their order
+            floor = await _finish(conn, room_id, top, dead, bool(orphan_seqs))
+        except BaseException:
+            await _rollback(conn)
+            raise
+    return Written("careful", _indexes(records, orphan_seqs), dead, floor)
+
+
+def _indexes(records: list[tuple[Any, ...]], seqs: list[int]) -> list[int]:
+    if not seqs:
+        return []
+    want = set(seqs)
+    return [i for i, r in enumerate(records) if int(r[2]) in want]
+
+
+async def _rollback(conn: Any) -> None:
+    try:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool anyway
+        pass
