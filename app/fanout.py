@@ -2,7 +2,7 @@
 
 Every event (app/events.py) is published once to `Keys.events_channel()`; each
 server process receives it on its single subscription and delivers it to its
-own connections through the local `Registry` (app/connections.py). Routes:
+own connections through the local `Registry` (app/registry.py). Routes:
 
     r:<room_id>            the room's local connections
     u:<user_id>            the user's local connections

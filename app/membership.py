@@ -16,10 +16,11 @@ from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from app import members_cache
+from app.access import member_snapshot
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
 from app.keys import Keys
 from app.pagination import decode_cursor, page
-from app.rooms import (announce_join, announce_leave, load_membership, locked_room, member_snapshot, parse_id,
+from app.rooms import (announce_join, announce_leave, load_membership, locked_room, parse_id,
                        publish_room_updated, rate_check, remove_locked, render_membership, require_member,
                        require_role, role_in, version_locked)
 from app.serialize import utcnow
@@ -196,7 +197,7 @@ async def reconcile_all(*, redis: Redis, keys: Keys, batch: int = RECONCILE_BATC
     """Repair every loaded Redis member set that differs from PostgreSQL.
 
     Rooms are paged from PostgreSQL by id (never KEYS/SCAN). Each room is compared against a
-    snapshot read under its row's share lock (rooms.member_snapshot), and users whose change
+    snapshot read under its row's share lock (access.member_snapshot), and users whose change
     landed after that snapshot are left alone, so a live join or ban is never overridden. A
     missing set is left missing: the next send rebuilds it.
     """

@@ -123,13 +123,17 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
 async def _rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
     """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send), from a
     snapshot taken under the room row's share lock, so a removal meanwhile is not undone."""
-    await rooms.rebuild_members(redis, keys, room_id)
+    from app import access  # imported here: app.access builds on app.rooms, like this module
+
+    await access.rebuild_members(redis, keys, room_id)
 
 
 async def _recheck_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
     """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set).
     The answer "not a member" is cached for a few seconds, so repeating costs no query."""
-    await rooms.check_member(redis, keys, room_id, user_id)
+    from app import access
+
+    await access.check_member(redis, keys, room_id, user_id)
 
 
 async def _pg_max_seq(room_id: str) -> int:

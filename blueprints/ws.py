@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, Request
 
-from app import auth, events, messages, rooms
+from app import access, auth, events, messages, rooms
 from app.connections import Connection, Frame
 from app.registry import Registry
 from app.inbox import Inbox
@@ -24,7 +24,7 @@ from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimit
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.serialize import dumps
 from app.settings import Settings
-from app.validation import BIGINT_MAX, parse, parse_object
+from app.validation import BIGINT_MAX, check_object, is_storable, parse, parse_object
 from blueprints.deps import bearer_token
 
 log = logging.getLogger("chat.ws")
@@ -147,9 +147,10 @@ class Session:
     async def handle(self, data: str | bytes) -> None:
         ref = kind = None
         try:
-            frame = parse_object(data, "frame")
+            frame = parse_object(data, "frame", check=False)
             cid = frame.get("client_id")
-            ref = cid if isinstance(cid, str) else None
+            ref = cid if isinstance(cid, str) and is_storable(cid) else None
+            check_object(frame)  # the door's text rule, after ref: the error names the frame
             kind = frame.get("type")
             handler = HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
@@ -197,7 +198,7 @@ class Session:
     async def _require_member(self, room_id: str) -> str:
         # The Redis member set decides (one round trip), never this connection's own view of
         # its rooms, which may lag a kick by the time its event takes to arrive.
-        return await rooms.authorize(self.redis, self.keys, room_id, self.user_id)
+        return await access.authorize(self.redis, self.keys, room_id, self.user_id)
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         room_id = await self._require_member(_field(frame, "room_id", str))

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from app import events, members_cache, membership, rooms
+from app import access, events, members_cache, membership, rooms
 from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound,
                         ValidationFailed)
 from app.keys import Keys
@@ -307,7 +307,7 @@ async def test_a_rebuild_does_not_resurrect_a_member_removed_meanwhile(redis: Re
     owner, kicked, late = await new_user(), await new_user(), await new_user()
     rid = (await new_room(redis, keys, owner, member_ids=[kicked]))["id"]
     await redis.delete(keys.room_members(rid))  # Redis lost the set
-    snap = await rooms.member_snapshot(redis, keys, rid)  # a rebuild read PostgreSQL...
+    snap = await access.member_snapshot(redis, keys, rid)  # a rebuild read PostgreSQL...
     assert snap is not None and sorted(snap[1]) == sorted([owner, kicked])
     # ...and before it writes, a kick and a join commit and apply (the set is still missing)
     await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=kicked)
@@ -323,25 +323,25 @@ async def test_recheck_heals_a_stale_set_and_caches_a_refusal(redis: Redis, keys
     owner, member, outsider = await new_user(), await new_user(), await new_user()
     rid = (await new_room(redis, keys, owner, member_ids=[member]))["id"]
     await redis.srem(keys.room_members(rid), member)  # a set that went stale
-    assert await rooms.authorize(redis, keys, rid, member) == rid  # PostgreSQL says member: healed
+    assert await access.authorize(redis, keys, rid, member) == rid  # PostgreSQL says member: healed
     assert await members_cache.is_member(redis, keys, rid, member) is True
     with pytest.raises(NotMember):
-        await rooms.authorize(redis, keys, rid, outsider)
+        await access.authorize(redis, keys, rid, outsider)
     assert await redis.get(keys.room_denied(rid, outsider)) == "403"
     assert 0 < await redis.ttl(keys.room_denied(rid, outsider)) <= members_cache.DENIED_TTL_S
     # While cached, PostgreSQL is not asked: even a membership written behind the service's
     # back (no version, no Redis update) is not seen until the answer expires.
     await Membership.create(room_id=rid, user_id=outsider, role="member")
     with pytest.raises(NotMember):
-        await rooms.authorize(redis, keys, rid, outsider)
+        await access.authorize(redis, keys, rid, outsider)
     await Membership.filter(room_id=rid, user_id=outsider).delete()
     # A real join clears the cached refusal at once.
     await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=outsider)
     assert await redis.get(keys.room_denied(rid, outsider)) is None
-    assert await rooms.authorize(redis, keys, rid, outsider) == rid
+    assert await access.authorize(redis, keys, rid, outsider) == rid
     ghost = str(uuid.uuid4())
     with pytest.raises(RoomNotFound):
-        await rooms.authorize(redis, keys, ghost, outsider)
+        await access.authorize(redis, keys, ghost, outsider)
     assert await redis.exists(keys.room_gone(ghost))
 
 
@@ -381,7 +381,7 @@ async def test_a_join_racing_a_room_delete_leaves_nothing_behind(redis: Redis, k
         for key in (keys.room_members(rid), keys.room_mver(rid), keys.room_mvers(rid)):
             assert not await redis.exists(key), key  # a late join update cannot recreate them
         with pytest.raises(RoomNotFound):
-            await rooms.authorize(redis, keys, rid, joiner)
+            await access.authorize(redis, keys, rid, joiner)
     print("join vs delete:", outcomes)
 
 
