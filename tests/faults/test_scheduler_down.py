@@ -25,7 +25,7 @@ PER_ROOM = 500
 
 
 def ticks(proc) -> int:
-    return proc.log_text().count("Scheduling Actor(")
+    return proc.log_text().count("Scheduling Actor(flush_pending)")
 
 
 @pytest.mark.timeout(150)
