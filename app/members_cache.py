@@ -103,29 +103,24 @@ if e and math.abs(tonumber(e)) > tonumber(ARGV[2]) then return 0 end
 return redis.call('SADD', KEYS[1], ARGV[1])
 """
 
-# Make a loaded set equal to a PostgreSQL snapshot taken at version ARGV[1], leaving alone
-# users whose change after the snapshot already landed. KEYS: 1 members, 2 mvers, 3 mver.
-# ARGV: 1 snapshot version, 2.. member ids. Returns {added, removed} ({-1, -1}: no set).
-_RECONCILE = """
-if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return {-1, -1} end
+# Repair listed users of a loaded set against a PostgreSQL snapshot taken at version ARGV[1]:
+# add (ARGV[2] = "+") or remove ("-") each, unless a change of theirs newer than the snapshot
+# already landed. KEYS: 1 members, 2 mvers, 3 mver. ARGV: 1 version, 2 op, 3.. users.
+# Returns how many changed (-1: no set, or the room is gone).
+_FIX = """
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v0 = tonumber(ARGV[1])
-local function newer(user)
-  local e = redis.call('HGET', KEYS[2], user)
-  return e and math.abs(tonumber(e)) > v0
-end
-local want = {}
-local added, removed = 0, 0
-for i = 2, #ARGV do
-  want[ARGV[i]] = true
-  if not newer(ARGV[i]) then added = added + redis.call('SADD', KEYS[1], ARGV[i]) end
-end
-for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if user ~= '*' and not want[user] and not newer(user) then
-    removed = removed + redis.call('SREM', KEYS[1], user)
+local n = 0
+for i = 3, #ARGV do
+  local e = redis.call('HGET', KEYS[2], ARGV[i])
+  if not e or math.abs(tonumber(e)) <= v0 then
+    if ARGV[2] == '+' then n = n + redis.call('SADD', KEYS[1], ARGV[i])
+    else n = n + redis.call('SREM', KEYS[1], ARGV[i]) end
   end
 end
-return {added, removed}
+return n
 """
+FIX_CHUNK = 500  # users per script call: a large repair never blocks Redis for long
 
 
 def _keys3(keys: Keys, room_id: str) -> list[str]:
@@ -172,9 +167,25 @@ async def add_at(redis: Redis, keys: Keys, room_id: str, user_id: str, version: 
 
 async def reconcile(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str],
                     version: int) -> tuple[int, int]:
-    """Repair a loaded set against a snapshot; (added, removed), (-1, -1) when there is no set."""
-    added, removed = await redis.eval(_RECONCILE, 3, *_keys3(keys, room_id), str(version), *member_ids)
-    return int(added), int(removed)
+    """Repair a loaded set against a snapshot; (added, removed), (-1, -1) when there is no set.
+
+    The difference is computed here (one SMEMBERS, usually nothing to do), and only the users
+    that differ go through the version-checked script, in chunks.
+    """
+    current = await redis.smembers(keys.room_members(room_id))
+    if not current:
+        return -1, -1
+    want = set(member_ids)
+    counts = []
+    for op, users in (("+", sorted(want - current)), ("-", sorted(current - want - {SENTINEL}))):
+        n = 0
+        for i in range(0, len(users), FIX_CHUNK):
+            got = int(await redis.eval(_FIX, 3, *_keys3(keys, room_id), str(version), op, *users[i:i + FIX_CHUNK]))
+            if got < 0:
+                return -1, -1
+            n += got
+        counts.append(n)
+    return counts[0], counts[1]
 
 
 async def is_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> bool | None:
