@@ -30,6 +30,7 @@ STORABLE_PATTERN = r"^[^\x00]*$"
 
 # NUL and lone surrogates (a valid pair never reaches Python as two code points).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSTORABLE_REASON = "must not contain NUL or unpaired surrogate characters"
 
 
@@ -45,7 +46,7 @@ def json_object(request: Request) -> dict[str, Any]:
     return parse_object(raw, "body")
 
 
-def parse_object(raw: str | bytes, what: str) -> dict[str, Any]:
+def parse_object(raw: str | bytes, what: str, *, check: bool = True) -> dict[str, Any]:
     """JSON text that must be an object (a request body, a WebSocket frame), or malformed_json.
 
     Also 422 when any string value in it, at any depth, has text PostgreSQL cannot store. (Numbers are each field's business: a seq is bounded where it is read.)
@@ -63,11 +64,23 @@ def parse_object(raw: str | bytes, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         article = "A" if what == "frame" else "The"
         raise MalformedJSON(f"{article} {what} must be a JSON object.")
+    if check:
+        check_object(data, surrogates=lenient)
+    return data
+
+
+def check_object(data: dict[str, Any], *, surrogates: bool = True) -> None:
+    """The door's text rule on a parsed object (parse_object(check=False) + this: the caller
+    can read the frame's client_id first, to name it in the error)."""
     # orjson never yields a lone surrogate, so its strings only need the (memchr-fast) NUL test.
-    bad = first_bad_field(data, surrogates=lenient)
+    bad = first_bad_field(data, surrogates=surrogates)
     if bad is not None:
         raise ValidationFailed({bad[0]: bad[1]})
-    return data
+
+
+def is_echoable(text: str) -> bool:
+    """No lone surrogate: safe to send back in a frame (a NUL is fine in JSON, only not in PostgreSQL)."""
+    return _SURROGATE.search(text) is None
 
 
 def _lenient_loads(raw: str | bytes) -> Any:

@@ -24,7 +24,7 @@ from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimit
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.serialize import dumps
 from app.settings import Settings
-from app.validation import BIGINT_MAX, check_object, is_storable, parse, parse_object
+from app.validation import BIGINT_MAX, check_object, is_echoable, parse, parse_object
 from blueprints.deps import bearer_token
 
 log = logging.getLogger("chat.ws")
@@ -149,7 +149,7 @@ class Session:
         try:
             frame = parse_object(data, "frame", check=False)
             cid = frame.get("client_id")
-            ref = cid if isinstance(cid, str) and is_storable(cid) else None
+            ref = cid if isinstance(cid, str) and is_echoable(cid) else None
             check_object(frame)  # the door's text rule, after ref: the error names the frame
             kind = frame.get("type")
             handler = HANDLERS.get(kind) if isinstance(kind, str) else None
