@@ -260,12 +260,17 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                 # Probably more: read and parse the next batch while this one is written.
                 # Safe: entries after batch.top are trimmed only once some flush committed them.
                 read_ahead = asyncio.create_task(_read(raw, keys, room_id, batch.top, size))
+            tail = settings.cache_tail
             if batch.records or batch.dead:
                 written = await _write(pool, room_id, batch.records, raws=batch.raws, dead=batch.dead,
                                        top=batch.top)
                 for d in written.dead:
                     log.error("flush room=%s seq=%d: entry set aside in dead_letters (%s)", room_id, d.seq, d.error)
                 result.skipped += len(written.dead)
+                if written.dead:
+                    # No tail this time: a set-aside entry must not stay readable from Redis (a
+                    # garbage one would even break history reads of the room).
+                    tail = 0
                 result.rows += (len(batch.records) - (len(written.dead) - len(batch.dead))
                                 - len(written.orphans))
                 if written.orphans:
@@ -274,7 +279,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                                                     written))
             result.batches += 1 if batch.entries else 0
             flushed, drained, held = await commit(
-                keys=commit_keys, args=[batch.top, settings.cache_tail, room_id, token, lease_ms,
+                keys=commit_keys, args=[batch.top, tail, room_id, token, lease_ms,
                                         settings.room_cache_idle_ttl_s])
             result.flushed, result.drained = int(flushed), bool(drained)
             # A short batch means we reached the end of the stream as it was when read. What

@@ -253,6 +253,17 @@ async def _pg_range(room_id: str, *, lo: int, hi: int, ascending: bool, count: i
     return await _render_rows(rows)
 
 
+def _cached(seq: int, raw: str) -> dict[str, Any] | None:
+    """A stream entry as a message; None for one that is not (never written by the accept path:
+    the flush sets it aside in dead_letters, and a read must not fail on it meanwhile)."""
+    try:
+        m = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        log.error("history: unreadable cache entry at seq %d skipped", seq)
+        return None
+    return m if isinstance(m, dict) else None
+
+
 async def _overlay_files(items: list[dict[str, Any]]) -> None:
     """Cached messages were rendered at send time: show their files' current expiry. A file whose
     row is gone (purged with its retention period, or its room's) is expired: its bytes are."""
@@ -306,7 +317,8 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
     # idle room, or a PostgreSQL row the daily prune has not reached yet.
     cutoff = retention_cutoff(settings)
     since = iso(cutoff)
-    cached = [m for m in (orjson.loads(m) for _, m in got.entries) if m["created_at"] >= since]
+    cached = [m for m in (_cached(seq, raw) for seq, raw in got.entries)
+              if m is not None and str(m.get("created_at") or "") >= since]
     await _overlay_files(cached)
     # Everything below the stream's first entry is committed in PostgreSQL (the worker trims
     # only after its commit); with an empty stream, everything is.

@@ -333,3 +333,26 @@ async def test_an_orphan_in_another_json_layout_is_moved_intact_and_a_rerun_move
     assert stored is not None and {**stored, "seq": 1} == {**orphan}
     again, created = await send(redis, keys, settings, room_id, owner, "retry", client_id="z")
     assert not created and again["id"] == orphan["id"] and again["seq"] == 2
+
+
+async def test_history_reads_survive_a_poison_entry_and_drop_it_once_it_is_set_aside(
+        redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
+    room_id, owner = await new_room(redis, keys)  # the default CACHE_TAIL: flushed rows stay cached
+    good = [(await send(redis, keys, settings, room_id, owner, "before"))[0]]
+    nul = await inject(redis, keys, room_id, forged(room_id, 2, owner, body="a\x00b"))
+    await inject(redis, keys, room_id, "{garbage")
+    good.append((await send(redis, keys, settings, room_id, owner, "after"))[0])
+
+    async def seqs() -> list[int]:
+        items, _ = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id,
+                                          before=None, after=None, limit=50)
+        return [m["seq"] for m in items]
+    assert await seqs() == [1, nul, 4]  # the garbage entry is skipped, not a failed read
+
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+
+    assert await redis.xlen(keys.room_log(room_id)) == 0  # no tail kept over set-aside entries
+    assert await seqs() == [m["seq"] for m in good] == [1, 4]  # what PostgreSQL stored, nothing else
+    await send(redis, keys, settings, room_id, owner, "later")
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
+    assert await redis.xlen(keys.room_log(room_id)) == 1  # the tail is kept again
