@@ -118,6 +118,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# -- the e2e marker -------------------------------------------------------------------------
+
+# A test module that starts processes itself (real servers, workers, CLIs, redis-servers).
+_STARTS_PROCESSES = ("subprocess.", "Proc(", "ServerProc(", "start_worker(", "Launcher(", "start_server(")
+_module_starts: dict[str, bool] = {}
+
+
+def _starts_processes(path: Path) -> bool:
+    key = str(path)
+    if key not in _module_starts:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        _module_starts[key] = any(s in text for s in _STARTS_PROCESSES)
+    return _module_starts[key]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts a process, or uses the session's server, is `e2e`.
+
+    So `-m 'not e2e'` is the fast inner loop: in-process tests only, no server boot.
+    """
+    e2e = pytest.mark.e2e
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        path = Path(str(item.fspath))
+        if ("e2e" in path.parts or "server" in getattr(item, "fixturenames", ())
+                or _starts_processes(path)):
+            item.add_marker(e2e)
+
+
 # -- timeouts ------------------------------------------------------------------------------
 
 def _backstop(item: pytest.Item, settings: Any) -> None:

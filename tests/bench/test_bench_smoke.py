@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.conftest import ADMIN_DB_URL
 from tests.support import ROOT
 
 RUN_TIMEOUT_S = 240
+# Each run starts its own Redis, database and server: past the suite's 120 s default on a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT_S + 30)]
 
 
 def run_bench(out: Path, *args: str) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -22,8 +21,8 @@ import pytest
 import redis as redis_sync
 
 from app.launcher import with_database
-from tests.conftest import ADMIN_DB_URL, REDIS_URL, RUN_ID
-from tests.support import LOG_DIR, ROOT, free_port
+from tests.conftest import ADMIN_DB_URL, REDIS_PREFIX, REDIS_URL, RUN_ID
+from tests.support import Proc, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,25 +30,17 @@ START_TIMEOUT_S = 90.0  # initdb + migrations + three processes on a busy 2-core
 STOP_TIMEOUT_S = 60.0
 
 
-class Launcher:
+class Launcher(Proc):
     """`python -m app.launcher` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
 
     def __init__(self, name: str, env: dict[str, str], args: list[str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{name}-{RUN_ID}.log"
         base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        full_env = {**base, "HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "1",
-                    "CHAT_ENV": "test", "PYTHONUNBUFFERED": "1", **env}
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "app.launcher", *(args or [])], cwd=ROOT,
-                                          env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+        super().__init__(f"{name}-{RUN_ID}", [sys.executable, "-m", "app.launcher", *(args or [])],
+                         {"HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "1", "CHAT_ENV": "test", **env},
+                         base_env=base)
         self.seen: set[psutil.Process] = set()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def track(self) -> None:
         """Remember every descendant (children start in their own sessions, so not by group)."""
@@ -74,7 +65,8 @@ class Launcher:
             time.sleep(0.3)
         raise AssertionError(f"not ready after {START_TIMEOUT_S}s:\n{self.output()[-4000:]}")
 
-    def stop(self, sig: int) -> int:
+    def interrupt(self, sig: int) -> int:
+        """What a user does: one signal to the launcher, which stops its children itself."""
         self.track()
         self.popen.send_signal(sig)
         return self.popen.wait(STOP_TIMEOUT_S)
@@ -91,9 +83,8 @@ class Launcher:
 
     def kill_all(self) -> None:
         """Test clean-up after a failure: nothing of ours may outlive the test."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
+        self.track()
+        self.stop(10)
         for proc in self.seen:
             try:
                 proc.kill()
@@ -118,6 +109,7 @@ def _register_and_login(base_url: str, username: str, register: bool) -> None:
         assert client.post("/auth/login", json=creds).status_code == 200
 
 
+@pytest.mark.timeout(2 * (START_TIMEOUT_S + STOP_TIMEOUT_S) + 30)  # two full runs, the first with initdb
 def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     env = {"VAR_DIR": str(var_dir), "MEDIA_ROOT": str(tmp_path / "media"), "REDIS_PREFIX": f"launch-{RUN_ID}"}
@@ -151,7 +143,7 @@ def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_p
             assert "app.server" in names and "redis-server" in names
             assert "dramatiq tasks.worker" in names and "tasks.scheduler" in names
 
-            assert launcher.stop(signal.SIGINT) == 0, launcher.output()[-4000:]
+            assert launcher.interrupt(signal.SIGINT) == 0, launcher.output()[-4000:]
             assert launcher.leftovers([postmaster]) == []
             assert "stopped" in launcher.output().splitlines()[-1]
         finally:
@@ -160,10 +152,11 @@ def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_p
                 postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
 
 
+@pytest.mark.timeout(START_TIMEOUT_S + STOP_TIMEOUT_S + 30)
 def test_configured_servers_are_used_and_the_database_is_created() -> None:
     dbname = f"chat_test_{RUN_ID}_launcher"
     db_url = with_database(ADMIN_DB_URL, dbname)
-    env = {"DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": f"launch2-{RUN_ID}",
+    env = {"DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": f"{REDIS_PREFIX}.launch2",
            "EMBEDDED_SERVERS": "auto"}
     launcher = Launcher("launcher-configured", env)
     try:
@@ -173,7 +166,7 @@ def test_configured_servers_are_used_and_the_database_is_created() -> None:
         names = " ".join(" ".join(p.cmdline()) for p in launcher.seen if p.is_running())
         assert "redis-server" not in names and "postgres" not in names
         _register_and_login(launcher.base_url, f"c{uuid.uuid4().hex[:10]}", register=True)
-        assert launcher.stop(signal.SIGTERM) == 0, launcher.output()[-4000:]
+        assert launcher.interrupt(signal.SIGTERM) == 0, launcher.output()[-4000:]
         assert launcher.leftovers() == []
     finally:
         launcher.kill_all()

@@ -34,32 +34,38 @@ def test_default_schedules_flush_every_minute_sweep_hourly_prune_daily_at_four()
 
     got = _schedules({})
     assert {name: spec for name, (spec, _t, _q) in got.items()} == {
-        "flush_pending": "* * * * *", "sweep_expired_files": "0 * * * *", "prune_old_messages": "0 4 * * *"}
+        "flush_pending": "* * * * *", "sweep_expired_files": "0 * * * *", "prune_old_messages": "0 4 * * *",
+        "reconcile_memberships": "*/5 * * * *"}
     for name, (spec, parsed, _queue) in got.items():
         assert [list(x) for x in cron(spec).astuple()] == parsed
     assert "flush_room" not in got  # triggered, never scheduled
 
 
 def test_schedules_follow_the_settings():
-    got = _schedules({"FLUSH_CRON": "*/2 * * * *", "SWEEP_CRON": "15 */3 * * *", "PRUNE_CRON": "30 3 * * 0"})
+    got = _schedules({"FLUSH_CRON": "*/2 * * * *", "SWEEP_CRON": "15 */3 * * *", "PRUNE_CRON": "30 3 * * 0",
+                      "RECONCILE_CRON": "7 * * * *"})
     assert {name: spec for name, (spec, _t, _q) in got.items()} == {
-        "flush_pending": "*/2 * * * *", "sweep_expired_files": "15 */3 * * *", "prune_old_messages": "30 3 * * 0"}
+        "flush_pending": "*/2 * * * *", "sweep_expired_files": "15 */3 * * *", "prune_old_messages": "30 3 * * 0",
+        "reconcile_memberships": "7 * * * *"}
     assert got["flush_pending"][1][0] == list(range(0, 60, 2))
 
 
-@pytest.mark.e2e
-async def test_the_scheduler_process_starts_with_every_periodic_actor_and_enqueues(keys, redis):
-    ns = keys.dramatiq_namespace()
+pytestmark = pytest.mark.e2e  # every test here starts a process
+
+
+async def test_the_scheduler_process_starts_with_every_periodic_actor_and_enqueues(isolated, redis):
+    # Its own namespace: the flush_pending it enqueues must not reach another test's worker.
+    ns = isolated.keys.dramatiq_namespace()
     before = set(await redis.hkeys(f"{ns}:default.msgs"))
     beats_before = set(await redis.zrange(f"{ns}:__heartbeats__", 0, -1))
-    proc = Proc(f"scheduler-{uuid.uuid4().hex[:6]}", [sys.executable, "-m", "tasks.scheduler"], TEST_ENV)
+    proc = Proc(f"scheduler-{uuid.uuid4().hex[:6]}", [sys.executable, "-m", "tasks.scheduler"], isolated.env)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             log = proc.log_tail(40)
             if all(f"tasks.{m}:{a}@default" in log for m, a in (
                     ("flush", "flush_pending"), ("maintenance", "sweep_expired_files"),
-                    ("maintenance", "prune_old_messages"))):
+                    ("maintenance", "prune_old_messages"), ("membership", "reconcile_memberships"))):
                 break
             assert proc.alive(), proc.log_tail(40)
             time.sleep(0.2)
