@@ -165,14 +165,22 @@ class Proc:
         self.popen.wait(10)
         self._forget()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to the leader (it stops its own children), then SIGKILL what is left."""
+    def terminate(self) -> None:
+        """SIGTERM to the leader (it stops its own children); stop() waits for it."""
         if self.alive():
             self.signal_group(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
             try:
                 os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the leader, then SIGKILL what is left of the group after `timeout`."""
+        if self.alive():
+            self.terminate()
+            try:
                 self.popen.wait(timeout)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pass
         self.signal_group(signal.SIGKILL)
         try:
