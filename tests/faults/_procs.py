@@ -6,7 +6,7 @@ Two safety nets make sure nothing outlives a test, even a pytest killed with SIG
 - every child leads its own process group, registered with a small reaper process that
   holds the read end of a pipe: when pytest dies the pipe closes and the reaper kills the
   registered groups (grandchildren such as Sanic's and Dramatiq's worker processes do not
-  inherit the death signal).
+  inherit the death signal) and removes the registered temporary directories.
 Processes are always started from the main thread: the death signal follows the thread
 that forked, not the process.
 """
@@ -86,7 +86,8 @@ _REAPER_SRC = r"""
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-groups = set()
+import shutil, time
+groups, dirs = set(), set()
 buf = b""
 while True:
     chunk = os.read(0, 4096)
@@ -95,14 +96,20 @@ while True:
     buf += chunk
     *lines, buf = buf.split(b"\n")
     for line in lines:
-        op, _, pgid = line.decode().partition(" ")
-        (groups.add if op == "+" else groups.discard)(int(pgid))
+        op, _, arg = line.decode().partition(" ")
+        if op in "+-":
+            (groups.add if op == "+" else groups.discard)(int(arg))
+        else:
+            (dirs.add if op == "d+" else dirs.discard)(arg)
 for pgid in groups:
     try:
         os.killpg(pgid, signal.SIGCONT)
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+time.sleep(1.0)  # let PostgreSQL's backends notice their postmaster is gone
+for d in dirs:
+    shutil.rmtree(d, ignore_errors=True)
 """
 
 
@@ -122,6 +129,12 @@ class _Reaper:
 
     def discard(self, pgid: int) -> None:
         self._send(f"- {pgid}\n")
+
+    def add_dir(self, path: Path) -> None:
+        self._send(f"d+ {path}\n")
+
+    def discard_dir(self, path: Path) -> None:
+        self._send(f"d- {path}\n")
 
     def _send(self, line: str) -> None:
         proc = self._ensure()
@@ -454,4 +467,10 @@ def make_tmp(prefix: str) -> Path:
     """A temporary directory the `postgres` user can traverse (tempfile's are 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(path, 0o755)
+    REAPER.add_dir(path)  # removed by the reaper if pytest dies before its teardown
     return path
+
+
+def remove_tmp(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    REAPER.discard_dir(path)

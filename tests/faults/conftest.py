@@ -20,7 +20,7 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import TEST_ENV
-from tests.faults._procs import (PG_BIN, WORKER_ARGV, AppProc, PgCluster, RedisServer, make_tmp,
+from tests.faults._procs import (PG_BIN, WORKER_ARGV, AppProc, PgCluster, RedisServer, make_tmp, remove_tmp,
                                  start_scheduler, start_server, start_worker)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def pg_template() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_tmp(base)
 
 
 class Stack:
@@ -123,7 +123,7 @@ def stack(pg_template: PgCluster, request: pytest.FixtureRequest) -> Iterator[St
             shutil.rmtree(keep, ignore_errors=True)
             shutil.copytree(st.log_dir, keep)
             print(f"\nlogs of the failed test kept in {keep}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tmp(tmp)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
