@@ -58,7 +58,8 @@ REDIS_PREFIX = f"chat_test_{RUN_ID}"
 # Uploads of every process of the session land here, never in the repository's ./media.
 MEDIA_ROOT = tempfile.mkdtemp(prefix=f"chat-test-media-{RUN_ID}-")
 REPO_MEDIA = ROOT / "media"
-TIMEOUT_BACKSTOP_S = 30.0
+# How long after pytest-timeout's signal the backstop ends the run (tests/test_support.py shortens it).
+TIMEOUT_BACKSTOP_S = float(os.environ.get("CHAT_TEST_TIMEOUT_BACKSTOP_S", "30"))
 
 # Environment of every process the tests start, and of the in-process Settings.
 # Rate limits are relaxed here; the rate-limit tests set their own.
