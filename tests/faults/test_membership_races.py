@@ -241,3 +241,44 @@ async def test_handshake_kick_race_leaves_no_kicked_socket_reading(
     assert t.rounds == ROUNDS
     assert t.overlapped >= ROUNDS // 10, "the kick rarely overlapped the handshake: the race was not exercised"
     assert (t.could_post, t.could_read, t.stale_redis) == (0, 0, 0)
+
+
+@pytest.mark.timeout(120)
+async def test_the_worker_reconcile_repairs_a_set_that_went_stale(isolated: Any, redis: Redis, db: None) -> None:
+    """The periodic actor, run by a real worker on its own Dramatiq namespace: a set that lost an
+    add and missed a removal (a process died between commit and Redis) is repaired."""
+    import uuid as _uuid
+
+    from app import members_cache, rooms
+    from app.jobs import enqueue
+    from app.rooms import CreateRoom
+    from models.user import User
+    from tests.support import Proc, worker_argv
+
+    async def new_user() -> str:
+        name = f"rc{_uuid.uuid4().hex[:10]}"
+        return str((await User.create(username=name, username_lower=name, display_name=name,
+                                      password_hash="x")).id)
+
+    keys = isolated.keys
+    owner, member, intruder = await new_user(), await new_user(), await new_user()
+    rid = (await rooms.create_room(redis=redis, keys=keys, owner_id=owner,
+                                   data=CreateRoom(name="stale", member_ids=[member])))["id"]
+    await redis.srem(keys.room_members(rid), member)
+    await redis.sadd(keys.room_members(rid), intruder)
+    worker = Proc(f"reconcile-worker-{unique('')}", worker_argv(processes=1, threads=2), isolated.env)
+    try:
+        deadline = time.monotonic() + 60
+        while "worker resources open" not in worker.log_tail(200):
+            assert worker.alive() and time.monotonic() < deadline, worker.log_tail(60)
+            await asyncio.sleep(0.2)
+        await enqueue(isolated.settings, "reconcile_memberships")
+        while not (await members_cache.is_member(redis, keys, rid, member)
+                   and not await members_cache.is_member(redis, keys, rid, intruder)):
+            assert worker.alive() and time.monotonic() < deadline, worker.log_tail(60)
+            await asyncio.sleep(0.2)
+        report = [line for line in worker.log_tail(200).splitlines() if "membership reconcile:" in line]
+        print("\n" + (report[-1] if report else "reconcile ran (no summary line)"))
+        assert await members_cache.is_member(redis, keys, rid, owner) is True
+    finally:
+        worker.stop()
