@@ -431,3 +431,30 @@ async def test_room_creation_and_joins_are_limited_per_user(redis: Redis, keys: 
     with pytest.raises(RateLimited):
         await membership.add_member(redis=redis, keys=keys, room_id=made[0]["id"], actor_id=owner,
                                     user_id=await new_user(), settings=strict)
+
+
+async def test_a_rebuild_racing_a_kick_never_lets_the_kicked_user_back(redis: Redis, keys: Keys, db: None,
+                                                                      settings: Any) -> None:
+    from app import messages
+    from app.errors import ChatError
+
+    sent_after = rounds = 0
+    for _ in range(30):
+        owner, user = await new_user(), await new_user()
+        rid = (await new_room(redis, keys, owner, member_ids=[user]))["id"]
+        await redis.delete(keys.room_members(rid))  # Redis lost the set: the next send rebuilds it
+        send = messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=rid,
+                                       sender_id=user, body="racing")
+        kick = membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=user)
+        res = await asyncio.gather(send, kick, return_exceptions=True)
+        assert res[1] is None, res[1]
+        assert not isinstance(res[0], BaseException) or isinstance(res[0], ChatError), res[0]
+        rounds += 1
+        assert await members_cache.is_member(redis, keys, rid, user) is False
+        try:
+            await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=rid,
+                                          sender_id=user, body="after the kick")
+            sent_after += 1
+        except NotMember:
+            pass
+    assert (rounds, sent_after) == (30, 0)
