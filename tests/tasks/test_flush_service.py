@@ -92,16 +92,21 @@ async def test_concurrent_flushes_of_one_room_lose_and_double_nothing(settings, 
     sender, room = await make_room()
     await push(redis, keys, room, sender, 5000)
 
+    tasks = [asyncio.create_task(flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)) for _ in range(4)]
+    overlapped = 0  # sends accepted while a flush was still running
+
     async def sender_task() -> None:  # live sends while the flushes run
+        nonlocal overlapped
         for _ in range(10):
             await push(redis, keys, room, sender, 100)
+            overlapped += any(not t.done() for t in tasks)
             await asyncio.sleep(0.01)
 
-    results = await asyncio.gather(*(flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
-                                     for _ in range(4)), sender_task())
+    await sender_task()
+    flushes = await asyncio.gather(*tasks)
     await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)  # what arrived after the last read
 
-    flushes = results[:4]
+    assert overlapped >= 1, "no send landed while a flush ran: the test proves nothing"
     assert any(r.busy for r in flushes)  # the lease turned the others away quietly
     assert await _db_seqs(pool, room) == list(range(1, 6001))
     assert [e[0] for e in await redis.xrange(keys.room_log(room))] == [f"{q}-0" for q in range(5951, 6001)]
