@@ -567,3 +567,49 @@ def test_uploads_are_rate_limited_per_user_before_the_body(tmp_path: Path) -> No
         assert status == 429 and body["error"]["code"] == "rate_limited"
     finally:
         server.stop()
+
+
+def _write_all_then_read(port: int, head: bytes, body: bytes) -> tuple[OSError | None, bytes]:
+    """What a client that writes its whole request before reading sees (as httpx and browsers do)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    err: OSError | None = None
+    try:
+        sock.sendall(head + body)
+    except OSError as exc:
+        err = exc
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError as exc:
+        err = err or exc
+    finally:
+        sock.close()
+    return err, data
+
+
+@pytest.mark.parametrize("over", [1, 5 * MiB])
+def test_refused_upload_is_read_to_its_end_not_reset(stack: Stack, people: dict[str, Any], over: int) -> None:
+    """Closing on a client mid-send makes the kernel reset the connection, and on a real network the
+    reset can overtake the 413 (the issue's "dropped without an answer"): the server reads the rest away."""
+    limit = Settings.load(env=TEST_ENV, env_file=None).max_upload_bytes
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n\r\n'
+    body = part + b"A" * (limit + over) + b"\r\n--b--\r\n"
+    head = (f"POST /rooms/{people['room']}/files HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {people['owner'].access_token}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    err, data = _write_all_then_read(stack.server.port, head, body)
+    assert err is None, err  # no reset: every byte was taken
+    assert data.startswith(b"HTTP/1.1 413") and b"payload_too_large" in data, data[:300]
+    assert b"connection: close" in data.lower()  # and then a clean close (EOF), not a hang
+
+
+def test_refused_json_body_is_read_to_its_end_not_reset(stack: Stack, people: dict[str, Any]) -> None:
+    limit = Settings.load(env=TEST_ENV, env_file=None).request_max_bytes
+    body = b'{"body": "' + b"x" * (3 * limit) + b'"}'
+    head = (f"POST /rooms/{people['room']}/messages HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {people['owner'].access_token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    err, data = _write_all_then_read(stack.server.port, head, body)
+    assert err is None, err
+    assert data.startswith(b"HTTP/1.1 413") and b"payload_too_large" in data, data[:300]
