@@ -48,11 +48,15 @@ async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, ke
     dup = await accept(redis, keys, rid, client_id="a")
     assert dup.code == cache.DUPLICATE and dup.message == first.message
     assert await redis.get(keys.room_seq(rid)) == "1"
+    # A later send is the marker: a re-publish of the duplicate would have to come before its event.
+    marker = await accept(redis, keys, rid, client_id="b")
     got = []
-    while (msg := await pubsub.get_message(timeout=0.3)) is not None:
+    while not got or got[-1][2] != '{"type":"message","message":' + marker.message + "}":
+        msg = await pubsub.get_message(timeout=5)
+        assert msg is not None, f"the marker's event never came; got {got}"
         got.append(events.decode(msg["data"]))
     await pubsub.aclose()
-    assert got == [(f"r:{rid}", "c1", '{"type":"message","message":' + first.message + "}")]
+    assert got == [(f"r:{rid}", "c1", '{"type":"message","message":' + m.message + "}") for m in (first, marker)]
     assert 0 < await redis.ttl(keys.room_client_id(rid, "u1", "a")) <= 60
 
 
