@@ -305,7 +305,10 @@ class RedisServer:
 
 # -- PostgreSQL -------------------------------------------------------------------------
 
-PG_USER = "postgres"
+PG_USER = "postgres"  # the database role; also the system user the server runs as under root
+# PostgreSQL refuses to run as root: then it runs as the `postgres` system user (which the
+# Debian packages create); any other user runs it as itself.
+_RUN_AS = PG_USER if os.geteuid() == 0 else None
 _PG_OPTS = [
     "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",  # a process crash keeps the page cache
     "-c", "full_page_writes=off", "-c", "shared_buffers=32MB", "-c", "max_connections=60",
@@ -340,11 +343,12 @@ class PgCluster:
     def init(self) -> "PgCluster":
         self.base.mkdir(parents=True, exist_ok=True)
         self.sock_dir.mkdir(exist_ok=True)
-        _chown_tree(self.base, PG_USER)
+        if _RUN_AS:
+            _chown_tree(self.base, _RUN_AS)
         env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         proc = Proc(f"{self.name}-initdb", [str(PG_BIN / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
                                             "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"],
-                    env, self.log_dir, user=PG_USER, cwd=self.base)
+                    env, self.log_dir, user=_RUN_AS, cwd=self.base)
         if proc.popen.wait(120) != 0:
             raise RuntimeError(f"initdb failed:\n{proc.log_tail()}")
         proc._forget()
@@ -356,7 +360,8 @@ class PgCluster:
         self.sock_dir.mkdir(exist_ok=True)
         shutil.copytree(template.pgdata, self.pgdata, symlinks=True)
         (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
-        _chown_tree(self.base, PG_USER)
+        if _RUN_AS:
+            _chown_tree(self.base, _RUN_AS)
         os.chmod(self.pgdata, 0o700)
         return self
 
@@ -365,7 +370,7 @@ class PgCluster:
         self.starts += 1
         argv = [str(PG_BIN / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
                 "-k", str(self.sock_dir), *_PG_OPTS]
-        self.proc = Proc(f"{self.name}-{self.starts}", argv, env, self.log_dir, user=PG_USER, cwd=self.base)
+        self.proc = Proc(f"{self.name}-{self.starts}", argv, env, self.log_dir, user=_RUN_AS, cwd=self.base)
         wait_until(self.ready, timeout, "PostgreSQL to accept connections", 0.1)
         return self
 
