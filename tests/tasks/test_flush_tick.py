@@ -12,11 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app import flush, jobs, messages, rooms
-from app.keys import Keys
 from app.rooms import CreateRoom
-from app.settings import Settings
 from models.user import User
-from tests.conftest import TEST_ENV
 from tests.support import Proc, worker_argv
 
 
@@ -41,7 +38,10 @@ async def wait_for(check: Any, timeout: float, what: str, proc: Proc) -> None:
 
 @pytest.mark.timeout(120)
 async def test_the_tick_in_a_real_worker_raises_counters_after_a_redis_restart(
-        redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
+        redis: Redis, isolated: Any, pg: Any) -> None:
+    # A prefix of its own: the fake run_id must not reach other tests, and the worker must run
+    # only this test's tick (not jobs other tests left in the session's namespace).
+    keys, settings = isolated.keys, isolated.settings
     name = f"t{uuid.uuid4().hex[:10]}"
     user = await User.create(username=name, username_lower=name, display_name=name, password_hash="x")
     owner = str(user.id)
@@ -56,7 +56,7 @@ async def test_the_tick_in_a_real_worker_raises_counters_after_a_redis_restart(
     await redis.set(keys.redis_run_id(), "the-redis-before-the-crash")
     run_id = (await redis.info("server"))["run_id"]
 
-    worker = Proc(f"worker-tick-{uuid.uuid4().hex[:6]}", worker_argv(processes=1, threads=2), TEST_ENV)
+    worker = Proc(f"worker-tick-{uuid.uuid4().hex[:6]}", worker_argv(processes=1, threads=2), isolated.env)
     try:
         await jobs.enqueue(settings, "flush_pending")
 
