@@ -60,8 +60,9 @@ class Proc:
     It runs in its own session (so stopping it also stops what it spawned, e.g. Sanic's or
     Dramatiq's worker processes) and with PR_SET_PDEATHSIG=`death_signal` (SIGTERM by
     default, so a server still stops its own children; a child that ignores it is gone with
-    the next normal teardown). Create it from the main thread or a thread that outlives it:
-    Linux signals the child when the forking *thread* exits.
+    the next normal teardown). Linux sends that signal when the forking *thread* exits, so
+    only a Proc created on the main thread gets it (asyncio's executor threads end with each
+    test's event loop); one created elsewhere relies on the normal teardown.
     """
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str],
@@ -74,9 +75,10 @@ class Proc:
         self._log = open(self.log_path, "ab")
         full_env = {**(os.environ if base_env is None else base_env), **env, "PYTHONUNBUFFERED": "1"}
         parent = os.getpid()
+        on_main = threading.current_thread() is threading.main_thread()
         self.popen = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=self._log,
                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=lambda: _die_with_parent(death_signal, parent))
+                                      preexec_fn=(lambda: _die_with_parent(death_signal, parent)) if on_main else None)
         with _live_lock:
             _live.add(self)
 
