@@ -1,19 +1,17 @@
 """What every request passes before a handler: body size caps and the query-string check.
 
-Sanic reads a non-streaming route's whole body before the handler runs, up to
-REQUEST_MAX_SIZE, which must be large enough for uploads. So JSON routes get their own,
-smaller cap (REQUEST_MAX_BYTES) per request, right after routing: a Content-Length above it
-is refused (413) before a byte of the body is read, and a chunked body is cut off at it.
+REQUEST_MAX_SIZE is REQUEST_MAX_BYTES, the JSON cap: Sanic refuses a larger declared
+Content-Length (413) before reading a byte of the body, and cuts a chunked body off at it,
+before the whole body is buffered for a non-streaming route. The upload route streams (Sanic
+lifts the cap for streaming handlers) and enforces its own (MAX_UPLOAD_BYTES + framing).
 
-A refused body is then read to its end and discarded (never buffered), up to
-REQUEST_MAX_SIZE in all: a client that is still sending when we answer only sees the 413
-if we keep reading; closing on it makes the kernel reset the connection, and the answer
-is lost. Past that budget the connection is closed.
+A refused body is then read to its end and discarded (never buffered), up to the upload
+cap plus `drain_budget` in all: a client that is still sending when we answer only sees the
+answer if we keep reading; closing on it makes the kernel reset the connection, and on a
+real network the reset can overtake the answer. Past that the connection is closed.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from sanic import Request, Sanic
 
@@ -34,27 +32,32 @@ def drain_budget(settings: Settings) -> int:
 
 
 def allow_drain(request: Request) -> None:
-    """After a refusal mid-body: let Sanic read (and throw away) the rest up to REQUEST_MAX_SIZE,
-    then close the connection (Connection: close on the answer)."""
+    """After a refusal with the body unread: let Sanic read (and throw away) the rest, up to the
+    upload cap plus the drain budget, then close the connection (Connection: close on the answer)."""
     stream = request.stream
     if stream is None or not getattr(stream, "request_body", None):
         return
+    if getattr(stream, "expecting_continue", False):
+        # `Expect: 100-continue`: the client waits for our word before sending the body, and a
+        # final answer tells it not to. Close without asking for (or reading) any of it.
+        stream.expecting_continue = False  # type: ignore[union-attr]
+        stream.request_max_size = 0  # type: ignore[union-attr]
+        stream.keep_alive = False  # type: ignore[union-attr]
+        return
+    settings: Settings = request.app.ctx.settings
+    overall = max(settings.request_max_bytes, upload_body_cap(settings)) + drain_budget(settings)
+    # Sanic drains up to min(the request's cap, the connection's): raise both, for this
+    # connection only (it closes after this answer).
+    stream.request_max_size = overall  # type: ignore[union-attr]
     protocol = getattr(stream, "protocol", None)
-    overall = getattr(protocol, "request_max_size", None)
-    if overall is not None:
-        stream.request_max_size = overall  # type: ignore[union-attr]
+    if protocol is not None:
+        protocol.request_max_size = overall
     stream.keep_alive = False  # type: ignore[union-attr]
 
 
 def setup_request_limits(app: Sanic) -> None:
     """JSON bodies capped at REQUEST_MAX_BYTES before buffering; query strings checked at the door."""
-
-    @app.signal("http.routing.after")
-    async def _cap_body(request: Request, route: Any, kwargs: Any, handler: Any) -> None:
-        stream = request.stream
-        # Streaming handlers (uploads) get Sanic's unlimited read and enforce their own cap.
-        if stream is not None and stream.request_body and not hasattr(handler, "is_stream"):
-            stream.request_max_size = min(stream.request_max_size, app.ctx.settings.request_max_bytes)
+    app.config.REQUEST_MAX_SIZE = app.ctx.settings.request_max_bytes
 
     @app.on_request
     async def _check_query(request: Request) -> None:

@@ -7,7 +7,7 @@ import logging
 from sanic import Sanic
 
 from app.db import setup_db
-from app.door import drain_budget, setup_request_limits, upload_body_cap
+from app.door import setup_request_limits
 from app.errors import register_error_handlers
 from app.redis import setup_redis
 from app.serialize import dumps
@@ -31,10 +31,6 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     configure_logging(settings.log_level)
     app = Sanic(name, dumps=dumps)
     app.ctx.settings = settings
-    # The most of any request body the server reads: an upload's cap plus the same again, so
-    # that a refused body can be read to its end and thrown away (app/door.py: a client
-    # only sees our 413 if we do not close on it mid-send). JSON bodies get REQUEST_MAX_BYTES.
-    app.config.REQUEST_MAX_SIZE = max(settings.request_max_bytes, upload_body_cap(settings)) + drain_budget(settings)
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
     # One heartbeat loop per process pings every connection each hello.heartbeat_s and closes
     # (1011) those that miss a pong (app/fanout.py); Sanic's keepalive task per connection is off.
@@ -50,7 +46,7 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     setup_db(app)
     setup_redis(app)
     register_error_handlers(app)
-    setup_request_limits(app)
+    setup_request_limits(app)  # REQUEST_MAX_SIZE: the JSON cap; uploads stream (app/door.py)
 
     from blueprints import all_blueprints
     from app.fanout import setup_fanout

@@ -613,3 +613,18 @@ def test_refused_json_body_is_read_to_its_end_not_reset(stack: Stack, people: di
     err, data = _write_all_then_read(stack.server.port, head, body)
     assert err is None, err
     assert data.startswith(b"HTTP/1.1 413") and b"payload_too_large" in data, data[:300]
+
+
+def test_expect_100_continue_gets_the_refusal_instead_of_the_go_ahead(stack: Stack, people: dict[str, Any]) -> None:
+    """curl sends `Expect: 100-continue` for large bodies: a refusal is the final answer, and no
+    `100 Continue` may follow it (the client then never sends the body)."""
+    head = (f"POST /rooms/{people['room']}/files HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {people['owner'].access_token}\r\nExpect: 100-continue\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {11 * MiB}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", stack.server.port), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes after its answer
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert b"100 Continue" not in data, data
