@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 
 from app.keys import Keys
 from app.settings import Settings
-from tests.support import ROOT, ServerProc, live_procs, stop_all
+from tests.support import ROOT, ServerProc, stop_all
 
 RUN_ID = uuid.uuid4().hex[:10]
 
