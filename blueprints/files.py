@@ -14,6 +14,7 @@ from app import files, media, rooms
 from app.errors import ChatError
 from blueprints.deps import ErrorEnvelope, authenticated
 from blueprints.messages import FileOut
+from blueprints.media_urls import signed_or_authenticated
 
 bp = Blueprint("files")
 
@@ -102,7 +103,7 @@ def _stop_reading(request: Request) -> None:
 @bp.get("/files/<file_id:str>")
 @openapi.definition(summary="Download a file (members of its room; attachment unless a raster image)",
                     tag="files", secured={"bearer": []}, response=[_BYTES, *_DOWNLOAD_ERRORS])
-@authenticated
+@signed_or_authenticated("file")
 async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """The stored bytes (409 while processing, 404 when rejected, 410 once expired)."""
     return await _send(request, file_id, thumbnail=False)
@@ -111,7 +112,7 @@ async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStr
 @bp.get("/files/<file_id:str>/thumbnail")
 @openapi.definition(summary="A small image of an image file", tag="files", secured={"bearer": []},
                     response=[_BYTES, *_DOWNLOAD_ERRORS])
-@authenticated
+@signed_or_authenticated("thumbnail")
 async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """A small image of an image file."""
     return await _send(request, file_id, thumbnail=True)
