@@ -10,5 +10,6 @@ window.addEventListener("load", () => {
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     plugins: [SwaggerUIBundle.plugins.DownloadUrl],
     layout: "StandaloneLayout",
+    validatorUrl: null, // the default badge would call validator.swagger.io
   });
 });

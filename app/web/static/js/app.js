@@ -343,6 +343,7 @@ async function resolveNames(memberships) {
     }));
   }
   timeline.renameAll();
+  renderTyping();
   renderSidebar();
 }
 
