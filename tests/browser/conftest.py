@@ -67,7 +67,8 @@ class WebStack:
 @pytest.fixture(scope="session")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     media = tmp_path_factory.mktemp("web-media")
-    stack = WebStack({**TEST_ENV, "MEDIA_ROOT": str(media)})
+    # A server message limit below the textarea's (4000): lets a test see a refused send.
+    stack = WebStack({**TEST_ENV, "MEDIA_ROOT": str(media), "MESSAGE_MAX_CHARS": "1000"})
     try:
         yield stack
     finally:

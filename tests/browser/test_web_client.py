@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg
@@ -379,3 +380,76 @@ def test_docs_render_with_no_request_leaving_the_machine(person: Callable[..., P
     p.page.locator(".swagger-ui .info .title", has_text="Chat server API").wait_for()
     p.page.locator(".opblock-summary-path", has_text="/files/{file_id}/url").first.wait_for()
     assert p.outside == []
+
+
+def test_files_download_and_then_show_as_expired(person: Callable[..., Person], web: WebStack) -> None:
+    alice, bob = person(display_name="Alice"), person(display_name="Bob")
+    make_room(web.api, alice.user, name="Docs", member_ids=[bob.user.id])
+    for p in (alice, bob):
+        p.page.reload()
+        p.page.wait_for_selector("body[data-socket=online]")
+        p.open_room("Docs")
+    notes = b"Agenda\n1. budget\n2. hiring\n" * 20
+    alice.page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": notes}])
+    link = bob.page.locator("#messages li.msg[data-seq] a.file", has_text="notes.txt")
+    link.wait_for()
+    with bob.page.expect_download() as dl:
+        link.click()
+    download = dl.value
+    assert download.suggested_filename == "notes.txt"
+    assert Path(download.path()).read_bytes() == notes
+    # The file expires (the sweep deletes its bytes): its message says so, with no link.
+    file_id = _last_file_id(web, alice)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, _expire(file_id, web.env)).result(30) == 1
+    for p in (alice, bob):
+        p.page.reload()
+        p.page.wait_for_selector("body[data-socket=online]")
+        p.page.locator("#messages .file.expired", has_text="notes.txt").wait_for()
+        assert "expired" in (p.page.text_content("#messages .file.expired") or "")
+        assert p.page.locator("#messages a.file").count() == 0
+
+
+def _last_file_id(web: WebStack, p: Person) -> str:
+    rooms = web.api.get("/rooms?scope=joined", headers=p.user.headers).json()["items"]
+    room = next(r for r in rooms if r["name"] == "Docs")
+    items = web.api.get(f"/rooms/{room['id']}/messages", headers=p.user.headers).json()["items"]
+    return next(m["file"]["id"] for m in reversed(items) if m["file"])
+
+
+async def _expire(file_id: str, env: dict[str, str]) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from app import files
+    from app.db import close_db, init_db
+    from app.settings import Settings
+    from models.file import File
+
+    settings = Settings.load(env=env, env_file=None)
+    await init_db(settings.database_url, 2)
+    try:
+        await File.filter(id=file_id).update(expires_at=datetime.now(timezone.utc) - timedelta(minutes=1))
+        return await files.sweep_expired(settings=settings)
+    finally:
+        await close_db()
+
+
+def test_a_refused_send_can_be_retried_or_discarded(person: Callable[..., Person], web: WebStack) -> None:
+    alice = person(display_name="Alice")
+    make_room(web.api, alice.user, name="Drafts")
+    alice.page.reload()
+    alice.page.wait_for_selector("body[data-socket=online]")
+    alice.open_room("Drafts")
+    alice.send("short one")
+    wait_bodies(alice, ["short one"])
+    alice.send("x" * 1200)  # over this server's MESSAGE_MAX_CHARS (1000)
+    failed = alice.page.locator("#messages li.pending .send-state.failed")
+    failed.wait_for()
+    assert "Not sent" in (failed.text_content() or "")
+    failed.locator("button", has_text="Retry").click()
+    failed.wait_for()  # refused again, still offered
+    failed.locator("button", has_text="Discard").click()
+    alice.page.locator("#messages li.pending").wait_for(state="detached")
+    alice.send("after the discard")
+    wait_bodies(alice, ["short one", "after the discard"])
+    assert alice.seqs() == [1, 2]  # the refused send consumed no seq

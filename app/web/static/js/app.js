@@ -127,11 +127,16 @@ async function enterChat() {
   av.className = `avatar ${colourClass(S.me.id)}`;
   showRoom(null);
   await loadRooms();
+  restorePending();
   socket.start();
+  const last = sessionStorage.getItem("chat.room");
+  if (last && S.rooms.has(last)) openRoom(last);
 }
 
 async function logout() {
   socket.stop();
+  S.pending.clear();
+  savePending();
   await api.logout();
   resetState();
   showAuth("You are logged out.");
@@ -192,6 +197,7 @@ function dropRoom(id, why) {
   S.typing.delete(id);
   S.syncing.delete(id);
   for (const [cid, p] of S.pending) if (p.room_id === id) S.pending.delete(cid);
+  savePending();
   for (const [lid, u] of S.uploads) if (u.room_id === id) S.uploads.delete(lid);
   if (S.current === id) showRoom(null, why);
   renderSidebar();
@@ -255,6 +261,7 @@ async function openRoom(id) {
   const rs = S.rooms.get(id);
   if (!rs) return;
   rs.unread = 0;
+  sessionStorage.setItem("chat.room", id); // a reload comes back to this room
   showRoom(id);
   timeline.stickToBottom();
   renderTimeline();
@@ -356,7 +363,7 @@ function rememberUsers(users) {
 function addMessages(rs, messages, live) {
   let added = 0;
   for (const m of messages) {
-    if (S.pending.has(m.client_id) && m.sender_id === (S.me && S.me.id)) S.pending.delete(m.client_id);
+    if (S.pending.has(m.client_id) && m.sender_id === (S.me && S.me.id)) { S.pending.delete(m.client_id); savePending(); }
     if (m.file) {
       for (const [lid, u] of S.uploads) if (u.fileId === m.file.id) S.uploads.delete(lid);
     }
@@ -414,6 +421,7 @@ function sendText(body) {
   if (!rs || !body.trim()) return;
   const p = { client_id: crypto.randomUUID(), room_id: rs.room.id, body, state: "pending", created: Date.now() };
   S.pending.set(p.client_id, p);
+  savePending();
   timeline.stickToBottom();
   transmit(p);
   renderTimeline();
@@ -442,7 +450,24 @@ function retrySend(cid) {
 
 function discardSend(cid) {
   const p = S.pending.get(cid);
-  if (p) { clearTimeout(p.timer); S.pending.delete(cid); renderTimeline(); }
+  if (p) { clearTimeout(p.timer); S.pending.delete(cid); savePending(); renderTimeline(); }
+}
+
+// Unacknowledged sends survive a reload of the tab (same sessionStorage): they go out again
+// with their client_id, so a message typed just before a reload is neither lost nor doubled.
+function pendingKey() { return S.me ? `chat.pending.${S.me.id}` : null; }
+
+function savePending() {
+  const key = pendingKey();
+  if (!key) return;
+  const rows = [...S.pending.values()].map(({ client_id, room_id, body, created }) => ({ client_id, room_id, body, created }));
+  if (rows.length) sessionStorage.setItem(key, JSON.stringify(rows)); else sessionStorage.removeItem(key);
+}
+
+function restorePending() {
+  let rows = [];
+  try { rows = JSON.parse(sessionStorage.getItem(pendingKey()) || "[]"); } catch { rows = []; }
+  for (const r of rows) if (S.rooms.has(r.room_id) && !S.pending.has(r.client_id)) S.pending.set(r.client_id, { ...r, state: "pending" });
 }
 
 function resendPending() {

@@ -114,12 +114,15 @@ export class Timeline {
     const link = h("a.file", { href: "#", download: f.name },
       h("span.file-icon", { "aria-hidden": "true" }, "\u{1F4C4}"),
       h("span.file-name", { text: f.name }), h("span.muted", { text: ` ${formatSize(f.size)}` }));
-    const refresh = () => this.o.links(f).then((l) => { link.href = l.url; return l; });
+    let fresh = null;
+    const refresh = () => this.o.links(f).then((l) => { link.href = l.url; fresh = l; return l; });
     refresh().catch(() => {});
     link.addEventListener("click", async (e) => {
-      // The link may have expired since it was rendered: get a fresh one, then follow it.
+      // A link still valid for a while is followed as it is (a download); an expired one
+      // is renewed first, then clicked again.
+      if (fresh && Date.parse(fresh.expires_at) - Date.now() > 10000) return;
       e.preventDefault();
-      try { const l = await refresh(); window.location.assign(l.url); } catch { /* shown as is */ }
+      try { await refresh(); link.click(); } catch { /* shown as is */ }
     });
     return link;
   }
