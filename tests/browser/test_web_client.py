@@ -453,3 +453,46 @@ def test_a_refused_send_can_be_retried_or_discarded(person: Callable[..., Person
     alice.send("after the discard")
     wait_bodies(alice, ["short one", "after the discard"])
     assert alice.seqs() == [1, 2]  # the refused send consumed no seq
+
+
+def test_browse_join_settings_roles_and_leave(person: Callable[..., Person], web: WebStack) -> None:
+    alice, bob = person(display_name="Alice"), person(display_name="Bob")
+    tag = unique("club")
+    make_room(web.api, alice.user, name=f"Book {tag}", topic="One novel a month", is_private=False)
+    make_room(web.api, alice.user, name=f"Secret {tag}", is_private=True)
+    alice.page.reload()
+    alice.page.wait_for_selector("body[data-socket=online]")
+    alice.open_room(f"Book {tag}")
+    # bob finds the public room by search (the private one is not listed) and joins it.
+    bob.page.click("#browse-btn")
+    bob.page.fill("#browse-q", tag)
+    item = bob.page.locator("#browse-list .browse-item", has_text=f"Book {tag}")
+    item.wait_for()
+    assert bob.page.locator("#browse-list .browse-item", has_text=f"Secret {tag}").count() == 0
+    item.locator("button", has_text="Join").click()
+    bob.page.wait_for_selector("#room-header:not([hidden])")
+    assert bob.page.text_content("#room-name") == f"Book {tag}"
+    assert not bob.page.locator("#settings-btn").is_visible()  # a member has no settings
+    bob.send("hello club")
+    wait_bodies(alice, ["hello club"])
+    # alice (owner) renames the room and sets its topic: bob sees it live.
+    alice.page.click("#settings-btn")
+    alice.page.fill("#settings-form input[name=name]", f"Readers {tag}")
+    alice.page.fill("#settings-form input[name=topic]", "Two novels a month")
+    alice.page.click("#settings-form button[type=submit]")
+    bob.page.locator("#room-name", has_text=f"Readers {tag}").wait_for()
+    bob.page.locator("#room-topic", has_text="Two novels a month").wait_for()
+    bob.page.locator(".room-item", has_text=f"Readers {tag}").wait_for()
+    # alice makes bob an admin: his Settings button appears.
+    alice.page.click("#members-btn")
+    row = alice.page.locator("#members-list .member", has_text=bob.user.username)
+    row.locator("select").select_option("admin")
+    bob.page.locator("#settings-btn").wait_for()
+    assert row.locator("select").input_value() == "admin"
+    alice.page.keyboard.press("Escape")
+    # bob leaves: the room leaves his sidebar.
+    bob.page.click("#leave-btn")
+    bob.page.locator(".room-item", has_text=f"Readers {tag}").wait_for(state="detached")
+    bob.page.locator("#empty-text", has_text="You left").wait_for()
+    members = web.api.get(f"/rooms?scope=joined", headers=bob.user.headers).json()["items"]
+    assert all(r["name"] != f"Readers {tag}" for r in members)

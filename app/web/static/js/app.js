@@ -254,6 +254,7 @@ function renderHeader() {
   $("#room-name").textContent = r.name;
   $("#room-topic").textContent = r.topic || `${r.member_count} member${r.member_count === 1 ? "" : "s"}${r.is_private ? " \u00b7 private" : ""}`;
   $("#settings-btn").hidden = !(r.my_role === "owner" || r.my_role === "admin");
+  $("#message-input").placeholder = `Message ${r.name}`;
   document.title = `${r.name} \u00b7 Chat`;
 }
 
@@ -281,8 +282,8 @@ async function loadNewest(rs) {
     // The contiguous high-water mark restarts from this page; a sync then fills the rest.
     rs.lastSeq = page.items.length ? page.items[0].seq - 1 : 0;
     addMessages(rs, page.items, false);
-    // Anything that arrived live beyond the page is joined up by a sync.
-    if (socket.online) syncRoom(rs);
+    // Anything that arrived live beyond the page is joined up by a sync (no banner: routine).
+    if (socket.online) syncRoom(rs, true);
   } catch (err) {
     timeline.setStatus(`Could not load messages: ${errorText(err)}`);
   } finally {
@@ -333,7 +334,8 @@ async function loadMembers(rs) {
       cursor = page.next_cursor;
     } while (cursor && members.size < 1000);
     rs.members = members;
-    renderTimeline();
+    timeline.renameAll();
+    renderTyping();
     await resolveNames([...members.values()].slice(0, 50));
   } catch { /* names fall back to usernames */ }
 }
@@ -523,9 +525,9 @@ function onHello(f) {
   renderBanner();
 }
 
-function syncRoom(rs) {
+function syncRoom(rs, quiet = false) {
   if (!rs.loaded) return;
-  if (socket.send({ type: "sync", room_id: rs.room.id, after_seq: rs.lastSeq, limit: 200 })) {
+  if (socket.send({ type: "sync", room_id: rs.room.id, after_seq: rs.lastSeq, limit: 200 }) && !quiet) {
     S.syncing.add(rs.room.id);
     renderBanner();
   }
@@ -835,7 +837,7 @@ function renderMembers() {
     return h("li.member", { dataset: { userId: m.user_id, username: m.username } },
       h(`span.avatar.small.${colourClass(m.user_id)}`, { "aria-hidden": "true" }, initial(u ? u.display_name : m.username)),
       h("span.member-names", {}, h("span.result-name", { text: u ? u.display_name : m.username }), h("span.muted", { text: ` @${m.username}` })),
-      h(`span.role.role-${m.role}`, { text: m.role }),
+      controls.length && controls[0].tagName === "SELECT" ? null : h(`span.role.role-${m.role}`, { text: m.role }),
       h("span.member-controls", {}, ...controls));
   }));
 }
