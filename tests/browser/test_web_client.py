@@ -398,8 +398,19 @@ def test_files_download_and_then_show_as_expired(person: Callable[..., Person], 
     download = dl.value
     assert download.suggested_filename == "notes.txt"
     assert Path(download.path()).read_bytes() == notes
+    # Drag and drop works as well as the attach button.
+    alice.page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(["minutes of the meeting\\n"], "minutes.txt", { type: "text/plain" }));
+        const pane = document.getElementById("room-pane");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            pane.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }
+    }""")
+    bob.page.locator("#messages li.msg[data-seq] a.file", has_text="minutes.txt").wait_for()
+    assert alice.page.locator("#drop-overlay").is_hidden()
     # The file expires (the sweep deletes its bytes): its message says so, with no link.
-    file_id = _last_file_id(web, alice)
+    file_id = _file_id(web, alice, "notes.txt")
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(asyncio.run, _expire(file_id, web.env)).result(30) == 1
     for p in (alice, bob):
@@ -407,14 +418,15 @@ def test_files_download_and_then_show_as_expired(person: Callable[..., Person], 
         p.page.wait_for_selector("body[data-socket=online]")
         p.page.locator("#messages .file.expired", has_text="notes.txt").wait_for()
         assert "expired" in (p.page.text_content("#messages .file.expired") or "")
-        assert p.page.locator("#messages a.file").count() == 0
+        assert p.page.locator("#messages a.file", has_text="notes.txt").count() == 0
+        assert p.page.locator("#messages a.file", has_text="minutes.txt").count() == 1
 
 
-def _last_file_id(web: WebStack, p: Person) -> str:
+def _file_id(web: WebStack, p: Person, name: str) -> str:
     rooms = web.api.get("/rooms?scope=joined", headers=p.user.headers).json()["items"]
     room = next(r for r in rooms if r["name"] == "Docs")
     items = web.api.get(f"/rooms/{room['id']}/messages", headers=p.user.headers).json()["items"]
-    return next(m["file"]["id"] for m in reversed(items) if m["file"])
+    return next(m["file"]["id"] for m in items if m["file"] and m["file"]["name"] == name)
 
 
 async def _expire(file_id: str, env: dict[str, str]) -> int:

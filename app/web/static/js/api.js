@@ -86,7 +86,11 @@ export class Api {
       this.lost(code === "refresh_token_reused"
         ? "For your safety you were logged out: this session's refresh token was used twice (possibly from another device)."
         : "Your session has ended. Please log in again.");
+      throw new ApiError(res.status, code, body.error && body.error.message);
     }
+    // Anything else (503 while a backing service is down, 429): the session is still good.
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh().catch(() => {}), 5000);
     throw new ApiError(res.status, code, body.error && body.error.message);
   }
 

@@ -517,8 +517,9 @@ function onHello(f) {
       loadPreview(rs).then(renderSidebar);
     }
   }
-  for (const id of [...S.rooms.keys()]) if (!known.has(id)) dropRoom(id, "You are no longer a member of this room.");
-  if (unknown) loadRooms();
+  // Rooms joined or left while away: the HTTP list is the authority (a hello computed just
+  // before a room was created must not drop it), so only a difference triggers a reload.
+  if (unknown || [...S.rooms.keys()].some((id) => !known.has(id))) loadRooms();
   for (const rs of S.rooms.values()) if (rs.loaded) syncRoom(rs);
   resendPending();
   renderSidebar();

@@ -106,7 +106,7 @@ export class Timeline {
         h("span", { text: `${f.name} \u00b7 expired` }));
     }
     if (m.kind === "image" && f.thumbnail_url) {
-      const img = h("img.thumb", { alt: f.name, loading: "lazy" });
+      const img = h("img.thumb", { alt: f.name });
       img.addEventListener("load", () => { if (this.stick) this.toBottom(); });
       this.o.links(f).then((l) => { if (l.thumbnail_url) img.src = l.thumbnail_url; }, () => { img.alt = `${f.name} (unavailable)`; });
       return h("button.thumb-btn", { type: "button", "aria-label": `Open image ${f.name}`, onclick: () => this.o.onImage(m) }, img);
