@@ -12,6 +12,7 @@ from app.errors import register_error_handlers
 from app.redis import setup_redis
 from app.serialize import dumps
 from app.settings import Settings
+from app.web import configure_docs
 
 
 def configure_logging(level: str) -> None:
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_URL_PREFIX = "/docs"
     app.config.OAS_AUTODOC = False
+    configure_docs(app.config)  # /docs from our own Swagger UI copy, never a CDN
     app.ext.openapi.describe("Chat server API", version="1.0",
                              description="Real-time chat: see docs/api.md for the contract.")
 

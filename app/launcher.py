@@ -409,7 +409,7 @@ class Launcher:
                     return 1
             if not announced and self.ready():
                 url = self.base_url()
-                say(f"ready: {url}  (API docs: {url}/docs, Ctrl-C stops everything)")
+                say(f"ready: {url}  (web client: {url}/, API docs: {url}/docs, Ctrl-C stops everything)")
                 announced = True
         return 0
 

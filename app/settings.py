@@ -140,6 +140,8 @@ class Settings:
     thumbnail_px: int = 320
     image_ttl_days: int = 7
     file_ttl_days: int = 14
+    # Signed media links (GET /files/{id}/url) work this long: enough for an <img> to load.
+    media_url_ttl_s: int = 300
     allowed_mime: tuple[str, ...] = (
         "image/png", "image/jpeg", "image/gif", "image/webp",
         "application/pdf", "text/plain", "application/zip",

@@ -17,6 +17,7 @@ from app.messages import CLIENT_ID_MAX
 from app.validation import STORABLE_PATTERN
 from blueprints.deps import ErrorEnvelope, authenticated, body_schema, text_field
 from blueprints.messages import DEFAULT_MAX_CHARS, FileOut
+from blueprints.media_urls import signed_or_authenticated
 
 _STORABLE = text_field(STORABLE_PATTERN)
 
@@ -107,7 +108,7 @@ async def _body(request: Request) -> Any:
 @bp.get("/files/<file_id:str>")
 @openapi.definition(summary="Download a file (members of its room; attachment unless a raster image)",
                     tag="files", secured={"bearer": []}, response=[_BYTES, *_DOWNLOAD_ERRORS])
-@authenticated
+@signed_or_authenticated("file")
 async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """The stored bytes (409 while processing, 404 when rejected, 410 once expired)."""
     return await _send(request, file_id, thumbnail=False)
@@ -116,7 +117,7 @@ async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStr
 @bp.get("/files/<file_id:str>/thumbnail")
 @openapi.definition(summary="A small image of an image file", tag="files", secured={"bearer": []},
                     response=[_BYTES, *_DOWNLOAD_ERRORS])
-@authenticated
+@signed_or_authenticated("thumbnail")
 async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """A small image of an image file."""
     return await _send(request, file_id, thumbnail=True)

@@ -1,0 +1,70 @@
+"""Signed media links: GET /files/{id}/url for members, and the check that lets a download
+through with `?u=&exp=&sig=` instead of the Bearer header (app/media_urls.py)."""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+from pydantic import BaseModel, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+from sanic_ext.extensions.openapi import openapi
+from sanic_ext.extensions.openapi.definitions import Component, Response
+
+from app import files, media_urls
+from app.errors import InvalidToken
+from blueprints.deps import ErrorEnvelope, authenticated
+
+bp = Blueprint("media_urls")
+
+
+class MediaLinksOut(BaseModel):
+    """Short-lived links a browser can load without the Bearer header (MEDIA_URL_TTL_S)."""
+
+    url: str = Field(description="/files/{id}?u=&exp=&sig= : the bytes")
+    thumbnail_url: str | None = Field(description="/files/{id}/thumbnail?u=&exp=&sig= ; null without a thumbnail")
+    expires_at: str = Field(description="when both links stop working")
+
+
+def signed_or_authenticated(kind: media_urls.Kind) -> Callable[..., Any]:
+    """A download route: a valid signed link (sig, exp, u) or the usual Bearer token.
+
+    The signed user goes on request.ctx.user_id, so the route's membership check runs
+    for them exactly as for a Bearer caller.
+    """
+
+    def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        bearer_handler = authenticated(handler)
+
+        @wraps(handler)
+        async def wrapper(request: Request, file_id: str, *args: Any, **kwargs: Any) -> Any:
+            if "sig" not in request.args:
+                return await bearer_handler(request, file_id, *args, **kwargs)
+            user_id, exp, sig = (request.args.get(k, "") for k in ("u", "exp", "sig"))
+            if not (user_id and media_urls.verify(request.app.ctx.settings, file_id=file_id, kind=kind,
+                                                  user_id=user_id, exp=exp, sig=sig)):
+                raise InvalidToken("The signed link is invalid or has expired.")
+            request.ctx.user_id = user_id
+            return await handler(request, file_id, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@bp.get("/files/<file_id:str>/url")
+@openapi.definition(
+    summary="Short-lived signed links to a file and its thumbnail (members of its room)", tag="files",
+    secured={"bearer": []},
+    response=[Response({"application/json": Component(MediaLinksOut)}, status="200",  # type: ignore[arg-type]
+                       description="links usable without the Bearer header until expires_at"),
+              Response({"application/json": Component(ErrorEnvelope)}, status="401",  # type: ignore[arg-type]
+                       description="invalid_token"),
+              Response({"application/json": Component(ErrorEnvelope)}, status="404",  # type: ignore[arg-type]
+                       description="file_not_found (also: not a member of the file's room)")])
+@authenticated
+async def signed_links(request: Request, file_id: str) -> HTTPResponse:
+    """{url, thumbnail_url, expires_at}: links an <img> or a download link can use as they are."""
+    f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
+    return json(media_urls.links(request.app.ctx.settings, files.file_object(f), request.ctx.user_id))
