@@ -105,4 +105,5 @@ def bigint(minimum: int, maximum: int, description: str) -> dict[str, Any]:
     """A query/path integer parameter with its real bounds (seqs and limits are bigints)."""
     from sanic_ext.extensions.openapi.types import Long
 
-    return {"schema": Long(minimum=minimum, maximum=maximum), "description": description}
+    # An empty value (`?limit=`) means absent: the server reads it as the default.
+    return {"schema": Long(minimum=minimum, maximum=maximum), "description": description, "allowEmptyValue": True}

@@ -100,7 +100,7 @@ class ChangeRoleDoc(JsonBody):
 _PAGE_PARAMS = [
     {"name": "limit", "location": "query",
      **bigint(1, BIGINT_MAX, "page size, default 50; any value above 200 is served as 200")},
-    {"name": "cursor", "schema": str, "location": "query",
+    {"name": "cursor", "schema": str, "location": "query", "allowEmptyValue": True,
      "description": "next_cursor of the previous page, as given (anything else is 422)"},
 ]
 
@@ -152,8 +152,8 @@ async def create_room(request: Request) -> HTTPResponse:
 @_doc("List the caller's rooms (scope=joined) or the public directory (scope=public), newest first",
       (200, RoomPage, "a page of rooms"), _LIST_422,
       params=[{"name": "scope", "schema": String(enum=["joined", "public"]), "location": "query",
-               "description": "joined (default) | public"},
-              {"name": "q", "schema": String(pattern=STORABLE_PATTERN), "location": "query",
+               "allowEmptyValue": True, "description": "joined (default) | public"},
+              {"name": "q", "schema": String(pattern=STORABLE_PATTERN), "location": "query", "allowEmptyValue": True,
                "description": "case-insensitive substring of the name; % and _ are literal"}, *_PAGE_PARAMS])
 @authenticated
 async def list_rooms(request: Request) -> HTTPResponse:
@@ -252,7 +252,7 @@ async def change_role(request: Request, room_id: str, user_id: str) -> HTTPRespo
       (403, "not_member, or forbidden (role too low, the owner, a peer admin, oneself)"), _ROOM_404,
       (404, "user_not_found, or not_member (kicking someone not in the room)"),
       (422, "validation_failed: ban must be true or false"),
-      params=[{"name": "ban", "schema": bool, "location": "query",
+      params=[{"name": "ban", "schema": bool, "location": "query", "allowEmptyValue": True,
                "description": "true: keep them out until re-added (default false); works on non-members too"}])
 @authenticated
 async def remove_member(request: Request, room_id: str, user_id: str) -> HTTPResponse:

@@ -44,10 +44,12 @@ async def me(request: Request) -> HTTPResponse:
 @bp.get("/users")
 @openapi.summary("Users whose username starts with q (case-insensitive; % and _ literal)")
 @openapi.secured("bearer")
-@openapi.parameter("q", String(pattern=STORABLE_PATTERN), "query", description="username prefix; empty lists everyone")
-@openapi.parameter("limit", Long(minimum=1, maximum=BIGINT_MAX), "query",
+@openapi.parameter("q", String(pattern=STORABLE_PATTERN), "query", allowEmptyValue=True,
+                   description="username prefix; empty lists everyone")
+@openapi.parameter("limit", Long(minimum=1, maximum=BIGINT_MAX), "query", allowEmptyValue=True,
                    description="page size, default 50; any value above 200 is served as 200")
-@openapi.parameter("cursor", str, "query", description="next_cursor of the previous page, as given (else 422)")
+@openapi.parameter("cursor", str, "query", allowEmptyValue=True,
+                   description="next_cursor of the previous page, as given (else 422)")
 @openapi.response("200", {"application/json": Component(UserPage)}, "A page of users, by username")
 @document_errors(401, 422)
 @authenticated
