@@ -27,8 +27,14 @@ run: $(VENV)/.runtime
 	$(PY) -m app.launcher --die-with-parent $(RUN_ARGS)
 
 ## test: install dev requirements and run the whole suite against real PostgreSQL and Redis
+# The browser suite runs in a pytest process of its own: Playwright's sync API leaves an
+# event loop behind that breaks pytest-asyncio's fixtures in the tests after it.
 test: $(VENV)/.dev
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(PY) -m pytest --ignore=tests/browser && $(PY) -m pytest tests/browser
+else
 	$(PY) -m pytest $(PYTEST_ARGS)
+endif
 
 # Operator commands. While `make run` uses embedded servers, var/servers.env holds their
 # URLs: use them unless DATABASE_URL/REDIS_URL are set.
