@@ -71,7 +71,10 @@ async def _dummy_hash(settings: Settings) -> str:
 
 async def verify_password(settings: Settings, password: str, hashed: str) -> tuple[bool, str | None]:
     """(matches, new hash when the stored one used other costs) without blocking the loop."""
-    return await _run(password_context(settings).verify_and_update, password, hashed)
+    try:
+        return await _run(password_context(settings).verify_and_update, password, hashed)
+    except ValueError:  # passlib's UnknownHashError (and malformed-hash errors): never a 500
+        return False, None
 
 
 async def warm_up(settings: Settings) -> None:

@@ -201,10 +201,12 @@ class Session:
         return await access.authorize(self.redis, self.keys, room_id, self.user_id)
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
-        room_id = await self._require_member(_field(frame, "room_id", str))
+        # Fields are checked before membership: a bad frame gets validation_failed naming it.
+        raw_room = _field(frame, "room_id", str)
         after = _field(frame, "after_seq", int)
         if not 0 <= after < BIGINT_MAX:  # seqs are bigints; history reads from after_seq + 1
             raise ValidationFailed({"after_seq": f"must be between 0 and {BIGINT_MAX - 1}"})
+        room_id = await self._require_member(raw_room)
         limit = _field(frame, "limit", int, required=False)
         if limit is None:
             limit = DEFAULT_LIMIT
