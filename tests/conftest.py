@@ -288,7 +288,11 @@ def api(server: ServerProc) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url, decode_responses=True)
+    # The server's own client (a blocking pool with its timeouts): redis-py's default pool
+    # fails with "Too many connections" when a flush of many pending rooms runs in a test.
+    from app.redis import connect_redis_for
+
+    client = connect_redis_for(settings)
     yield client
     await client.aclose()
 
