@@ -599,7 +599,13 @@ function onMemberJoined(ms) {
 }
 
 function onMemberLeft(roomId, userId) {
-  if (S.me && userId === S.me.id) { dropRoom(roomId, "You are no longer a member of this room."); return; }
+  if (S.me && userId === S.me.id) {
+    // Our own leave: its member_left event may arrive before the HTTP answer does.
+    const rs = S.rooms.get(roomId);
+    const why = S.leaving === roomId && rs ? `You left ${rs.room.name}.` : "You are no longer a member of this room.";
+    dropRoom(roomId, why);
+    return;
+  }
   const rs = S.rooms.get(roomId);
   if (!rs) return;
   if (rs.members) rs.members.delete(userId);
@@ -895,10 +901,12 @@ async function deleteRoom() {
 async function leaveRoom() {
   const rs = S.rooms.get(S.current);
   if (!rs || !confirm(`Leave ${rs.room.name}?`)) return;
+  S.leaving = rs.room.id;
   try {
     await api.req("POST", `/rooms/${rs.room.id}/leave`);
     dropRoom(rs.room.id, `You left ${rs.room.name}.`);
   } catch (err) { alert(errorText(err)); }
+  finally { S.leaving = null; }
 }
 
 // ---------------------------------------------------------------- wiring
