@@ -84,23 +84,31 @@ end
 return {0, msg, backlog, queued}
 """
 
+# Shared by the scripts that must stay above every seq a stream ever held: the seq of the
+# stream's last generated id (kept by Redis even after trimming), 0 for no stream.
+STREAM_TOP_LUA = """
+local function stream_top_seq(key)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)')) or 0
+    end
+  end
+  return 0
+end
+"""
+
 # Re-create a lost counter: the highest of PostgreSQL's max seq (ARGV[1]), the stream's
 # last generated id (kept by Redis even after trimming) and the flushed mark, so that a
 # seq PostgreSQL or the stream already holds is never handed out again.
 # KEYS: 1 seq, 2 log, 3 flushed. Returns the counter's value.
-SEED_LUA = """
+SEED_LUA = STREAM_TOP_LUA + """
 local cur = redis.call('GET', KEYS[1])
 if cur then return tonumber(cur) end
 local v = tonumber(ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local s = tonumber(string.match(info[i + 1], '^(%d+)'))
-      if s and s > v then v = s end
-    end
-  end
-end
+local top = stream_top_seq(KEYS[2])
+if top > v then v = top end
 local f = tonumber(redis.call('GET', KEYS[3]) or '0')
 if f > v then v = f end
 redis.call('SET', KEYS[1], string.format('%d', v))

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from app.cache import STREAM_TOP_LUA
 from app.events import encode
 from app.flush_write import Written
 from app.keys import Keys
@@ -30,19 +31,12 @@ log = logging.getLogger("chat.flush")
 # Returns {old seq, new seq, ...} of the moved ones. An orphan whose old entry is gone (moved by
 # an earlier run whose reply was lost) is left alone, so a rerun moves nothing twice; one whose
 # entry no longer carries its id fails the script before any write.
-RESEQ_LUA = """
+RESEQ_LUA = STREAM_TOP_LUA + """
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local floor = tonumber(ARGV[1])
 if floor > cur then cur = floor end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local s = tonumber(string.match(info[i + 1], '^(%d+)'))
-      if s and s > cur then cur = s end
-    end
-  end
-end
+local top = stream_top_seq(KEYS[1])
+if top > cur then cur = top end
 local n = tonumber(ARGV[7])
 -- check every orphan before writing anything: an entry that is not the message the flush read
 -- (rewritten meanwhile) aborts the move, `flushed` stays, and the next run judges it again
