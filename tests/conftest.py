@@ -272,12 +272,8 @@ def isolated() -> Isolated:
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProc]:
     """One real server process for the session, on a free loopback port."""
-    proc = ServerProc(TEST_ENV, name=f"server-{RUN_ID}")
-    try:
-        proc.wait_ready()
+    with ServerProc(TEST_ENV, name=f"server-{RUN_ID}") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

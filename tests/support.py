@@ -182,6 +182,17 @@ class ServerProc(Proc):
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
 
+    # `with ServerProc(...) as proc:` waits until it serves and stops it however the block ends.
+    def __enter__(self) -> "ServerProc":
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def worker_argv(processes: int = 1, threads: int = 2, queues: list[str] | None = None) -> list[str]:
     """A real `dramatiq` worker over the project's actors."""

@@ -15,12 +15,8 @@ from tests.support import ServerProc
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """A server of its own (own log, own MEDIA_ROOT), so a 5xx in its log is the fuzzer's doing."""
     env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path_factory.mktemp("fuzz-media"))}
-    proc = ServerProc(env, name=f"fuzz-server-{RUN_ID}")
-    try:
-        proc.wait_ready()
+    with ServerProc(env, name=f"fuzz-server-{RUN_ID}") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

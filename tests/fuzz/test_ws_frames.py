@@ -34,12 +34,8 @@ KNOWN_TYPES = ["send", "sync", "typing", "create_room", "join", "leave", "ping"]
 def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path_factory.mktemp("ws-fuzz-media")),
            "RATE_LIMIT_STRIKES": "1000000", "WS_MAX_FRAME_BYTES": "65536"}
-    proc = ServerProc(env, name=f"ws-fuzz-server-{RUN_ID}")
-    try:
-        proc.wait_ready()
+    with ServerProc(env, name=f"ws-fuzz-server-{RUN_ID}") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 class Session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Iterator
@@ -17,7 +17,7 @@ from app.settings import Settings
 from models.file import File
 from tests.conftest import Isolated, isolated_env
 from tests.support import Proc
-from tests.tasks.cache_fill import make_room, push, start_worker, wait_for
+from tests.tasks.cache_fill import make_room, push, start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +40,7 @@ def keys() -> Keys:
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Proc]:
     proc = start_worker("worker", ISO.env)
-    deadline = time.monotonic() + 40
-    while "worker resources open" not in proc.log_tail(200):
-        assert proc.alive() and time.monotonic() < deadline, f"worker did not boot:\n{proc.log_tail(60)}"
-        time.sleep(0.1)
+    asyncio.run(wait_worker_ready(proc))
     yield proc
     proc.stop()
     assert "Traceback" not in proc.log_path.read_text(errors="replace"), proc.log_tail(80)

@@ -39,11 +39,8 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProc]:
-    proc = ServerProc(ISO.env, name=f"server-{ISO.prefix}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    with ServerProc(ISO.env, name=f"server-{ISO.prefix}") as proc:
+        yield proc
 
 
 async def _walk(client: httpx.AsyncClient, room: str, headers: dict) -> list[dict]:
