@@ -24,7 +24,7 @@ dev-venv: $(VENV)/.dev
 ## run: install, migrate, start server + worker + scheduler (embedded PostgreSQL/Redis if none is reachable)
 ##      RUN_ARGS=--embedded forces embedded servers (EMBEDDED_SERVERS=always)
 run: $(VENV)/.runtime
-	$(PY) -m app.launcher --die-with-parent $(RUN_ARGS)
+	$(PY) -m app.ops.launcher --die-with-parent $(RUN_ARGS)
 
 ## test: install dev requirements and run the whole suite against real PostgreSQL and Redis
 # The browser suite runs in a pytest process of its own: Playwright's sync API leaves an
@@ -42,15 +42,15 @@ SERVERS_ENV = if [ -f var/servers.env ] && [ -z "$$DATABASE_URL$$REDIS_URL" ]; t
 
 ## migrate: apply committed database migrations (make run does it too)
 migrate: $(VENV)/.runtime
-	@$(SERVERS_ENV) $(PY) -m app.cli migrate
+	@$(SERVERS_ENV) $(PY) -m app.ops.cli migrate
 
 ## flush: move every cached message to PostgreSQL now and wait (e.g. before stopping Redis)
 flush: $(VENV)/.runtime
-	@$(SERVERS_ENV) $(PY) -m app.cli flush
+	@$(SERVERS_ENV) $(PY) -m app.ops.cli flush
 
 ## status: backlog per room not yet flushed, job queue depths
 status: $(VENV)/.runtime
-	@$(SERVERS_ENV) $(PY) -m app.cli status
+	@$(SERVERS_ENV) $(PY) -m app.ops.cli status
 
 ## bench: load benchmark, about two minutes (own Redis, database and server; BENCH_ARGS, docs/performance.md)
 bench: $(VENV)/.dev

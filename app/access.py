@@ -3,7 +3,7 @@
 The accept script, `sync` and `typing` ask the Redis set (one round trip). Only when
 it is missing (rebuild) or says no (recheck) does PostgreSQL decide, and then under
 the room row's share lock, so the answer is a snapshot at a known membership
-version (app/members_cache.py) and cannot undo a change that landed meanwhile. A
+version (app/store/member_sets.py) and cannot undo a change that landed meanwhile. A
 "not a member" answer is reused for a few seconds, so hammering a foreign room
 costs Redis lookups, not queries.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from tortoise.transactions import in_transaction
 
-from app import members_cache
+from app.store import member_sets
 from app.errors import NotMember, RoomNotFound
-from app.keys import Keys
+from app.store.keys import Keys
 from app.rooms import parse_id
 from models.room import Membership
 
@@ -30,7 +30,7 @@ async def member_snapshot(redis: Redis, keys: Keys, room_id: str) -> tuple[int, 
         rows = await conn.execute_query_dict("SELECT 1 FROM rooms WHERE id = $1 FOR SHARE", [room_id])
         if not rows:
             return None
-        version = await members_cache.snapshot_version(redis, keys, room_id)
+        version = await member_sets.snapshot_version(redis, keys, room_id)
         ids = await Membership.filter(room_id=room_id, banned=False).using_db(conn).values_list("user_id", flat=True)
     return version, [str(u) for u in ids]
 
@@ -41,33 +41,33 @@ async def rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
         raise RoomNotFound()
     snap = await member_snapshot(redis, keys, room_id)
     if snap is None:
-        await members_cache.remember_denied(redis, keys, room_id, "", "404", room_gone=True)
+        await member_sets.remember_denied(redis, keys, room_id, "", "404", room_gone=True)
         raise RoomNotFound()
     version, ids = snap
-    await members_cache.load(redis, keys, room_id, ids, version)
+    await member_sets.load(redis, keys, room_id, ids, version)
 
 
 async def check_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
     """The Redis set says not a member: PostgreSQL decides between 404 and 403, or heals the set.
 
-    A "not a member" answer is reused for a few seconds (members_cache.DENIED_TTL_S), so a
+    A "not a member" answer is reused for a few seconds (member_sets.DENIED_TTL_S), so a
     client hammering a room it is not in costs Redis lookups, not PostgreSQL queries.
     """
-    answer = await members_cache.denied(redis, keys, room_id, user_id)
+    answer = await member_sets.denied(redis, keys, room_id, user_id)
     if answer is None:
         async with in_transaction() as conn:
             rows = await conn.execute_query_dict("SELECT is_private FROM rooms WHERE id = $1 FOR SHARE", [room_id])
             if rows:
-                version = await members_cache.snapshot_version(redis, keys, room_id)
+                version = await member_sets.snapshot_version(redis, keys, room_id)
                 member = await Membership.filter(room_id=room_id, user_id=user_id, banned=False).using_db(conn).exists()
         if not rows:
             answer = "404"
-            await members_cache.remember_denied(redis, keys, room_id, user_id, answer, room_gone=True)
+            await member_sets.remember_denied(redis, keys, room_id, user_id, answer, room_gone=True)
         elif not member:
             answer = "404" if rows[0]["is_private"] else "403"
-            await members_cache.remember_denied(redis, keys, room_id, user_id, answer)
+            await member_sets.remember_denied(redis, keys, room_id, user_id, answer)
         else:  # the join's set update has not landed yet, or the set went stale: heal it
-            await members_cache.add_at(redis, keys, room_id, user_id, version)
+            await member_sets.add_at(redis, keys, room_id, user_id, version)
             return
     raise RoomNotFound() if answer == "404" else NotMember()
 
@@ -76,10 +76,10 @@ async def authorize(redis: Redis, keys: Keys, room_id: str, user_id: str) -> str
     """The canonical room id when the user is a member, by the Redis set (one round trip);
     PostgreSQL only when Redis does not know or says no (capped, see check_member)."""
     rid = parse_id(room_id, RoomNotFound)
-    state = await members_cache.is_member(redis, keys, rid, user_id)
+    state = await member_sets.is_member(redis, keys, rid, user_id)
     if state is None:
         await rebuild_members(redis, keys, rid)
-        state = await members_cache.is_member(redis, keys, rid, user_id)
+        state = await member_sets.is_member(redis, keys, rid, user_id)
     if not state:
         await check_member(redis, keys, rid, user_id)
     return rid

@@ -25,9 +25,10 @@ from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app import events, tokens
+from app.realtime import events
+from app import tokens
 from app.errors import InvalidCredentials, InvalidToken, RefreshTokenReused, TokenExpired, UsernameTaken
-from app.keys import Keys
+from app.store.keys import Keys
 from app.serialize import utcnow
 from app.settings import Settings
 from app.users import could_be_username

@@ -9,7 +9,7 @@ from sanic import Sanic
 from app.db import setup_db
 from app.door import setup_request_limits
 from app.errors import register_error_handlers
-from app.redis import setup_redis
+from app.store.client import setup_redis
 from app.serialize import dumps
 from app.settings import Settings
 from app.web import configure_docs
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     app.ctx.settings = settings
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
     # One heartbeat loop per process pings every connection each hello.heartbeat_s and closes
-    # (1011) those that miss a pong (app/fanout.py); Sanic's keepalive task per connection is off.
+    # (1011) those that miss a pong (app/realtime/fanout.py); Sanic's keepalive task per connection is off.
     app.config.WEBSOCKET_PING_INTERVAL = None
     app.config.WEBSOCKET_PING_TIMEOUT = None
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     setup_request_limits(app)  # REQUEST_MAX_SIZE: the JSON cap; uploads stream (app/door.py)
 
     from blueprints import all_blueprints
-    from app.fanout import setup_fanout
+    from app.realtime.fanout import setup_fanout
 
     for bp in all_blueprints():
         app.blueprint(bp)

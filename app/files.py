@@ -1,7 +1,7 @@
 """Files and images: upload bookkeeping, processing, downloads, expiry.
 
 `file_object` is the API's `file` object of a message, used by every reader of messages.
-Bytes live under MEDIA_ROOT (see app/media.py for the layout); rows in models/file.py.
+Bytes live under MEDIA_ROOT (see app/upload/media.py for the layout); rows in models/file.py.
 Life of a file: processing (bytes in incoming/) -> ready (re-encoded copy in a per-day
 folder, a message in the room) | rejected (bytes deleted) -> expired (bytes deleted).
 """
@@ -19,10 +19,12 @@ from typing import Any, AsyncIterator
 
 from redis.asyncio import Redis
 
-from app import events, jobs, media, rooms, uploads
+from app.realtime import events
+from app import jobs, rooms
+from app.upload import media, multipart
 from app.errors import (ChatError, FileExpired, FileNotFound, FileNotReady, PayloadTooLarge,
                         ServiceUnavailable, ValidationFailed)
-from app.keys import Keys
+from app.store.keys import Keys
 from app.serialize import iso, utcnow
 from app.settings import Settings
 from models.file import File
@@ -72,12 +74,12 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
     """
     from app.messages import validate_send
 
-    if content_length is not None and content_length > settings.max_upload_bytes + uploads.MAX_FIELDS_BYTES:
+    if content_length is not None and content_length > settings.max_upload_bytes + multipart.MAX_FIELDS_BYTES:
         raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.",
                               details={"max_bytes": settings.max_upload_bytes})
     file_id = str(uuid.uuid4())
     incoming = media.media_path(settings.media_root, media.incoming_rel(file_id))
-    got = await uploads.receive(chunks, content_type=content_type, dest=incoming,
+    got = await multipart.receive(chunks, content_type=content_type, dest=incoming,
                                 max_bytes=settings.max_upload_bytes, allowed_mime=settings.allowed_mime)
     try:
         body = got.fields.get("body", "")

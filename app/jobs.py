@@ -16,7 +16,7 @@ from typing import Any
 from dramatiq import Message, Middleware
 from dramatiq.brokers.redis import RedisBroker
 
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 
 DEFAULT_QUEUE = "default"

@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from app import members_cache
+from app.store import member_sets
 from app.access import member_snapshot
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
-from app.keys import Keys
+from app.store.keys import Keys
 from app.pagination import decode_cursor, page
 from app.rooms import (announce_join, announce_leave, load_membership, locked_room, parse_id,
                        publish_room_updated, rate_check, remove_locked, render_membership, require_member,
@@ -223,7 +223,7 @@ async def reconcile_all(*, redis: Redis, keys: Keys, batch: int = RECONCILE_BATC
             if snap is None:  # deleted meanwhile
                 continue
             version, members = snap
-            added, removed = await members_cache.reconcile(redis, keys, rid, members, version)
+            added, removed = await member_sets.reconcile(redis, keys, rid, members, version)
             if added >= 0:
                 stats["checked"] += 1
                 stats["added"] += added

@@ -1,11 +1,11 @@
 """Messages: the accept path (cache or direct mode), history merged from cache and database.
 
-Cache mode (the default): a send is one Redis script call (app/cache.py) that
+Cache mode (the default): a send is one Redis script call (app/store/cache.py) that
 checks membership, idempotency and the rate limit, allocates the seq, appends
 to the room's stream and publishes the event. PostgreSQL is touched only to
 rebuild what Redis lost (a member set, a seq counter) and to answer a retried
 client_id whose message was already flushed and trimmed. The worker moves the
-stream into PostgreSQL later (app/flush.py).
+stream into PostgreSQL later (app/flush/__init__.py).
 
 Direct mode (CHAT_WRITE_MODE=direct) is the "database only" design the cache
 exists to beat: the seq comes from `rooms.last_seq` and the row is INSERTed
@@ -29,12 +29,13 @@ from redis.asyncio import Redis
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app import cache, members_cache, rooms
+from app.store import cache, member_sets
+from app import rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
-from app.events import encode
+from app.realtime.events import encode
 from app.files import file_object
 from app.ids import uuid7
-from app.keys import Keys
+from app.store.keys import Keys
 from app.retention import retention_cutoff
 from app.serialize import dumps, iso, now_iso, utcnow
 from app.settings import Settings
@@ -176,7 +177,7 @@ async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_i
                          conn_id: str, rate_limit: bool) -> tuple[dict[str, Any], bool]:
     """Database-only accept: seq from rooms.last_seq under the row lock, INSERT, then publish."""
     if rate_limit and sender_id:
-        from app import ratelimit
+        from app.store import ratelimit
         wait = await ratelimit.hit(redis, keys.rate("msg", sender_id), settings.rate_messages,
                                    settings.rate_messages_window_s)
         if wait:

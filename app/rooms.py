@@ -8,7 +8,7 @@ people's memberships (list, add, role, kick/ban) is in app/membership.py.
 Every change commits in one PostgreSQL transaction that locks the room row,
 so joins, leaves, ownership hand-over and deletion of one room are serialized.
 While it holds the lock, a membership change takes a membership version
-(app/members_cache.py): the Redis member set and the live connections apply a
+(app/store/member_sets.py): the Redis member set and the live connections apply a
 change only when its version is newer than the last one they applied for that
 user, so updates that arrive late or out of order cannot undo a later change.
 Removals leave the Redis set before the commit, under the lock (a rollback then
@@ -37,10 +37,11 @@ from tortoise.expressions import Q, Subquery
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from app import events, members_cache, ratelimit
+from app.realtime import events
+from app.store import member_sets, ratelimit
 from app.errors import (Banned, ChatError, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
                         UserNotFound, ValidationFailed)
-from app.keys import Keys
+from app.store.keys import Keys
 from app.pagination import decode_cursor, page
 from app.serialize import iso
 from app.settings import Settings
@@ -245,7 +246,7 @@ async def rate_check(redis: Redis, keys: Keys, settings: Settings | None, bucket
 
 async def version_locked(redis: Redis, keys: Keys, room_id: str) -> int:
     """A membership version for a change of this room; the caller holds the room row lock."""
-    return await members_cache.next_version(redis, keys, room_id)
+    return await member_sets.next_version(redis, keys, room_id)
 
 
 async def remove_locked(redis: Redis, keys: Keys, room_id: str, user_id: str) -> int:
@@ -254,7 +255,7 @@ async def remove_locked(redis: Redis, keys: Keys, room_id: str, user_id: str) ->
     Before the commit, so no send can pass the Redis check once the removal is committed.
     """
     version = await version_locked(redis, keys, room_id)
-    await cache_step(redis, keys, room_id, _applied(members_cache.apply(redis, keys, room_id, user_id, version, False)))
+    await cache_step(redis, keys, room_id, _applied(member_sets.apply(redis, keys, room_id, user_id, version, False)))
     return version
 
 
@@ -265,7 +266,7 @@ async def _applied(step: Awaitable[int]) -> None:
 async def announce_join(redis: Redis, keys: Keys, m: Membership, version: int) -> None:
     """After a membership commit: the user joins the Redis set, then their sockets attach."""
     room_id, user_id = str(m.room_id), str(m.user_id)
-    await cache_step(redis, keys, room_id, _applied(members_cache.apply(redis, keys, room_id, user_id, version, True)))
+    await cache_step(redis, keys, room_id, _applied(member_sets.apply(redis, keys, room_id, user_id, version, True)))
     frame = {"type": "member_joined", "membership": render_membership(m)}
     await publish(events.member_joined(redis, keys, room_id, user_id, frame, version))
 
@@ -282,7 +283,7 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
     Idempotency keys (`cid:*`) are not enumerable without SCAN; they expire on their TTL.
     The flush lease belongs to whichever worker holds it and expires on its own.
     """
-    await cache_step(redis, keys, room_id, members_cache.room_deleted(redis, keys, room_id))
+    await cache_step(redis, keys, room_id, member_sets.room_deleted(redis, keys, room_id))
     try:
         await redis.delete(keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
                            keys.room_flush_queued(room_id))
@@ -319,7 +320,7 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
         version = await version_locked(redis, keys, str(room.id))
     room_id = str(room.id)
     await cache_step(redis, keys, room_id,
-                     members_cache.room_created(redis, keys, room_id, [owner_id, *others], version))
+                     member_sets.room_created(redis, keys, room_id, [owner_id, *others], version))
     for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
         frame = {"type": "member_joined", "membership": render_membership(m)}
         await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version))

@@ -62,7 +62,7 @@ class Settings:
     port: int = 8000
     workers: int = 1
     log_level: str = "INFO"
-    # `make run` (app.launcher) only: auto = start embedded PostgreSQL/Redis for whichever is
+    # `make run` (app.ops.launcher) only: auto = start embedded PostgreSQL/Redis for whichever is
     # neither configured nor reachable; always = embed both; never = use the URLs or fail.
     embedded_servers: str = "auto"
     var_dir: str = str(ROOT / "var")  # embedded servers' data: var/pg, var/redis

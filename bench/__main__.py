@@ -102,7 +102,7 @@ async def ensure_postgres() -> Any:
         if os.environ.get("BENCH_DATABASE_URL"):
             raise RuntimeError(f"PostgreSQL at BENCH_DATABASE_URL is not reachable: {exc}") from None
         reason = exc
-    from app.embedded import EmbeddedPostgres
+    from app.ops.embedded import EmbeddedPostgres
 
     say(f"no PostgreSQL at {url} ({reason}); starting an embedded one under var/bench-pg")
     pg = EmbeddedPostgres(procs.ROOT / "var" / "bench-pg")

@@ -160,7 +160,7 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from app.db import close_db, init_db
     from app.flush import flush_all_pending
-    from app.keys import Keys
+    from app.store.keys import Keys
     from app.settings import Settings
 
     settings = Settings.load(env={**os.environ, **cfg["env"]})

@@ -182,7 +182,7 @@ async def _flush_all(stack: Stack) -> None:
     from redis.asyncio import Redis
 
     from app.flush import flush_all_pending
-    from app.keys import Keys
+    from app.store.keys import Keys
 
     assert stack.settings is not None and stack.redis is not None
     redis = Redis.from_url(stack.redis.url, decode_responses=True)

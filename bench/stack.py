@@ -132,7 +132,7 @@ class Stack:
             await conn.close()
 
     def _migrate(self) -> None:
-        out = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "app.ops.cli", "migrate"], cwd=ROOT,
                              env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")

@@ -7,6 +7,6 @@ from sanic import Blueprint
 
 def all_blueprints() -> list[Blueprint]:
     from blueprints import auth, files, health, messages, rooms, users, ws
-    from blueprints import media_urls, web
+    from blueprints import file_links, web
 
-    return [health.bp, auth.bp, users.bp, rooms.bp, messages.bp, files.bp, ws.bp, media_urls.bp, web.bp]
+    return [health.bp, auth.bp, users.bp, rooms.bp, messages.bp, files.bp, ws.bp, file_links.bp, web.bp]

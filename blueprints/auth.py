@@ -15,7 +15,8 @@ from sanic.response import HTTPResponse, empty, json
 from sanic_ext import openapi
 from sanic_ext.extensions.openapi.definitions import Component
 
-from app import auth, ratelimit
+from app import auth
+from app.store import ratelimit
 from app.errors import RateLimited
 from app.users import render_user
 from app.validation import body

@@ -10,14 +10,16 @@ from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, jso
 from sanic_ext.extensions.openapi import openapi
 from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
 
-from app import files, media, ratelimit, rooms
+from app import files, rooms
+from app.upload import media
+from app.store import ratelimit
 from app.door import upload_body_cap
 from app.errors import PayloadTooLarge, RateLimited
 from app.messages import CLIENT_ID_MAX
 from app.validation import STORABLE_PATTERN
 from blueprints.deps import ErrorEnvelope, authenticated, body_schema, text_field
 from blueprints.messages import DEFAULT_MAX_CHARS, FileOut
-from blueprints.media_urls import signed_or_authenticated
+from blueprints.file_links import signed_or_authenticated
 
 _STORABLE = text_field(STORABLE_PATTERN)
 

@@ -1,8 +1,8 @@
 """The WebSocket endpoint `/ws`: handshake checks, the hello, and one handler per frame type.
 
 Frames are parsed and validated here and handed to the services (app/messages.py,
-app/rooms.py); live events arrive through the process's fan-out (app/fanout.py)
-into the connection's ordered outbound queue (app/connections.py).
+app/rooms.py); live events arrive through the process's fan-out (app/realtime/fanout.py)
+into the connection's ordered outbound queue (app/realtime/connection.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, Request
 
-from app import access, auth, events, messages, rooms
-from app.connections import Connection, Frame
-from app.registry import Registry
-from app.inbox import Inbox
+from app import access, auth, messages, rooms
+from app.realtime import events
+from app.realtime.connection import Connection, Frame
+from app.realtime.registry import Registry
+from app.realtime.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT

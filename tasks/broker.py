@@ -21,7 +21,7 @@ from periodiq import PeriodiqMiddleware
 from redis.asyncio import Redis
 
 from app.jobs import build_broker
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 
 log = logging.getLogger("chat.worker")
@@ -66,7 +66,7 @@ class WorkerResources(Middleware):
 
     async def _open(self) -> Resources:
         from app.db import init_db, ping_db
-        from app.redis import connect_redis
+        from app.store.client import connect_redis
 
         s = self.settings
         await init_db(s.database_url, s.db_pool_max)

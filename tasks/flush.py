@@ -1,4 +1,4 @@
-"""Flush actors: move cached messages to PostgreSQL (app/flush.py does the work)."""
+"""Flush actors: move cached messages to PostgreSQL (app/flush/__init__.py does the work)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The membership reconcile: every room's Redis member set compared with PostgreSQL and repaired.
 
-Live changes keep the sets right (app/members_cache.py); this catches what they cannot:
+Live changes keep the sets right (app/store/member_sets.py); this catches what they cannot:
 a process that died between a commit and its Redis update, a Redis restored from an old
 snapshot. It pages rooms from PostgreSQL and leaves alone any user whose change landed
 after its snapshot, so it never races a live join or ban.

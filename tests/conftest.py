@@ -3,7 +3,7 @@
 The session creates its own database (`chat_test_<random>`) on the server of
 DATABASE_URL (default: the local one), applies the committed migrations, and
 uses its own Redis key prefix (hence its own Dramatiq namespace, see
-app.keys.Keys.dramatiq_namespace) and its own MEDIA_ROOT in a temporary directory;
+app.store.keys.Keys.dramatiq_namespace) and its own MEDIA_ROOT in a temporary directory;
 all are removed at the end. A missing service fails the run loudly: these tests mean
 nothing without the real thing.
 
@@ -37,7 +37,7 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from tests.support import ROOT, ServerProc, stop_all
 
@@ -286,7 +286,7 @@ def api(server: ServerProc) -> Iterator[httpx.Client]:
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     # The server's own client (a blocking pool with its timeouts): redis-py's default pool
     # fails with "Too many connections" when a flush of many pending rooms runs in a test.
-    from app.redis import connect_redis_for
+    from app.store.client import connect_redis_for
 
     client = connect_redis_for(settings)
     yield client

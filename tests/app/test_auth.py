@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from app import auth, tokens
 from app.errors import InvalidCredentials, InvalidToken, RefreshTokenReused, TokenExpired, UsernameTaken
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from models.token import RefreshToken, TokenFamily
 from tests.factories import unique

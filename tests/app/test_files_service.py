@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app import files, media
-from app.keys import Keys
+from app import files
+from app.upload import media
+from app.store.keys import Keys
 from app.serialize import utcnow
 from app.settings import Settings
 from models.file import File
 from models.room import Room
 from models.user import User
-from tests.app import test_files_samples as samples
+from tests import samples
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from app import events, messages, rooms
+from app.realtime import events
+from app import messages, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.files import file_object
-from app.keys import Keys
+from app.store.keys import Keys
 from app.rooms import CreateRoom
 from app.serialize import dumps, loads
 from app.settings import Settings

@@ -10,10 +10,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from app import access, events, members_cache, membership, rooms
+from app import access, membership, rooms
+from app.realtime import events
+from app.store import member_sets
 from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound,
                         ValidationFailed)
-from app.keys import Keys
+from app.store.keys import Keys
 from app.rooms import CreateRoom, UpdateRoom
 from app.serialize import loads
 from app.validation import parse
@@ -103,7 +105,7 @@ def test_parse_id() -> None:
 
 # -- create ------------------------------------------------------------------------
 
-async def test_create_room_members_cache_and_events(redis: Redis, keys: Keys, feed: PubSub) -> None:
+async def test_create_room_member_sets_and_events(redis: Redis, keys: Keys, feed: PubSub) -> None:
     owner, a, b = await new_user(), await new_user(), await new_user()
     room = await new_room(redis, keys, owner, topic="hello", is_private=True, member_ids=[a, b, a, owner])
     rid = room["id"]
@@ -111,7 +113,7 @@ async def test_create_room_members_cache_and_events(redis: Redis, keys: Keys, fe
     assert room["topic"] == "hello" and room["is_private"] is True and room["created_at"].endswith("Z")
     assert sorted(await rooms.member_ids(rid)) == sorted([owner, a, b])
     for uid in (owner, a, b):
-        assert await members_cache.is_member(redis, keys, rid, uid) is True
+        assert await member_sets.is_member(redis, keys, rid, uid) is True
     assert await redis.get(keys.room_seq(rid)) == "0"
     seen = dict(await routes_until(feed, f"j:{rid}:{b}"))
     assert {f"j:{rid}:{owner}", f"j:{rid}:{a}"} <= set(seen)
@@ -139,7 +141,7 @@ async def test_join_rules(redis: Redis, keys: Keys, db: None) -> None:
     assert m["role"] == "member" and m["room_id"] == public and m["user_id"] == joiner
     again = await rooms.join_room(redis=redis, keys=keys, room_id=public, user_id=joiner)
     assert again == m
-    assert await members_cache.is_member(redis, keys, public, joiner) is True
+    assert await member_sets.is_member(redis, keys, public, joiner) is True
     for rid in (private, str(uuid.uuid4()), "garbage"):
         with pytest.raises(RoomNotFound):
             await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=joiner)
@@ -152,7 +154,7 @@ async def test_banned_user_cannot_rejoin_until_re_added(redis: Redis, keys: Keys
     rid = (await new_room(redis, keys, owner))["id"]
     await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll)
     await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=troll, ban=True)
-    assert await members_cache.is_member(redis, keys, rid, troll) is False
+    assert await member_sets.is_member(redis, keys, rid, troll) is False
     assert troll not in await rooms.member_ids(rid)
     with pytest.raises(Banned):
         await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll)
@@ -160,7 +162,7 @@ async def test_banned_user_cannot_rejoin_until_re_added(redis: Redis, keys: Keys
         await rooms.require_member(room_id=rid, user_id=troll)
     m, created = await membership.add_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=troll)
     assert created and m["role"] == "member"
-    assert await members_cache.is_member(redis, keys, rid, troll) is True
+    assert await member_sets.is_member(redis, keys, rid, troll) is True
     assert (await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=troll))["user_id"] == troll
 
 
@@ -298,8 +300,8 @@ async def test_a_late_join_update_cannot_undo_a_ban(redis: Redis, keys: Keys, db
     await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=user, ban=True)
     assert await _version_of(redis, keys, rid, user) == -(join_version + 1)  # the next version, as a removal
     # The join's SADD arriving after the ban (the reproduction) is refused as stale.
-    assert await members_cache.apply(redis, keys, rid, user, join_version, True) == 0
-    assert await members_cache.is_member(redis, keys, rid, user) is False
+    assert await member_sets.apply(redis, keys, rid, user, join_version, True) == 0
+    assert await member_sets.is_member(redis, keys, rid, user) is False
     assert await rooms.member_ids(rid) == [owner]
 
 
@@ -312,11 +314,11 @@ async def test_a_rebuild_does_not_resurrect_a_member_removed_meanwhile(redis: Re
     # ...and before it writes, a kick and a join commit and apply (the set is still missing)
     await membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=kicked)
     await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=late)
-    assert await members_cache.is_member(redis, keys, rid, owner) is None
-    await members_cache.load(redis, keys, rid, snap[1], snap[0])
-    assert await members_cache.is_member(redis, keys, rid, kicked) is False
-    assert await members_cache.is_member(redis, keys, rid, late) is True
-    assert await members_cache.is_member(redis, keys, rid, owner) is True
+    assert await member_sets.is_member(redis, keys, rid, owner) is None
+    await member_sets.load(redis, keys, rid, snap[1], snap[0])
+    assert await member_sets.is_member(redis, keys, rid, kicked) is False
+    assert await member_sets.is_member(redis, keys, rid, late) is True
+    assert await member_sets.is_member(redis, keys, rid, owner) is True
 
 
 async def test_recheck_heals_a_stale_set_and_caches_a_refusal(redis: Redis, keys: Keys, db: None) -> None:
@@ -324,11 +326,11 @@ async def test_recheck_heals_a_stale_set_and_caches_a_refusal(redis: Redis, keys
     rid = (await new_room(redis, keys, owner, member_ids=[member]))["id"]
     await redis.srem(keys.room_members(rid), member)  # a set that went stale
     assert await access.authorize(redis, keys, rid, member) == rid  # PostgreSQL says member: healed
-    assert await members_cache.is_member(redis, keys, rid, member) is True
+    assert await member_sets.is_member(redis, keys, rid, member) is True
     with pytest.raises(NotMember):
         await access.authorize(redis, keys, rid, outsider)
     assert await redis.get(keys.room_denied(rid, outsider)) == "403"
-    assert 0 < await redis.ttl(keys.room_denied(rid, outsider)) <= members_cache.DENIED_TTL_S
+    assert 0 < await redis.ttl(keys.room_denied(rid, outsider)) <= member_sets.DENIED_TTL_S
     # While cached, PostgreSQL is not asked: even a membership written behind the service's
     # back (no version, no Redis update) is not seen until the answer expires.
     await Membership.create(room_id=rid, user_id=outsider, role="member")
@@ -351,13 +353,13 @@ async def test_reconcile_repairs_sets_without_overriding_newer_changes(redis: Re
     await redis.srem(keys.room_members(rid), dropped)  # lost an add
     await redis.sadd(keys.room_members(rid), intruder)  # missed a removal
     # A change newer than anything the reconcile's snapshot can see (it lands after the read):
-    future = await members_cache.snapshot_version(redis, keys, rid) + 1000
-    await members_cache.apply(redis, keys, rid, racing, future, True)
+    future = await member_sets.snapshot_version(redis, keys, rid) + 1000
+    await member_sets.apply(redis, keys, rid, racing, future, True)
     stats = await membership.reconcile_all(redis=redis, keys=keys, batch=7)  # several pages
     assert stats["checked"] >= 1 and stats["added"] >= 1 and stats["removed"] >= 1
-    assert await members_cache.is_member(redis, keys, rid, dropped) is True
-    assert await members_cache.is_member(redis, keys, rid, intruder) is False
-    assert await members_cache.is_member(redis, keys, rid, racing) is True  # left alone
+    assert await member_sets.is_member(redis, keys, rid, dropped) is True
+    assert await member_sets.is_member(redis, keys, rid, intruder) is False
+    assert await member_sets.is_member(redis, keys, rid, racing) is True  # left alone
     again = await membership.reconcile_all(redis=redis, keys=keys)
     assert again["rooms"] >= 1
 
@@ -402,7 +404,7 @@ async def test_two_ownership_hand_overs_at_once_leave_exactly_one_owner(redis: R
         assert str((await Room.get(id=rid)).owner_id) == second
         assert sorted(await rooms.member_ids(rid)) == sorted([second, third])
         for uid, expected in ((owner, False), (first, False), (second, True), (third, True)):
-            assert await members_cache.is_member(redis, keys, rid, uid) is expected
+            assert await member_sets.is_member(redis, keys, rid, uid) is expected
 
 
 async def test_room_creation_and_joins_are_limited_per_user(redis: Redis, keys: Keys, db: None,
@@ -450,7 +452,7 @@ async def test_a_rebuild_racing_a_kick_never_lets_the_kicked_user_back(redis: Re
         assert res[1] is None, res[1]
         assert not isinstance(res[0], BaseException) or isinstance(res[0], ChatError), res[0]
         rounds += 1
-        assert await members_cache.is_member(redis, keys, rid, user) is False
+        assert await member_sets.is_member(redis, keys, rid, user) is False
         try:
             await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=rid,
                                           sender_id=user, body="after the kick")

@@ -9,8 +9,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app import events, members_cache
-from app.keys import Keys
+from app.realtime import events
+from app.store import member_sets
+from app.store.keys import Keys
 from app.serialize import loads
 from tests.blueprints.test_rooms import MEMBERSHIP_KEYS, error_code, walk
 from tests.factories import TestUser, make_room, make_user
@@ -156,12 +157,12 @@ async def test_kick_updates_redis_and_tells_live_connections(api: httpx.Client, 
         joined = await _events_until(pubsub, f"j:{rid}:{member.id}")
         assert joined[f"j:{rid}:{member.id}"]["type"] == "member_joined"
         assert joined[f"j:{rid}:{member.id}"]["membership"]["user_id"] == member.id
-        assert await members_cache.is_member(redis, keys, rid, member.id) is True
+        assert await member_sets.is_member(redis, keys, rid, member.id) is True
 
         resp = api.delete(f"/rooms/{rid}/members/{member.id}", params={"ban": ban}, headers=owner.headers)
         assert resp.status_code == 204
-        assert await members_cache.is_member(redis, keys, rid, member.id) is False
-        assert await members_cache.is_member(redis, keys, rid, owner.id) is True
+        assert await member_sets.is_member(redis, keys, rid, member.id) is False
+        assert await member_sets.is_member(redis, keys, rid, owner.id) is True
         left = await _events_until(pubsub, f"l:{rid}:{member.id}")
         assert left[f"l:{rid}:{member.id}"] == {"type": "member_left", "room_id": rid, "user_id": member.id}
     finally:
@@ -182,7 +183,7 @@ async def test_role_change_and_delete_events(api: httpx.Client, redis: Redis, ke
         assert api.delete(f"/rooms/{rid}", headers=owner.headers).status_code == 204
         gone = await _events_until(pubsub, f"d:{rid}")
         assert gone[f"d:{rid}"] == {"type": "room_deleted", "room_id": rid}
-        assert await members_cache.is_member(redis, keys, rid, owner.id) is None  # forgotten
+        assert await member_sets.is_member(redis, keys, rid, owner.id) is None  # forgotten
     finally:
         await pubsub.unsubscribe()
         await pubsub.aclose()

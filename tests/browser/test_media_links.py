@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from app import media_urls
+from app import file_links
 from app.settings import Settings
-from tests.app import test_files_samples as samples
+from tests import samples
 from tests.browser.conftest import WebStack
 from tests.conftest import TEST_ENV
 from tests.factories import make_room, make_user
@@ -55,10 +55,10 @@ def test_signed_links_are_member_only_and_bound(web: WebStack) -> None:
     assert web.api.get(f"/files/{fid}?u={member.id}&exp=notanumber&sig=00").status_code == 401
 
     # Expired links are refused.
-    past = media_urls.sign(settings, file_id=fid, kind="file", user_id=member.id, exp=int(time.time()) - 1)
+    past = file_links.sign(settings, file_id=fid, kind="file", user_id=member.id, exp=int(time.time()) - 1)
     assert web.api.get(past).status_code == 401
     # A link made for an outsider (never handed out) still needs membership at fetch time.
-    stolen = media_urls.links(replace(settings), {"id": fid, "thumbnail_url": None}, outsider.id)["url"]
+    stolen = file_links.links(replace(settings), {"id": fid, "thumbnail_url": None}, outsider.id)["url"]
     assert web.api.get(stolen).status_code == 404
     # Removed from the room: the member's live link stops working at once.
     assert web.api.delete(f"/rooms/{room['id']}/members/{member.id}", headers=owner.headers).status_code == 204

@@ -18,7 +18,7 @@ import pytest
 import redis as redis_sync
 from PIL import Image, ImageDraw
 
-from app.keys import Keys
+from app.store.keys import Keys
 from tests.browser.conftest import SCREENSHOTS, Person, WebStack
 from tests.conftest import REDIS_PREFIX, REDIS_URL, RUN_ID, TEST_DB_URL
 from tests.factories import make_room, make_user, unique
@@ -114,7 +114,7 @@ def test_scroll_back_reaches_flushed_history(person: Callable[..., Person], web:
     for i in range(1, 121):
         post(web, alice, room["id"], f"old {i}")
     # A real flush moves the first 120 to PostgreSQL (and trims them from the cache).
-    out = subprocess.run([sys.executable, "-m", "app.cli", "flush"], cwd=ROOT, env={**_env(web)},
+    out = subprocess.run([sys.executable, "-m", "app.ops.cli", "flush"], cwd=ROOT, env={**_env(web)},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     flushed = redis_sync.Redis.from_url(REDIS_URL).get(Keys(REDIS_PREFIX).room_flushed(room["id"]))

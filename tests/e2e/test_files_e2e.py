@@ -1,6 +1,6 @@
 """Files end to end: a real server and a real dramatiq worker sharing a temporary MEDIA_ROOT.
 
-Real files are made in the tests (tests/app/test_files_samples.py); the upload goes
+Real files are made in the tests (tests/samples.py); the upload goes
 through HTTP, the worker sniffs and re-encodes it, the message arrives on a WebSocket
 and in history, and the bytes come back clean, only to members.
 """
@@ -26,7 +26,7 @@ import websockets
 from PIL import Image
 
 from app.settings import Settings
-from tests.app import test_files_samples as samples
+from tests import samples
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.factories import TestUser, make_room, make_user
 from tests.support import Proc, ServerProc, worker_argv

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.flush import flush_room
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from tests.conftest import TEST_ENV
 from tests.e2e.wsutil import WS, FlushGate, flush_upto

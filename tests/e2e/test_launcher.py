@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis as redis_sync
 
-from app.launcher import with_database
+from app.ops.launcher import with_database
 from tests.conftest import ADMIN_DB_URL, REDIS_PREFIX, REDIS_URL, RUN_ID
 from tests.support import Proc, free_port
 
@@ -31,13 +31,13 @@ STOP_TIMEOUT_S = 60.0
 
 
 class Launcher(Proc):
-    """`python -m app.launcher` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
+    """`python -m app.ops.launcher` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
 
     def __init__(self, name: str, env: dict[str, str], args: list[str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        super().__init__(f"{name}-{RUN_ID}", [sys.executable, "-m", "app.launcher", *(args or [])],
+        super().__init__(f"{name}-{RUN_ID}", [sys.executable, "-m", "app.ops.launcher", *(args or [])],
                          {"HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "1", "CHAT_ENV": "test", **env},
                          base_env=base)
         self.seen: set[psutil.Process] = set()

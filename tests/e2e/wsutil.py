@@ -11,7 +11,7 @@ import websockets
 from redis.asyncio import Redis
 
 from app.flush import FlushResult, flush_room
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 
 

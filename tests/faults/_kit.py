@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from tests.factories import TestUser, make_room, make_user
 
@@ -40,7 +40,7 @@ class InProc:
 @asynccontextmanager
 async def inproc(settings: Settings) -> AsyncIterator[InProc]:
     from app.db import close_db, init_db
-    from app.redis import connect_redis
+    from app.store.client import connect_redis
 
     await init_db(settings.database_url, 4)  # the accept path rebuilds lost Redis state from PG
     redis = connect_redis(settings.redis_url)

@@ -2,7 +2,7 @@
 
 `stack` gives a test its own redis-server (AOF everysec, data in a temp dir) and its own
 PostgreSQL 15 cluster (a copy of one migrated template cluster per session: initdb and
-the migrations run once, `python -m app.cli migrate` against it), plus starters for the
+the migrations run once, `python -m app.ops.cli migrate` against it), plus starters for the
 real server, worker and scheduler processes. Faults only ever hit these. Everything is
 stopped by PID when the test ends, pass or fail.
 """
@@ -36,7 +36,7 @@ def pg_template() -> Iterator[PgCluster]:
         subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(cluster.port),
                         "-U", "postgres", "chat"], check=True, capture_output=True)
         env = {**os.environ, "DATABASE_URL": cluster.url(), "CHAT_ENV": "test"}
-        out = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=env,
+        out = subprocess.run([sys.executable, "-m", "app.ops.cli", "migrate"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"migrate failed:\n{out.stdout}\n{out.stderr}"
         cluster.stop()

@@ -108,7 +108,7 @@ async def posts_room(api: httpx.AsyncClient, user: TestUser, room_id: str) -> bo
 
 
 async def in_redis_set(redis: Redis, room_id: str, user_id: str) -> bool:
-    from app.keys import Keys
+    from app.store.keys import Keys
 
     return bool(await redis.sismember(Keys(TEST_ENV["REDIS_PREFIX"]).room_members(room_id), user_id))
 
@@ -249,7 +249,8 @@ async def test_the_worker_reconcile_repairs_a_set_that_went_stale(isolated: Any,
     add and missed a removal (a process died between commit and Redis) is repaired."""
     import uuid as _uuid
 
-    from app import members_cache, rooms
+    from app.store import member_sets
+    from app import rooms
     from app.jobs import enqueue
     from app.rooms import CreateRoom
     from models.user import User
@@ -273,12 +274,12 @@ async def test_the_worker_reconcile_repairs_a_set_that_went_stale(isolated: Any,
             assert worker.alive() and time.monotonic() < deadline, worker.log_tail(60)
             await asyncio.sleep(0.2)
         await enqueue(isolated.settings, "reconcile_memberships")
-        while not (await members_cache.is_member(redis, keys, rid, member)
-                   and not await members_cache.is_member(redis, keys, rid, intruder)):
+        while not (await member_sets.is_member(redis, keys, rid, member)
+                   and not await member_sets.is_member(redis, keys, rid, intruder)):
             assert worker.alive() and time.monotonic() < deadline, worker.log_tail(60)
             await asyncio.sleep(0.2)
         report = [line for line in worker.log_tail(200).splitlines() if "membership reconcile:" in line]
         print("\n" + (report[-1] if report else "reconcile ran (no summary line)"))
-        assert await members_cache.is_member(redis, keys, rid, owner) is True
+        assert await member_sets.is_member(redis, keys, rid, owner) is True
     finally:
         worker.stop()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from app.redis import connect_redis
+from app.store.client import connect_redis
 from tests.faults._kit import Clock, Load, drained, pg_messages, report, users_and_rooms, verdict
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -50,7 +50,7 @@ async def test_redis_killed_during_ingest_loses_no_ack_and_keeps_seqs_gap_free(s
 
     redis = connect_redis(stack.redis.url)
     try:
-        from app.keys import Keys
+        from app.store.keys import Keys
 
         keys = Keys(settings.redis_prefix)
         # The same worker (it lived through the outage) flushes everything that survived, on

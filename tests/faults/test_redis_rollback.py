@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from app.keys import Keys
-from app.redis import connect_redis
+from app.store.keys import Keys
+from app.store.client import connect_redis
 from tests.e2e.wsutil import WS
 from tests.faults._kit import Clock, Ledger, drained, pg_messages, report, users_and_rooms, verdict
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from app.keys import Keys
-from app.redis import connect_redis
+from app.store.keys import Keys
+from app.store.client import connect_redis
 from tests.faults._kit import Clock, Load, drained, pg_messages, report, users_and_rooms, verdict
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from app.keys import Keys
+from app.store.keys import Keys
 from tests.faults._kit import Clock, Ledger, fill, inproc, pg_messages, report, users_and_rooms, verdict
 from tests.faults._procs import wait_until
 

@@ -20,7 +20,7 @@ from unittest import mock
 from redis.asyncio import Redis
 
 from app import messages
-from app.keys import Keys
+from app.store.keys import Keys
 from app.serialize import iso
 from app.settings import Settings
 from models.room import Membership, Role, Room

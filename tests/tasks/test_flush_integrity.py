@@ -15,8 +15,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from app import events, flush, messages, rooms
-from app.keys import Keys
+from app.realtime import events
+from app import flush, messages, rooms
+from app.store.keys import Keys
 from app.rooms import CreateRoom
 from app.serialize import dumps, loads, now_iso
 from app.settings import Settings
@@ -147,7 +148,7 @@ async def test_poison_entries_go_to_dead_letters_and_everything_else_reaches_pos
     await flush.flush_room(room_id, redis=redis, keys=keys, settings=s, pool=pg)
     assert await pg.fetchval("SELECT count(*) FROM dead_letters WHERE room_id = $1", uuid.UUID(room_id)) == 6
 
-    status = subprocess.run([sys.executable, "-m", "app.cli", "status"], cwd=ROOT, env=TEST_ENV,
+    status = subprocess.run([sys.executable, "-m", "app.ops.cli", "status"], cwd=ROOT, env=TEST_ENV,
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     counted = [line for line in status.stdout.splitlines() if line.startswith("dead letters:")]

@@ -1,4 +1,4 @@
-"""The flush service in-process against the real PostgreSQL and Redis (app/flush.py)."""
+"""The flush service in-process against the real PostgreSQL and Redis (app/flush/__init__.py)."""
 
 from __future__ import annotations
 

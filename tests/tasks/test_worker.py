@@ -12,7 +12,7 @@ import pytest
 
 from app.jobs import enqueue, enqueue_flush_room
 from app.serialize import utcnow
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from models.file import File
 from tests.conftest import Isolated, isolated_env

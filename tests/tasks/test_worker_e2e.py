@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.jobs import enqueue_flush_room
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 from tests.conftest import Isolated, isolated_env
 from tests.factories import make_room as api_room

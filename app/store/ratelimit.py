@@ -10,7 +10,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 # The fixed-window rule as a Lua function, so that other scripts embed the same rule:
-# the message accept script (app/cache.py) counts a send inside its own atomic step.
+# the message accept script (app/store/cache.py) counts a send inside its own atomic step.
 # rate_hit(key, limit, window_ms) -> 0 when the hit is allowed, else the ms until the window ends.
 RATE_HIT_LUA = """
 local function rate_hit(key, limit, window_ms)

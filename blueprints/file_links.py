@@ -1,5 +1,5 @@
 """Signed media links: GET /files/{id}/url for members, and the check that lets a download
-through with `?u=&exp=&sig=` instead of the Bearer header (app/media_urls.py)."""
+through with `?u=&exp=&sig=` instead of the Bearer header (app/file_links.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from sanic.response import HTTPResponse, json
 from sanic_ext.extensions.openapi import openapi
 from sanic_ext.extensions.openapi.definitions import Component, Response
 
-from app import files, media_urls
+from app import file_links, files
 from app.errors import InvalidToken
 from blueprints.deps import ErrorEnvelope, authenticated
 
-bp = Blueprint("media_urls")
+bp = Blueprint("file_links")
 
 
 class MediaLinksOut(BaseModel):
@@ -27,7 +27,7 @@ class MediaLinksOut(BaseModel):
     expires_at: str = Field(description="when both links stop working")
 
 
-def signed_or_authenticated(kind: media_urls.Kind) -> Callable[..., Any]:
+def signed_or_authenticated(kind: file_links.Kind) -> Callable[..., Any]:
     """A download route: a valid signed link (sig, exp, u) or the usual Bearer token.
 
     The signed user goes on request.ctx.user_id, so the route's membership check runs
@@ -42,7 +42,7 @@ def signed_or_authenticated(kind: media_urls.Kind) -> Callable[..., Any]:
             if "sig" not in request.args:
                 return await bearer_handler(request, file_id, *args, **kwargs)
             user_id, exp, sig = (request.args.get(k, "") for k in ("u", "exp", "sig"))
-            if not (user_id and media_urls.verify(request.app.ctx.settings, file_id=file_id, kind=kind,
+            if not (user_id and file_links.verify(request.app.ctx.settings, file_id=file_id, kind=kind,
                                                   user_id=user_id, exp=exp, sig=sig)):
                 raise InvalidToken("The signed link is invalid or has expired.")
             request.ctx.user_id = user_id
@@ -67,4 +67,4 @@ def signed_or_authenticated(kind: media_urls.Kind) -> Callable[..., Any]:
 async def signed_links(request: Request, file_id: str) -> HTTPResponse:
     """{url, thumbnail_url, expires_at}: links an <img> or a download link can use as they are."""
     f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
-    return json(media_urls.links(request.app.ctx.settings, files.file_object(f), request.ctx.user_id))
+    return json(file_links.links(request.app.ctx.settings, files.file_object(f), request.ctx.user_id))

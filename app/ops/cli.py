@@ -1,4 +1,4 @@
-"""Operator commands: `python -m app.cli <command>`.
+"""Operator commands: `python -m app.ops.cli <command>`.
 
   migrate          apply committed database migrations
   makemigrations   write a new migration from model changes (developers)
@@ -52,8 +52,8 @@ def _makemigrations(settings: Settings, args: argparse.Namespace) -> int:
 def _flush(settings: Settings, args: argparse.Namespace) -> int:
     from app.db import close_db, init_db, ping_db, raw_pool
     from app.flush import check_redis_restart, flush_all_pending
-    from app.keys import Keys
-    from app.redis import connect_redis
+    from app.store.keys import Keys
+    from app.store.client import connect_redis
 
     async def run() -> int:
         await init_db(settings.database_url, settings.db_pool_max)
@@ -82,8 +82,8 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
 @command("status", "backlog per pending room, dead letters and the job queues' depths")
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobs import queues
-    from app.keys import Keys
-    from app.redis import connect_redis
+    from app.store.keys import Keys
+    from app.store.client import connect_redis
 
     keys = Keys(settings.redis_prefix)
     ns = keys.dramatiq_namespace()
@@ -153,7 +153,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.cli", description="chat server operator commands")
+    parser = argparse.ArgumentParser(prog="python -m app.ops.cli", description="chat server operator commands")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, _fn) in COMMANDS.items():
         sub.add_parser(name, help=help_text)

@@ -1,7 +1,7 @@
 """This process's WebSocket connections by id, by user and by room: the LOCAL half of the fan-out.
 
-Events reach every process through Redis pub/sub (app/fanout.py); each process
-delivers to its own sockets from here (app/connections.py writes them). Joins and
+Events reach every process through Redis pub/sub (app/realtime/fanout.py); each process
+delivers to its own sockets from here (app/realtime/connection.py writes them). Joins and
 leaves carry their membership version: the registry ignores one older than the
 last it applied for that user and room (a late join cannot re-attach a user
 removed after it, nor a join published after its room's deletion), and a
@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Iterable
 
-from app.connections import MESSAGE_HEAD, Connection, Frame
+from app.realtime.connection import MESSAGE_HEAD, Connection, Frame
 from app.serialize import dumps
 
 log = logging.getLogger("chat.ws")

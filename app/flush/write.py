@@ -5,7 +5,7 @@ table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING that also returns the
 (rows whose seq PostgreSQL holds under another message id: Redis re-issued it). Rows that
 PostgreSQL refuses for their data are found by bisecting the batch under savepoints and set
 aside in `dead_letters` in the same transaction. Every write raises rooms.last_seq to the
-batch's top. app/flush.py drives it; app/flush_reseq.py moves the orphans."""
+batch's top. app/flush/__init__.py drives it; app/flush/reseq.py moves the orphans."""
 
 from __future__ import annotations
 

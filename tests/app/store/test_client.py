@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.redis import connect_redis
+from app.store.client import connect_redis
 
 
 async def test_more_concurrent_commands_than_connections_all_succeed(settings) -> None:
@@ -22,7 +22,7 @@ async def test_more_concurrent_commands_than_connections_all_succeed(settings) -
 async def test_clients_built_from_settings_carry_connect_and_read_timeouts(settings) -> None:
     from dataclasses import replace
 
-    from app.redis import connect_redis_for
+    from app.store.client import connect_redis_for
 
     client = connect_redis_for(replace(settings, redis_connect_timeout_s=1.5, redis_socket_timeout_s=3.5))
     try:
@@ -41,7 +41,7 @@ async def test_a_silent_redis_fails_the_call_within_the_read_timeout() -> None:
     from redis.exceptions import TimeoutError as RedisTimeout
 
     from app.errors import to_chat_error
-    from app.redis import connect_redis
+    from app.store.client import connect_redis
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

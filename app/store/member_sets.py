@@ -28,7 +28,7 @@ from typing import Iterable
 
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from app.store.keys import Keys
 
 SENTINEL = "*"
 DENIED_TTL_S = 10  # how long a "PostgreSQL says not a member" answer is reused (abuse cap)

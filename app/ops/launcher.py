@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.settings import ROOT, Settings
 
 STOP_GRACE_S = 20.0  # Sanic drains connections and Dramatiq finishes its current messages
@@ -188,7 +188,7 @@ def _stop_pid(pid: int, sig: int, grace_s: float) -> None:
 
 
 def watchdog_main() -> int:
-    """`python -m app.launcher --watchdog`: clean up after a launcher that died without doing so.
+    """`python -m app.ops.launcher --watchdog`: clean up after a launcher that died without doing so.
 
     Reads JSON lines on stdin from the launcher ({"group": pgid}, {"pid": pid}, {"postgres":
     pgdata}, {"done": true}); EOF without "done" means the launcher is gone: stop the groups,
@@ -230,7 +230,7 @@ class Watchdog:
     """The launcher's end of the watchdog's pipe."""
 
     def __init__(self) -> None:
-        self.popen = subprocess.Popen([sys.executable, "-m", "app.launcher", "--watchdog"], cwd=ROOT,
+        self.popen = subprocess.Popen([sys.executable, "-m", "app.ops.launcher", "--watchdog"], cwd=ROOT,
                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       start_new_session=True, text=True)
 
@@ -474,7 +474,7 @@ class Launcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.launcher", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.ops.launcher", description=__doc__.split("\n")[0])
     parser.add_argument("--embedded", action="store_true",
                         help="always start embedded PostgreSQL and Redis (EMBEDDED_SERVERS=always)")
     parser.add_argument("--die-with-parent", action="store_true",

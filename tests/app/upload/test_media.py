@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import media
+from app.upload import media
 from app.settings import Settings
-from tests.app import test_files_samples as samples
+from tests import samples
 
 ALLOWED = Settings().allowed_mime
 
@@ -166,7 +166,7 @@ def test_still_webp(tmp_path: Path) -> None:
     assert im.format == "WEBP" and im.size == (40, 60)
 
 
-@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as app.media sets it
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as app.upload.media sets it
 def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
     data = samples.bomb_png(30000)
     assert len(data) < 200_000 and media.sniff(data[: media.SNIFF_BYTES]) == "image/png"

@@ -8,10 +8,10 @@ from typing import AsyncIterator
 
 import pytest
 
-from app import uploads
+from app.upload import multipart
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from app.settings import Settings
-from tests.app import test_files_samples as samples
+from tests import samples
 
 ALLOWED = Settings().allowed_mime
 BOUNDARY = "----formboundary7MA4YWxkTrZu0gW"
@@ -44,8 +44,8 @@ class Source:
 
 
 async def receive(data: bytes, dest: Path, *, step: int = 65536, max_bytes: int = 10 * 1024 * 1024,
-                  ct: str = CT) -> uploads.Received:
-    return await uploads.receive(Source(data, step).__aiter__(), content_type=ct, dest=dest,
+                  ct: str = CT) -> multipart.Received:
+    return await multipart.receive(Source(data, step).__aiter__(), content_type=ct, dest=dest,
                                  max_bytes=max_bytes, allowed_mime=ALLOWED)
 
 
@@ -74,7 +74,7 @@ async def test_too_large_stops_reading_and_leaves_nothing(tmp_path: Path) -> Non
     limit = 1024 * 1024
     src = Source(form(samples.plain_png() + bytes(3 * limit)), 65536)
     with pytest.raises(PayloadTooLarge):
-        await uploads.receive(src.__aiter__(), content_type=CT, dest=tmp_path / "f", max_bytes=limit,
+        await multipart.receive(src.__aiter__(), content_type=CT, dest=tmp_path / "f", max_bytes=limit,
                               allowed_mime=ALLOWED)
     assert src.read < limit + 2 * 65536  # stopped right after the limit, not at the end
     assert not (tmp_path / "f").exists()
@@ -83,7 +83,7 @@ async def test_too_large_stops_reading_and_leaves_nothing(tmp_path: Path) -> Non
 async def test_disallowed_type_is_refused_from_the_first_bytes(tmp_path: Path) -> None:
     src = Source(form(samples.elf() * 40, filename="cat.png"), 4096)
     with pytest.raises(UnsupportedMediaType):
-        await uploads.receive(src.__aiter__(), content_type=CT, dest=tmp_path / "f", max_bytes=10 << 20,
+        await multipart.receive(src.__aiter__(), content_type=CT, dest=tmp_path / "f", max_bytes=10 << 20,
                               allowed_mime=ALLOWED)
     assert src.read < 64 * 1024
     assert not (tmp_path / "f").exists()
@@ -109,4 +109,4 @@ async def test_malformed_forms(tmp_path: Path, body: bytes, ct: str, error: type
 
 async def test_oversized_text_fields(tmp_path: Path) -> None:
     with pytest.raises(PayloadTooLarge):
-        await receive(form(b"abc", before={"body": "x" * (uploads.MAX_FIELDS_BYTES + 1)}), tmp_path / "f")
+        await receive(form(b"abc", before={"body": "x" * (multipart.MAX_FIELDS_BYTES + 1)}), tmp_path / "f")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from app import connections
-from app.connections import MESSAGE_HEAD, Connection
-from app.registry import Registry
-from app.fanout import dispatch
+from app.realtime import connection
+from app.realtime.connection import MESSAGE_HEAD, Connection
+from app.realtime.registry import Registry
+from app.realtime.fanout import dispatch
 from app.serialize import dumps
 
 
@@ -50,7 +50,7 @@ def kinds(ws: FakeSocket) -> list[tuple[str, int | None]]:
 
 @pytest.fixture
 def fast_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connections, "ACK_FALLBACK_S", 0.02)
+    monkeypatch.setattr(connection, "ACK_FALLBACK_S", 0.02)
 
 
 async def test_a_late_event_stream_never_lets_an_ack_overtake_an_earlier_message(fast_fallback: None) -> None:
@@ -97,7 +97,7 @@ async def test_a_gap_resyncs_then_acks_directly_and_late_events_never_ack_twice(
 
 async def test_a_stream_stuck_past_the_give_up_time_resyncs_the_room_then_acks(
         fast_fallback: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connections, "ACK_GIVE_UP_S", 0.1)
+    monkeypatch.setattr(connection, "ACK_GIVE_UP_S", 0.1)
     reg, ws = Registry(), FakeSocket()
     conn = Connection(ws, "me", registry=reg)
     reg.add(conn)

@@ -1,7 +1,7 @@
 """Write-behind flush: move a room's cached messages from its Redis stream into PostgreSQL.
 
 This module drives a room's run (lease, reads, the Redis commit); the PostgreSQL write is
-app/flush_write.py, the moves after a Redis rollback app/flush_reseq.py.
+app/flush/write.py, the moves after a Redis rollback app/flush/reseq.py.
 
 Detach, write, then trim. One run per room at a time (a short lease, renewed each batch).
 Each batch reads up to FLUSH_BATCH_SIZE entries after `flushed` and writes them in one
@@ -41,10 +41,10 @@ import asyncpg
 from redis.asyncio import ConnectionPool, Redis
 
 # Re-exported: callers (the tick, the CLI, tests) know the flush by this module.
-from app.flush_reseq import RAISE_LUA, RESEQ_LUA, check_redis_restart, reseq  # noqa: F401
-from app.flush_write import (DATA_ERRORS, DeadRow, Written, _error_text, _id_or_none, _skip_fk,  # noqa: F401
+from app.flush.reseq import RAISE_LUA, RESEQ_LUA, check_redis_restart, reseq  # noqa: F401
+from app.flush.write import (DATA_ERRORS, DeadRow, Written, _error_text, _id_or_none, _skip_fk,  # noqa: F401
                              _write)
-from app.keys import Keys
+from app.store.keys import Keys
 from app.serialize import loads
 from app.settings import Settings
 

@@ -1,13 +1,13 @@
 """This process's WebSocket connections: outbound queues, heartbeat, acks in event order.
 
-The process's registry of connections by user and room is app/registry.py: the
+The process's registry of connections by user and room is app/realtime/registry.py: the
 LOCAL half of the fan-out (events reach every process through Redis pub/sub,
-app/fanout.py, and each process delivers to its own sockets).
+app/realtime/fanout.py, and each process delivers to its own sockets).
 
 Each connection has a bounded outbound queue drained by one writer task, so
 one slow client never stalls delivery to the others and frames leave in the
 order they were queued. A frame is serialized and framed once (`Frame`) and
-the same bytes are written to every recipient. Reading frames is app/inbox.py.
+the same bytes are written to every recipient. Reading frames is app/realtime/inbox.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from websockets.protocol import State
 from app.serialize import dumps
 
 if TYPE_CHECKING:
-    from app.registry import Registry
+    from app.realtime.registry import Registry
 
 log = logging.getLogger("chat.ws")
 
@@ -188,7 +188,7 @@ class Connection:
 
     # -- heartbeat --------------------------------------------------------------
     def heartbeat(self) -> None:
-        """One beat of the process's heartbeat loop (app/fanout.py): close with 1011 when the
+        """One beat of the process's heartbeat loop (app/realtime/fanout.py): close with 1011 when the
         previous ping got no pong within the interval, else ping again.
 
         The ping is written straight to the transport: a control frame may go between any two

@@ -2,7 +2,7 @@
 
 Services call these after their transaction commits; never blueprints. Every
 server process subscribes to one channel (`Keys.events_channel`) and delivers
-to its own sockets (see `app/fanout.py`). A payload is
+to its own sockets (see `app/realtime/fanout.py`). A payload is
 
     "<route>|<exclude_conn>|<frame JSON>"
 
@@ -14,7 +14,7 @@ where route is one of
     d:<room_id>              deliver to the room, then forget the room
     f:<user_id>:<family_id>  close the user's connections opened with that login (4401: logged out)
 
-The version is the change's membership version (app/members_cache.py): a process
+The version is the change's membership version (app/store/member_sets.py): a process
 ignores a join or leave older than the last one it applied for that user and room,
 so a late join event cannot re-attach a user who was removed after it.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.keys import Keys
+from app.store.keys import Keys
 from app.serialize import dumps
 
 

@@ -8,8 +8,9 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app import cache, events, members_cache
-from app.keys import Keys
+from app.store import cache, member_sets
+from app.realtime import events
+from app.store.keys import Keys
 
 
 def room() -> str:
@@ -28,7 +29,7 @@ async def accept(redis: Redis, keys: Keys, room_id: str, sender: str = "u1", cli
 async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, keys: Keys) -> None:
     rid = room()
     assert (await accept(redis, keys, rid)).code == cache.MEMBERS_MISSING
-    await members_cache.load(redis, keys, rid, ["u1"])
+    await member_sets.load(redis, keys, rid, ["u1"])
     assert (await accept(redis, keys, rid, sender="u2")).code == cache.NOT_MEMBER
     assert (await accept(redis, keys, rid)).code == cache.SEQ_MISSING
     assert not await redis.exists(keys.room_log(rid), keys.room_seq(rid))
@@ -40,7 +41,7 @@ async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(
 
 async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, keys: Keys) -> None:
     rid = room()
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.events_channel())
     await pubsub.get_message(timeout=5)
@@ -62,7 +63,7 @@ async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, ke
 
 async def test_rate_limit_and_backlog_trigger(redis: Redis, keys: Keys) -> None:
     rid = room()
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     await redis.delete(keys.rate("msg", "u1"))
     results = [await accept(redis, keys, rid, rate_limit=2, threshold=2) for _ in range(3)]
     assert [r.code for r in results] == [cache.OK, cache.OK, cache.RATE_LIMITED]
@@ -76,7 +77,7 @@ async def test_rate_limit_and_backlog_trigger(redis: Redis, keys: Keys) -> None:
 
 async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, keys: Keys) -> None:
     rid = room()
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     for _ in range(4):
         await accept(redis, keys, rid)
     await redis.xtrim(keys.room_log(rid), maxlen=0, approximate=False)
@@ -93,7 +94,7 @@ async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis
 async def test_read_returns_the_first_id_and_ranges(redis: Redis, keys: Keys) -> None:
     rid = room()
     assert await cache.read(redis, keys, rid, ascending=True, lo=1, hi=None, count=10) == cache.CacheRange(None, [])
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     for _ in range(6):
         await accept(redis, keys, rid)
     await redis.xtrim(keys.room_log(rid), minid=3, approximate=False)
@@ -113,7 +114,7 @@ async def test_batched_calls_load_a_missing_script_and_share_round_trips(redis: 
 
 async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, keys: Keys) -> None:
     rid = room()
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     assert (await accept(redis, keys, rid)).code == cache.OK
     conn = cache._batcher(redis).conn
     await conn.send_command("CLIENT", "ID")
@@ -180,7 +181,7 @@ async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redi
 
 async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, keys: Keys) -> None:
     rid = room()
-    await members_cache.room_created(redis, keys, rid, ["u1"])
+    await member_sets.room_created(redis, keys, rid, ["u1"])
     first = await accept(redis, keys, rid, client_id="a")
     assert await redis.get(keys.room_client_id(rid, "u1", "a")) == "1"
     dup = await accept(redis, keys, rid, client_id="a")

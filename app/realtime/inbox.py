@@ -1,6 +1,6 @@
 """Reading a WebSocket client's frames, straight from the websockets protocol of Sanic's socket.
 
-Split from app/connections.py (which writes to clients): this is the receiving half.
+Split from app/realtime/connection.py (which writes to clients): this is the receiving half.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 
 if TYPE_CHECKING:
-    from app.connections import Connection
+    from app.realtime.connection import Connection
 
 
 class Inbox:

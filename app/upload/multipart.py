@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import AsyncIterator
 from urllib.parse import unquote
 
-from app import media
+from app.upload import media
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 MAX_PART_HEADER_BYTES = 16 * 1024

@@ -7,7 +7,7 @@ import logging
 from redis.asyncio import BlockingConnectionPool, Redis
 from sanic import Sanic
 
-from app.keys import Keys
+from app.store.keys import Keys
 from app.settings import Settings
 
 log = logging.getLogger("chat.redis")
@@ -26,7 +26,7 @@ def connect_redis(url: str, max_connections: int = 256, *, connect_timeout_s: fl
     timeouts a Redis that stops answering (SIGSTOP, a network partition, a stuck host)
     hangs every request forever: with them a call fails within seconds (503).
     Not for subscriptions or blocking commands, which wait longer than any reply timeout
-    (app/fanout.py builds its own client with socket_timeout=None).
+    (app/realtime/fanout.py builds its own client with socket_timeout=None).
     """
     pool = BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
                                            max_connections=max_connections, timeout=POOL_WAIT_S,

@@ -2,7 +2,7 @@
 
 A Redis that comes back behind PostgreSQL (a host crash with `appendfsync everysec`, a
 replica promoted late) hands out seqs PostgreSQL already holds. The flush finds such rows
-(app/flush_write.py: a conflicting seq whose message id PostgreSQL does not hold) and, after
+(app/flush/write.py: a conflicting seq whose message id PostgreSQL does not hold) and, after
 its commit, RESEQ_LUA gives them new seqs; the flush tick raises every room's counter as
 soon as Redis's run_id changes, so new sends stop colliding."""
 
@@ -15,10 +15,10 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from app.cache import STREAM_TOP_LUA
-from app.events import encode
-from app.flush_write import Written
-from app.keys import Keys
+from app.store.cache import STREAM_TOP_LUA
+from app.realtime.events import encode
+from app.flush.write import Written
+from app.store.keys import Keys
 from app.settings import Settings
 
 log = logging.getLogger("chat.flush")

@@ -1,6 +1,6 @@
 """The per-room message cache in Redis: the accept script, the read script, counter seeding.
 
-Layout (see app/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
+Layout (see app/store/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
 and field "m" holding the message JSON exactly as the API renders it, `flushed`
 (written by the worker), `members` set, `cid:<sender>:<client_id>` keys (the seq a client_id produced),
 `flush_queued`, and the global `pending_rooms` set and events channel.
@@ -23,8 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError, DataError, NoScriptError, ResponseError
 
-from app.keys import Keys
-from app.ratelimit import RATE_HIT_LUA
+from app.store.keys import Keys
+from app.store.ratelimit import RATE_HIT_LUA
 
 # Result codes of the accept script.
 OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2, 3, 4, 5

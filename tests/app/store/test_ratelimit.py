@@ -7,8 +7,8 @@ import uuid
 
 from redis.asyncio import Redis
 
-from app import ratelimit
-from app.keys import Keys
+from app.store import ratelimit
+from app.store.keys import Keys
 
 
 def _key(keys: Keys) -> str:

@@ -1,4 +1,4 @@
-"""Operator commands: `python -m app.cli status` and `python -m app.cli flush`."""
+"""Operator commands: `python -m app.ops.cli status` and `python -m app.ops.cli flush`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.tasks.cache_fill import make_room, push
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "app.ops.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

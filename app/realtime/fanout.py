@@ -1,8 +1,8 @@
 """Cross-process fan-out: one Redis pub/sub subscription per server process.
 
-Every event (app/events.py) is published once to `Keys.events_channel()`; each
+Every event (app/realtime/events.py) is published once to `Keys.events_channel()`; each
 server process receives it on its single subscription and delivers it to its
-own connections through the local `Registry` (app/registry.py). Routes:
+own connections through the local `Registry` (app/realtime/registry.py). Routes:
 
     r:<room_id>            the room's local connections
     u:<user_id>            the user's local connections
@@ -37,9 +37,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sanic import Sanic
 
-from app.registry import Registry
-from app.events import decode
-from app.keys import Keys
+from app.realtime.registry import Registry
+from app.realtime.events import decode
+from app.store.keys import Keys
 
 CLOSE_LOGGED_OUT = 4401
 REFRESH_BATCH = 500  # users per PostgreSQL query when re-reading rooms after a gap

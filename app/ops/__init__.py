@@ -1,0 +1,1 @@
+"""Process tooling: the `make run` launcher, embedded servers, the operator CLI."""

@@ -1,0 +1,1 @@
+"""Receiving files: multipart streaming, type sniffing, safe names, image conversion."""
