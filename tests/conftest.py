@@ -20,16 +20,12 @@ stopping every process the tests started (they also die with us: PR_SET_PDEATHSI
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import signal
-import tempfile
 import threading
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -39,47 +35,12 @@ from redis.asyncio import Redis
 
 from app.store.keys import Keys
 from app.settings import Settings
-from tests.support import ROOT, ServerProc, stop_all
+from tests.env import (ADMIN_DB_URL, MEDIA_ROOT, REDIS_PREFIX, REDIS_URL, REPO_MEDIA, RUN_ID, TEST_DB_NAME,
+                       TEST_DB_URL, TEST_ENV, Isolated, isolated_env)
+from tests.support import ServerProc, stop_all
 
-RUN_ID = uuid.uuid4().hex[:10]
-
-
-def _with_db(url: str, dbname: str) -> str:
-    parts = urlsplit(url.replace("postgresql://", "postgres://", 1))
-    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, ""))
-
-
-BASE_DB_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-ADMIN_DB_URL = _with_db(BASE_DB_URL, "postgres")
-TEST_DB_NAME = f"chat_test_{RUN_ID}"
-TEST_DB_URL = _with_db(BASE_DB_URL, TEST_DB_NAME)
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-REDIS_PREFIX = f"chat_test_{RUN_ID}"
-# Uploads of every process of the session land here, never in the repository's ./media.
-MEDIA_ROOT = tempfile.mkdtemp(prefix=f"chat-test-media-{RUN_ID}-")
-REPO_MEDIA = ROOT / "media"
 # How long after pytest-timeout's signal the backstop ends the run (tests/test_support.py shortens it).
 TIMEOUT_BACKSTOP_S = float(os.environ.get("CHAT_TEST_TIMEOUT_BACKSTOP_S", "30"))
-
-# Environment of every process the tests start, and of the in-process Settings.
-# Rate limits are relaxed here; the rate-limit tests set their own.
-TEST_ENV = {
-    "CHAT_ENV": "test",
-    "DATABASE_URL": TEST_DB_URL,
-    "REDIS_URL": REDIS_URL,
-    "REDIS_PREFIX": REDIS_PREFIX,
-    "MEDIA_ROOT": MEDIA_ROOT,
-    "RATE_MESSAGES": "100000",
-    "RATE_AUTH": "100000",
-    "RATE_UPLOADS": "100000",
-    "RATE_ROOMS": "100000",
-    "RATE_JOINS": "100000",
-    # Cheap password hashing: hundreds of test logins would otherwise dominate the run.
-    "ARGON2_TIME_COST": "1",
-    "ARGON2_MEMORY_KIB": "1024",
-    "WS_HEARTBEAT_S": "5",
-    "LOG_LEVEL": "INFO",
-}
 
 
 def _repo_media_files() -> set[str]:
@@ -243,24 +204,6 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_prefix)
-
-
-@dataclasses.dataclass
-class Isolated:
-    """A Redis prefix (so key space and Dramatiq namespace) of one test or module, under the session's."""
-
-    prefix: str
-    env: dict[str, str]  # TEST_ENV with that prefix: give it to every process of the test
-    settings: Settings
-    keys: Keys
-
-
-def isolated_env(tag: str = "") -> Isolated:
-    """A fresh sub-prefix `<REDIS_PREFIX>.<tag><random>`; cleared with the session's keys."""
-    prefix = f"{REDIS_PREFIX}.{tag}{uuid.uuid4().hex[:8]}"
-    env = {**TEST_ENV, "REDIS_PREFIX": prefix}
-    settings = Settings.load(env=env, env_file=None)
-    return Isolated(prefix, env, settings, Keys(prefix))
 
 
 @pytest.fixture

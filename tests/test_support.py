@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MEDIA_ROOT, REPO_MEDIA, TEST_ENV
+from tests.env import MEDIA_ROOT, REPO_MEDIA, TEST_ENV
 from tests.support import ROOT
 
 pytestmark = pytest.mark.e2e

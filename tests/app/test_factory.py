@@ -8,7 +8,7 @@ import pytest
 
 from app.factory import create_app
 from app.settings import DEV_JWT_SECRET, Settings, SettingsError
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 
 
 def _app(settings: Settings):

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import ADMIN_DB_URL
+from tests.env import ADMIN_DB_URL
 from tests.support import ROOT
 
 RUN_TIMEOUT_S = 240

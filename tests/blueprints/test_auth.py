@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from app.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.factories import PASSWORD, make_user, unique
 from tests.support import ServerProc
 

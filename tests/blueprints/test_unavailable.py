@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.env import RUN_ID, TEST_ENV
 from tests.factories import TestUser, make_room, make_user
 from tests.support import Proc, ServerProc, free_port
 

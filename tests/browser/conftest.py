@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.env import RUN_ID, TEST_ENV
 from tests.factories import PASSWORD, TestUser, make_user
 from tests.support import ROOT, Proc, ServerProc, free_port, worker_argv
 

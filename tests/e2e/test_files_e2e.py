@@ -27,7 +27,7 @@ from PIL import Image
 
 from app.settings import Settings
 from tests import samples
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.env import RUN_ID, TEST_ENV
 from tests.factories import TestUser, make_room, make_user
 from tests.support import Proc, ServerProc, worker_argv
 

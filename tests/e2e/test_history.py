@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from app.flush import flush_room
 from app.store.keys import Keys
 from app.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.e2e.wsutil import WS, FlushGate, flush_upto
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc

@@ -21,7 +21,7 @@ import pytest
 import redis as redis_sync
 
 from app.ops.launcher import with_database
-from tests.conftest import ADMIN_DB_URL, REDIS_PREFIX, REDIS_URL, RUN_ID
+from tests.env import ADMIN_DB_URL, REDIS_PREFIX, REDIS_URL, RUN_ID
 from tests.support import Proc, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

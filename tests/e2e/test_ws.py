@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.e2e.wsutil import WS
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc

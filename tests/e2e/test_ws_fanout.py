@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.e2e.wsutil import WS
 from tests.factories import make_room, make_user, unique
 from tests.support import ServerProc

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from app.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.faults._procs import (PG_BIN, WORKER_ARGV, AppProc, PgCluster, RedisServer, make_tmp, remove_tmp,
                                  start_scheduler, start_server, start_worker)
 

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.e2e.wsutil import WS
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc

@@ -7,7 +7,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.env import RUN_ID, TEST_ENV
 from tests.support import ServerProc
 
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.env import RUN_ID, TEST_ENV
 from tests.factories import make_room, make_user
 from tests.support import ServerProc
 

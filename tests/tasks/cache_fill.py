@@ -25,7 +25,7 @@ from app.serialize import iso
 from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.support import Proc, worker_argv
 
 # Concurrent sends per round: the accept batcher pipelines them into few round trips.

@@ -22,7 +22,7 @@ from app.rooms import CreateRoom
 from app.serialize import dumps, loads, now_iso
 from app.settings import Settings
 from models.user import User
-from tests.conftest import REDIS_URL, TEST_ENV
+from tests.env import REDIS_URL, TEST_ENV
 from tests.support import ROOT
 
 

@@ -218,7 +218,7 @@ async def test_a_role_that_may_not_skip_triggers_still_flushes(settings, keys, r
     import asyncpg
 
     from app import flush as flush_module
-    from tests.conftest import TEST_DB_URL
+    from tests.env import TEST_DB_URL
 
     role = f"chat_nosu_{uuid.uuid4().hex[:8]}"
     await pool.execute(f'CREATE ROLE "{role}" LOGIN')

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import TEST_ENV
+from tests.env import TEST_ENV
 from tests.support import ROOT, Proc
 
 DUMP = """

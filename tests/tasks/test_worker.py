@@ -15,7 +15,7 @@ from app.serialize import utcnow
 from app.store.keys import Keys
 from app.settings import Settings
 from models.file import File
-from tests.conftest import Isolated, isolated_env
+from tests.env import Isolated, isolated_env
 from tests.support import Proc
 from tests.tasks.cache_fill import make_room, push, start_worker, wait_for, wait_worker_ready
 

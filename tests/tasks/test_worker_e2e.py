@@ -16,7 +16,7 @@ import pytest
 from app.jobs import enqueue_flush_room
 from app.store.keys import Keys
 from app.settings import Settings
-from tests.conftest import Isolated, isolated_env
+from tests.env import Isolated, isolated_env
 from tests.factories import make_room as api_room
 from tests.factories import make_user
 from tests.support import ServerProc
