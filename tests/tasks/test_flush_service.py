@@ -11,7 +11,7 @@ from app.flush import _write, flush_all_pending, flush_room
 from app.serialize import dumps
 from models.room import Room
 from models.user import User
-from tests.tasks.cache_fill import make_room, message, push
+from tests.fill import make_room, message, push
 
 
 async def _db_seqs(pool, room_id: str) -> list[int]:

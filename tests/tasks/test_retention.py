@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from app.flush import flush_room
 from app.retention import call_hook, prune_old_messages, retention_cutoff
 from models.file import File
-from tests.tasks.cache_fill import make_room, push
+from tests.fill import make_room, push
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 

@@ -16,8 +16,8 @@ from app.store.keys import Keys
 from app.settings import Settings
 from models.file import File
 from tests.env import Isolated, isolated_env
+from tests.fill import make_room, push, start_worker, wait_for, wait_worker_ready
 from tests.support import Proc
-from tests.tasks.cache_fill import make_room, push, start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
 

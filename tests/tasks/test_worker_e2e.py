@@ -19,8 +19,8 @@ from app.settings import Settings
 from tests.env import Isolated, isolated_env
 from tests.factories import make_room as api_room
 from tests.factories import make_user
+from tests.fill import start_worker, wait_for, wait_worker_ready
 from tests.support import ServerProc
-from tests.tasks.cache_fill import start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
 

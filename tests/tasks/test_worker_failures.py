@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from app.jobs import enqueue_flush_room
-from tests.tasks.cache_fill import make_room, push, start_worker, wait_for, wait_worker_ready
+from tests.fill import make_room, push, start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
 

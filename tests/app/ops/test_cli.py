@@ -6,8 +6,8 @@ import subprocess
 import sys
 import uuid
 
+from tests.fill import make_room, push
 from tests.support import ROOT
-from tests.tasks.cache_fill import make_room, push
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

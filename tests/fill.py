@@ -1,4 +1,5 @@
-"""Test helpers: rooms in PostgreSQL, and messages sent into a room's Redis cache by the real accept path.
+"""Test support (not a test module): rooms in PostgreSQL, and messages sent into a room's Redis cache
+by the real accept path.
 
 `push` sends through app.messages.accept_message, the same call the HTTP and WebSocket
 handlers make (member check, idempotency, seq, the stream entry, the pending set, the
