@@ -1,7 +1,8 @@
 """Processes of the fault suite: its own Redis and PostgreSQL, and the project's server, worker
 and scheduler, all on loopback, all started and stopped by the test, by PID.
 
-Two safety nets make sure nothing outlives a test, even a pytest killed with SIGKILL:
+Every child is an app.ops.procs.Proc (the one process helper). Two safety nets make sure
+nothing outlives a test, even a pytest killed with SIGKILL:
 - every child is started with PR_SET_PDEATHSIG (SIGKILL when the pytest process goes);
 - every child leads its own process group, registered with a small reaper process that
   holds the read end of a pipe: when pytest dies the pipe closes and the reaper kills the
@@ -13,7 +14,6 @@ that forked, not the process.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from app.ops import procs
+from app.ops.procs import ROOT, free_port, wait_until
 
 
 def _pg_bin() -> Path:
@@ -43,41 +43,6 @@ def _pg_bin() -> Path:
 
 
 PG_BIN = _pg_bin()
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The parent may have died between fork and prctl: then we are already orphaned.
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def _as_user(name: str) -> Callable[[], None]:
-    """preexec_fn: become `name` (PostgreSQL refuses to run as root), then die with the parent.
-    The death signal is set after the uid change: changing credentials clears it."""
-    pw = pwd.getpwnam(name)
-
-    def run() -> None:
-        os.setsid()
-        os.initgroups(name, pw.pw_gid)
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-        _die_with_parent()
-
-    return run
-
-
-def _new_group() -> None:
-    os.setsid()
-    _die_with_parent()
 
 
 # -- the reaper -----------------------------------------------------------------------
@@ -124,11 +89,11 @@ class _Reaper:
                                          start_new_session=True, close_fds=True)
         return self.proc
 
-    def add(self, pgid: int) -> None:
-        self._send(f"+ {pgid}\n")
+    def add(self, proc: procs.Proc) -> None:
+        self._send(f"+ {proc.pid}\n")
 
-    def discard(self, pgid: int) -> None:
-        self._send(f"- {pgid}\n")
+    def discard(self, proc: procs.Proc) -> None:
+        self._send(f"- {proc.pid}\n")
 
     def add_dir(self, path: Path) -> None:
         self._send(f"d+ {path}\n")
@@ -148,87 +113,17 @@ REAPER = _Reaper()
 
 # -- one child process ----------------------------------------------------------------
 
-class Proc:
-    """A child that leads its own process group; output goes to a log file in the test's dir."""
+class Proc(procs.Proc):
+    """A child leading its own process group, registered with the reaper, dying with pytest
+    (SIGKILL); output goes to a log file in the test's dir; `user` runs it as that system user."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *,
                  user: str | None = None, cwd: Path = ROOT) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, close_fds=True,
-                                      preexec_fn=_as_user(user) if user else _new_group)
-        self.pid = self.popen.pid
-        REAPER.add(self.pid)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def kill9(self) -> None:
-        """SIGKILL the whole group (a crash: no handler runs) and wait for the leader."""
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait(10)
-        self._forget()
-
-    def terminate(self) -> None:
-        """SIGTERM to the leader (it stops its own children); stop() waits for it."""
-        if self.alive():
-            self.signal_group(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to the leader, then SIGKILL what is left of the group after `timeout`."""
-        if self.alive():
-            self.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal_group(signal.SIGKILL)
-        try:
-            self.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._forget()
-
-    def _forget(self) -> None:
-        REAPER.discard(self.pid)
-        if not self._log.closed:
-            self._log.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        super().__init__(name, argv, base_env=env, log_path=log_dir / f"{name}.log", cwd=cwd,
+                         death_signal=signal.SIGKILL, user=user, registry=REAPER)
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll `pred` until true; returns the seconds it took, raises AssertionError on timeout."""
-    start = time.monotonic()
-    while True:
-        if pred():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        return self.output()
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -349,9 +244,10 @@ class PgCluster:
         proc = Proc(f"{self.name}-initdb", [str(PG_BIN / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
                                             "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"],
                     env, self.log_dir, user=_RUN_AS, cwd=self.base)
-        if proc.popen.wait(120) != 0:
+        code = proc.wait_exit(120)
+        proc.stop()
+        if code != 0:
             raise RuntimeError(f"initdb failed:\n{proc.log_tail()}")
-        proc._forget()
         return self
 
     def copy_from(self, template: "PgCluster") -> "PgCluster":
