@@ -2,14 +2,29 @@
 
 Nothing else in the code base reads `os.environ`: every module receives a
 `Settings` (or the values it needs) explicitly.
+
+Built on pydantic-settings. Invariants kept from the hand-written parser it replaced:
+
+- a field `port` is set by the variable `PORT` (upper-cased name; `write_mode` is
+  `CHAT_WRITE_MODE`), matched case-sensitively; nothing else is read;
+- `Settings.load()` reads `.env.local` first and lets the environment win over it;
+  `Settings(...)` alone reads neither (defaults plus the keyword arguments given);
+- lists (`WS_ALLOWED_ORIGINS`, `ALLOWED_MIME`) are comma-separated, not JSON;
+- booleans accept 1/0, true/false, yes/no, on/off (and empty for false);
+- a bad value is one `SettingsError` naming the variable, its value and what is wrong,
+  never a traceback through pydantic's internals.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from dotenv import dotenv_values
+from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource,
+                               SettingsConfigDict)
 
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,23 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class SettingsError(ValueError):
     """A setting is missing, malformed or unsafe for the chosen environment."""
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    """Parse a KEY=VALUE file (comments and blank lines ignored, quotes stripped)."""
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for raw in path.read_text("utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip().removeprefix("export ").strip()] = value
-    return values
 
 
 # Environment variables whose name is not simply the upper-cased field name.
@@ -45,33 +43,45 @@ def env_name(field_name: str) -> str:
     return _ALIASES.get(field_name, field_name.upper())
 
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
+CSV = Annotated[tuple[str, ...], NoDecode]  # NoDecode: the variable is "a,b", not JSON
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Every tunable of the server, the worker and the scheduler.
 
     Field names map to upper-case environment variables (`port` <- `PORT`).
-    Defaults are development defaults; README.md lists them all.
+    Defaults are development defaults; README.md lists them all. Immutable: derive a
+    variant with `replace(**changes)` (validated like a load).
     """
 
-    chat_env: str = "development"  # development | test | production
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        extra="ignore",  # the environment holds much else; .env.local may hold comments' kin
+        alias_generator=AliasGenerator(validation_alias=env_name),
+        validate_by_name=True,  # Settings(port=1) in code and tests, PORT=1 from the environment
+        validate_by_alias=True,
+        validate_default=False,
+    )
+
+    chat_env: Literal["development", "test", "production"] = "development"
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: Positive = 8000
+    workers: Positive = 1
     log_level: str = "INFO"
     # `make run` (app.ops.launcher) only: auto = start embedded PostgreSQL/Redis for whichever is
     # neither configured nor reachable; always = embed both; never = use the URLs or fail.
-    embedded_servers: str = "auto"
+    embedded_servers: Literal["auto", "always", "never"] = "auto"
     var_dir: str = str(ROOT / "var")  # embedded servers' data: var/pg, var/redis
 
     database_url: str = "postgres://postgres@127.0.0.1:5432/chat"
-    db_pool_max: int = 10
+    db_pool_max: Positive = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Redis connections per process; a request waits (up to 10 s) for one when all are busy.
-    redis_pool_max: int = 256
+    redis_pool_max: Positive = 256
     # Prefix of every Redis key and channel (and the Dramatiq namespace), so that
     # several deployments or test sessions can share one Redis.
     redis_prefix: str = "chat"
@@ -79,55 +89,55 @@ class Settings:
     # (acknowledged messages would be lost on a Redis restart) unless this is set.
     allow_redis_without_persistence: bool = False
     # A Redis that stops answering must give 503s within seconds, not hang every request.
-    redis_connect_timeout_s: float = 2.0
-    redis_socket_timeout_s: float = 5.0
+    redis_connect_timeout_s: Seconds = 2.0
+    redis_socket_timeout_s: Seconds = 5.0
 
     jwt_secret: str = DEV_JWT_SECRET
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_issuer: str = "chat-server"
     jwt_audience: str = "chat-clients"
-    access_token_ttl_s: int = 900
-    refresh_token_ttl_s: int = 30 * 24 * 3600
+    access_token_ttl_s: Positive = 900
+    refresh_token_ttl_s: Positive = 30 * 24 * 3600
     # argon2id password hashing cost (OWASP minimum: t=2, m=19 MiB); tests and load runs lower it.
-    argon2_time_cost: int = 2
-    argon2_memory_kib: int = 19456
+    argon2_time_cost: Positive = 2
+    argon2_memory_kib: Positive = 19456
 
-    request_max_bytes: int = 1024 * 1024  # JSON bodies; uploads have their own limit
+    request_max_bytes: Positive = 1024 * 1024  # JSON bodies; uploads have their own limit
     # Rate limits: N events per window, per user (per IP for login/register).
-    rate_messages: int = 20
-    rate_messages_window_s: int = 10
-    rate_auth: int = 20
-    rate_auth_window_s: int = 60
-    rate_limit_strikes: int = 5  # rate-limited WS frames tolerated before close 4429
+    rate_messages: Positive = 20
+    rate_messages_window_s: Positive = 10
+    rate_auth: Positive = 20
+    rate_auth_window_s: Positive = 60
+    rate_limit_strikes: Positive = 5  # rate-limited WS frames tolerated before close 4429
     # Per-user limits on what costs the server most (checked in Redis before PostgreSQL).
-    rate_uploads: int = 10
-    rate_uploads_window_s: int = 60
-    rate_rooms: int = 10  # rooms created
-    rate_rooms_window_s: int = 60
-    rate_joins: int = 30  # joins and member adds
-    rate_joins_window_s: int = 60
+    rate_uploads: Positive = 10
+    rate_uploads_window_s: Positive = 60
+    rate_rooms: Positive = 10  # rooms created
+    rate_rooms_window_s: Positive = 60
+    rate_joins: Positive = 30  # joins and member adds
+    rate_joins_window_s: Positive = 60
 
-    ws_allowed_origins: tuple[str, ...] = ("http://localhost:8000", "http://127.0.0.1:8000")
-    ws_max_frame_bytes: int = 64 * 1024
-    ws_heartbeat_s: int = 20
-    ws_outbox_frames: int = 1000  # frames queued for one slow client before it is closed (1013)
-    message_max_chars: int = 4000
-    idempotency_ttl_s: int = 24 * 3600
+    ws_allowed_origins: CSV = ("http://localhost:8000", "http://127.0.0.1:8000")
+    ws_max_frame_bytes: Positive = 64 * 1024
+    ws_heartbeat_s: Positive = 20
+    ws_outbox_frames: Positive = 1000  # frames queued for one slow client before it is closed (1013)
+    message_max_chars: Positive = 4000
+    idempotency_ttl_s: Positive = 24 * 3600
     # A room whose cache is fully flushed and that stays idle this long loses its Redis
     # keys (log tail, counters, member set); they are rebuilt from PostgreSQL on next use.
-    room_cache_idle_ttl_s: int = 7 * 24 * 3600
-    write_mode: str = "cache"  # cache | direct (CHAT_WRITE_MODE)
+    room_cache_idle_ttl_s: Positive = 7 * 24 * 3600
+    write_mode: Literal["cache", "direct"] = Field("cache", validation_alias="CHAT_WRITE_MODE")  # cache | direct
 
-    flush_batch_size: int = 5000
-    cache_tail: int = 200
-    flush_backlog_threshold: int = 1000
+    flush_batch_size: Positive = 5000
+    cache_tail: NonNegative = 200  # 0: nothing kept in Redis once flushed
+    flush_backlog_threshold: NonNegative = 1000
     # Renewed every batch, so it only has to outlast one batch; short, so a room whose
     # flushing worker was killed is picked up again within seconds.
-    flush_lease_s: int = 10
+    flush_lease_s: Positive = 10
     # A worker silent this long is dead: Dramatiq requeues the jobs it had fetched.
-    broker_heartbeat_timeout_s: int = 10
-    retention_days: int = 30
-    prune_batch_size: int = 5000
+    broker_heartbeat_timeout_s: Positive = 10
+    retention_days: Positive = 30
+    prune_batch_size: Positive = 5000
     flush_cron: str = "* * * * *"
     sweep_cron: str = "0 * * * *"
     prune_cron: str = "0 4 * * *"
@@ -135,14 +145,14 @@ class Settings:
     reconcile_cron: str = "*/5 * * * *"
 
     media_root: str = str(ROOT / "media")
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    thumbnail_px: int = 320
-    image_ttl_days: int = 7
-    file_ttl_days: int = 14
+    max_upload_bytes: Positive = 10 * 1024 * 1024
+    max_image_pixels: Positive = 40_000_000
+    thumbnail_px: Positive = 320
+    image_ttl_days: Positive = 7
+    file_ttl_days: Positive = 14
     # Signed media links (GET /files/{id}/url) work this long: enough for an <img> to load.
-    media_url_ttl_s: int = 300
-    allowed_mime: tuple[str, ...] = (
+    media_url_ttl_s: Positive = 300
+    allowed_mime: CSV = (
         "image/png", "image/jpeg", "image/gif", "image/webp",
         "application/pdf", "text/plain", "application/zip",
         "application/msword",
@@ -159,59 +169,90 @@ class Settings:
     def production(self) -> bool:
         return self.chat_env == "production"
 
+    @field_validator("ws_allowed_origins", "allowed_mime", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("allow_redis_without_persistence", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: Any) -> Any:
+        return False if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> "Settings":
+        if self.production:
+            if self.jwt_secret == DEV_JWT_SECRET:
+                raise ValueError("JWT_SECRET is the development default; set a real secret in production")
+            if len(self.jwt_secret.encode()) < 32:
+                raise ValueError("JWT_SECRET must be at least 32 bytes in production")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The constructor reads only its arguments; `load` chooses where values come from.
+        return (init_settings,)
+
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, env_file: Path | None = ROOT / ".env.local") -> "Settings":
         """Build settings from `env` (default os.environ) over the `.env.local` defaults."""
-        source: dict[str, str] = _env_file(env_file) if env_file else {}
+        source: dict[str, str] = {}
+        if env_file is not None and env_file.exists():
+            # python-dotenv, the parser pydantic-settings' own .env source uses
+            source.update((k, v) for k, v in dotenv_values(env_file).items() if v is not None)
         source.update(os.environ if env is None else env)
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            name = env_name(f.name)
-            if name not in source:
-                continue
-            raw = source[name]
-            try:
-                kwargs[f.name] = _coerce(raw, f.default)
-            except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r}: {exc}") from None
-        settings = cls(**kwargs)
-        settings.validate()
-        return settings
+        return cls._build(_MappingEnvSource(cls, source)())
 
-    def validate(self) -> None:
-        """Refuse unsafe or impossible combinations; raise SettingsError."""
-        if self.chat_env not in ("development", "test", "production"):
-            raise SettingsError("CHAT_ENV must be development, test or production")
-        if self.embedded_servers not in ("auto", "always", "never"):
-            raise SettingsError("EMBEDDED_SERVERS must be auto, always or never")
-        if self.write_mode not in ("cache", "direct"):
-            raise SettingsError("CHAT_WRITE_MODE must be cache or direct")
-        if self.jwt_algorithm not in ("HS256", "HS384", "HS512"):
-            raise SettingsError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
-        if self.production:
-            if self.jwt_secret == DEV_JWT_SECRET:
-                raise SettingsError("JWT_SECRET is the development default; set a real secret in production")
-            if len(self.jwt_secret.encode()) < 32:
-                raise SettingsError("JWT_SECRET must be at least 32 bytes in production")
-        for name in ("port", "workers", "access_token_ttl_s", "refresh_token_ttl_s", "flush_batch_size",
-                     "max_upload_bytes", "ws_max_frame_bytes", "ws_heartbeat_s", "rate_messages",
-                     "rate_messages_window_s", "message_max_chars"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name.upper()} must be positive")
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (by field name), validated like a load."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"Settings has no field {', '.join(sorted(unknown))}")
+        return type(self)._build({**self.model_dump(), **changes})
+
+    @classmethod
+    def _build(cls, values: dict[str, Any]) -> "Settings":
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> the environment variable that sets it."""
+        return {name: env_name(name) for name in cls.model_fields}
 
 
-def _coerce(raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError("expected true or false")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, tuple):
-        return _csv(raw)
-    return raw
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (os.environ, or a test's dict)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Only the exact variable names: `port=1` must not set PORT (it may name a field).
+        names = Settings.env_names().values()
+        return {name: self._env[name] for name in names if name in self._env}
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per bad variable: `NAME='value': what is wrong`."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across fields (production safety): its message names the variable
+            lines.append(msg)
+            continue
+        name = str(loc[0])
+        if name in Settings.model_fields:
+            name = env_name(name)
+        lines.append(f"{name}={err['input']!r}: {msg}")
+    return "; ".join(lines)

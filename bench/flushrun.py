@@ -13,7 +13,6 @@ Prints JSON lines (`progress`, `result`) on stdout.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import sys
 import time
@@ -165,7 +164,7 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     settings = Settings.load(env={**os.environ, **cfg["env"]})
     # No backlog trigger: the messages must wait in the cache for the timed flush.
-    settings = dataclasses.replace(settings, flush_backlog_threshold=2**62)
+    settings = settings.replace(flush_backlog_threshold=2**62)
     keys = Keys(settings.redis_prefix)
     redis = Redis.from_url(settings.redis_url, decode_responses=True, max_connections=128)
     await init_db(settings.database_url, 4)  # the accept path rebuilds lost sets from PostgreSQL

@@ -7,6 +7,10 @@ generator long before the server. Here the `websockets` sans-I/O protocol makes
 and checks the handshake and frames what we send (masking included), and received
 frames (unmasked, uncompressed: no extension is offered) are cut out of the byte
 stream here, one callback per text frame: about half the cost of the generic parser.
+
+The tests' frame-level client (tests/wsclient.RawWS) is this same connection with
+`answer_pings=False` when a test needs a client that stops answering the heartbeat: one
+handshake and one frame parser for the bench and the tests, no copy in a test module.
 """
 
 from __future__ import annotations
@@ -27,15 +31,18 @@ OnText = Callable[["WSConn", "bytes | memoryview"], None]
 class WSConn(asyncio.Protocol):
     """One WebSocket connection; `on_text(conn, payload)` is called for every text frame."""
 
-    def __init__(self, url: str, on_text: OnText, index: int = 0) -> None:
+    def __init__(self, url: str, on_text: OnText, index: int = 0, answer_pings: bool = True) -> None:
         self.url = url
         self.index = index
         self.on_text = on_text
+        self.answer_pings = answer_pings  # False: a client that stops answering the heartbeat (tests)
+        self.pings = 0  # pings received from the server
         self.proto = ClientProtocol(parse_uri(url))
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.close_code: int | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # done when the socket is gone
         self.last_seq: dict[str, int] = {}  # room_id -> last seq received (order/duplicate check)
         self._buf = bytearray()  # the handshake so far, then an incomplete frame
         self._fragments: list[bytes] = []
@@ -119,8 +126,10 @@ class WSConn(asyncio.Protocol):
                 whole, self._fragments = b"".join(self._fragments), []
                 self.on_text(self, whole)
         elif opcode == 0x9:  # ping: the server's heartbeat
-            self.proto.send_pong(bytes(payload))
-            self._flush()
+            self.pings += 1
+            if self.answer_pings:
+                self.proto.send_pong(bytes(payload))
+                self._flush()
         elif opcode == 0x8:  # close: note the code, answer, drop the socket
             self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self._fail(1000)
@@ -138,6 +147,8 @@ class WSConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection lost during handshake: {exc}"))
 
@@ -171,12 +182,14 @@ class WSConn(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_ws(url: str, on_text: OnText, index: int = 0, timeout: float = 15.0) -> WSConn:
+async def open_ws(url: str, on_text: OnText, index: int = 0, timeout: float = 15.0,
+                  answer_pings: bool = True) -> WSConn:
     """Connect and complete the handshake (not waiting for the server's hello frame)."""
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     _transport, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: WSConn(url, on_text, index), parts.hostname, parts.port or 80),
+        loop.create_connection(lambda: WSConn(url, on_text, index, answer_pings), parts.hostname,
+                               parts.port or 80),
         timeout)
     await asyncio.wait_for(conn.opened, timeout)
     return conn

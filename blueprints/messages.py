@@ -18,7 +18,7 @@ from app.settings import Settings
 from app.validation import BIGINT_MAX, STORABLE_PATTERN, body
 from blueprints.deps import JsonBody, NOT_BLANK_PATTERN, ErrorEnvelope, authenticated, bigint, body_schema, text_field
 
-DEFAULT_MAX_CHARS = Settings.__dataclass_fields__["message_max_chars"].default
+DEFAULT_MAX_CHARS = Settings.model_fields["message_max_chars"].default
 
 bp = Blueprint("messages")
 

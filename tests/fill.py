@@ -6,12 +6,14 @@ handlers make (member check, idempotency, seq, the stream entry, the pending set
 fan-out publish, the backlog trigger), so the flush is tested on exactly what the server
 writes. `message` builds a stream entry by hand, for tests that inject what the accept
 path would never write.
+
+`FlushGate` and `flush_upto` run the real flush (app.flush.flush_room) with its pool held
+after each COMMIT, so a test can read inside the window where a batch is in both stores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -21,6 +23,7 @@ from unittest import mock
 from redis.asyncio import Redis
 
 from app import messages
+from app.flush import FlushResult, flush_room
 from app.store.keys import Keys
 from app.serialize import iso
 from app.settings import Settings
@@ -53,8 +56,8 @@ def message(room_id: str, seq: int, sender_id: str | None, created_at: datetime 
 
 def _settings_for(keys: Keys, settings: Settings | None, trigger: bool) -> Settings:
     base = settings or Settings.load(env=TEST_ENV, env_file=None)
-    s = dataclasses.replace(base, redis_prefix=keys.prefix)
-    return s if trigger else dataclasses.replace(s, flush_backlog_threshold=NO_TRIGGER)
+    s = base.replace(redis_prefix=keys.prefix)
+    return s if trigger else s.replace(flush_backlog_threshold=NO_TRIGGER)
 
 
 async def push(redis: Redis, keys: Keys, room_id: str, sender_id: str | None, n: int,
@@ -122,3 +125,85 @@ async def wait_worker_ready(proc: Proc, timeout: float = 40.0) -> None:
             raise AssertionError(f"{proc.name} exited:\n{proc.log_tail(60)}")
         return "worker resources open" in proc.log_tail(200)
     await wait_for(ready, timeout, f"{proc.name} to boot", proc)
+
+
+class FlushGate:
+    """The flush's asyncpg pool, held after each PostgreSQL COMMIT until the test lets it go.
+
+    Pass it as `pool=` to app.flush.flush_room: the real flush runs unchanged, but after a
+    batch commits it waits, still before its Redis step (advance `flushed`, trim). While it
+    waits the batch is in PostgreSQL *and* in the room's stream; a test does its reads
+    there (`async with gate.paused(task)`) and so proves they overlapped that window.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.commits = 0
+        self._paused = asyncio.Event()
+        self._resume = asyncio.Event()
+
+    def acquire(self, *args: Any, **kwargs: Any) -> "_GatedAcquire":
+        return _GatedAcquire(self, self.pool.acquire(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+    async def _after_commit(self) -> None:
+        self.commits += 1
+        self._resume.clear()
+        self._paused.set()
+        await self._resume.wait()
+
+    async def wait_paused(self, flush: "asyncio.Task[Any]", timeout: float = 30.0) -> bool:
+        """True once the flush waits after a commit; False if the flush task ended first."""
+        paused = asyncio.ensure_future(self._paused.wait())
+        try:
+            await asyncio.wait({paused, flush}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            paused.cancel()
+        if self._paused.is_set():
+            return True
+        if flush.done():
+            flush.result()  # re-raise a failed flush
+            return False
+        raise AssertionError(f"the flush neither committed nor ended within {timeout}s")
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._resume.set()
+
+
+class _GatedAcquire:
+    def __init__(self, gate: FlushGate, inner: Any) -> None:
+        self.gate, self.inner = gate, inner
+
+    async def __aenter__(self) -> "_GatedConn":
+        return _GatedConn(self.gate, await self.inner.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.inner.__aexit__(*exc)
+
+
+class _GatedConn:
+    def __init__(self, gate: FlushGate, conn: Any) -> None:
+        self._gate, self._conn = gate, conn
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        out = await self._conn.execute(query, *args, **kwargs)
+        if query.rstrip().rstrip(";").upper().endswith("COMMIT"):
+            await self._gate._after_commit()
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def flush_upto(redis: Redis, keys: Keys, settings: Settings, pool: Any, room_id: str, upto: int,
+                     cache_tail: int = 0) -> FlushResult:
+    """The real flush (app.flush.flush_room) of the room's entries up to seq `upto`, as one batch."""
+    done = int(await redis.get(keys.room_flushed(room_id)) or 0)
+    assert upto > done, (upto, done)
+    s = settings.replace(flush_batch_size=upto - done, cache_tail=cache_tail)
+    res = await flush_room(room_id, redis=redis, keys=keys, settings=s, pool=pool, max_run_s=0)
+    assert res.flushed == upto and not res.busy, res
+    return res

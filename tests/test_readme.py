@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
-
 from app.settings import ROOT, Settings, env_name
 
 ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (.*?) \| (.+) \|$")
@@ -23,13 +21,13 @@ def _shown(default: object) -> str:
 
 def test_every_setting_has_a_row_with_its_default() -> None:
     rows = _rows()
-    for f in fields(Settings):
-        name = env_name(f.name)
+    for field_name, f in Settings.model_fields.items():
+        name = env_name(field_name)
         assert name in rows, f"README.md's configuration table has no row for {name}"
         if not isinstance(f.default, tuple):  # lists are described in words or comma-joined
             assert rows[name] == _shown(f.default), f"{name}: README says {rows[name]}, the code {f.default!r}"
 
 
 def test_no_row_for_a_setting_that_does_not_exist() -> None:
-    known = {env_name(f.name) for f in fields(Settings)}
+    known = set(Settings.env_names().values())
     assert set(_rows()) - known == set()

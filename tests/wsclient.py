@@ -1,18 +1,22 @@
-"""Helpers for the real-time tests: a small WebSocket client, and the real flush held at will."""
+"""The tests' WebSocket client: `WS` for JSON frames, `RawWS` when a test needs the frames themselves.
+
+A support module, not a test module: every test that talks to /ws uses these two, so no test
+builds handshakes or parses frames of its own. `WS` is the `websockets` client (its handshake
+errors, e.g. InvalidStatus with the refusal's status and body, and ConnectionClosed with the
+close code, surface unchanged). `RawWS` is the load generator's lean connection
+(bench.wsclient.WSConn, shared so both check the handshake and cut frames one way), for what
+`websockets` does on its own and a test must control: answering the server's pings.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from typing import Any, Callable
 
 import websockets
-from redis.asyncio import Redis
 
-from app.flush import FlushResult, flush_room
-from app.store.keys import Keys
-from app.settings import Settings
+from bench.wsclient import WSConn, open_ws
 
 
 class WS:
@@ -71,83 +75,57 @@ class WS:
         await self.conn.close()
 
 
-class FlushGate:
-    """The flush's asyncpg pool, held after each PostgreSQL COMMIT until the test lets it go.
+class RawWS:
+    """A frame-level connection: counts the server's pings, answers them only if told to.
 
-    Pass it as `pool=` to app.flush.flush_room: the real flush runs unchanged, but after a
-    batch commits it waits, still before its Redis step (advance `flushed`, trim). While it
-    waits the batch is in PostgreSQL *and* in the room's stream; a test does its reads
-    there (`async with gate.paused(task)`) and so proves they overlapped that window.
+    Text frames are queued as parsed JSON; `lost()` waits for the server to drop the socket and
+    gives its close code (None when it closed without a close frame).
     """
 
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.commits = 0
-        self._paused = asyncio.Event()
-        self._resume = asyncio.Event()
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.conn: WSConn | None = None
 
-    def acquire(self, *args: Any, **kwargs: Any) -> "_GatedAcquire":
-        return _GatedAcquire(self, self.pool.acquire(*args, **kwargs))
+    @classmethod
+    async def open(cls, url: str, token: str | None = None, *, answer_pings: bool = True,
+                   timeout: float = 10.0) -> "RawWS":
+        """Connect and complete the handshake (a refusal raises ConnectionError naming the status)."""
+        ws = cls()
+        full = f"{url}?token={token}" if token else url
+        ws.conn = await open_ws(full, ws._on_text, timeout=timeout, answer_pings=answer_pings)
+        return ws
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pool, name)
+    def _on_text(self, conn: WSConn, payload: "bytes | memoryview") -> None:
+        self.frames.put_nowait(json.loads(bytes(payload)))
 
-    async def _after_commit(self) -> None:
-        self.commits += 1
-        self._resume.clear()
-        self._paused.set()
-        await self._resume.wait()
+    @property
+    def pings(self) -> int:
+        assert self.conn is not None
+        return self.conn.pings
 
-    async def wait_paused(self, flush: "asyncio.Task[Any]", timeout: float = 30.0) -> bool:
-        """True once the flush waits after a commit; False if the flush task ended first."""
-        paused = asyncio.ensure_future(self._paused.wait())
-        try:
-            await asyncio.wait({paused, flush}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            paused.cancel()
-        if self._paused.is_set():
-            return True
-        if flush.done():
-            flush.result()  # re-raise a failed flush
-            return False
-        raise AssertionError(f"the flush neither committed nor ended within {timeout}s")
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.frames.get(), timeout)
 
-    def resume(self) -> None:
-        self._paused.clear()
-        self._resume.set()
+    def send(self, frame: dict[str, Any]) -> None:
+        assert self.conn is not None
+        assert self.conn.send_text(json.dumps(frame).encode()), "the connection is gone"
 
+    async def wait_pings(self, n: int, timeout: float) -> None:
+        """Until the server has pinged `n` times (fails if the connection is lost first)."""
+        assert self.conn is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.conn.pings < n:
+            assert not self.conn.closed, f"closed ({self.conn.close_code}) after {self.conn.pings} ping(s)"
+            assert loop.time() < deadline, f"{self.conn.pings} ping(s) within {timeout}s, expected {n}"
+            await asyncio.sleep(0.05)
 
-class _GatedAcquire:
-    def __init__(self, gate: FlushGate, inner: Any) -> None:
-        self.gate, self.inner = gate, inner
+    async def lost(self, timeout: float) -> int | None:
+        """Wait until the socket is gone; the server's close code."""
+        assert self.conn is not None
+        await asyncio.wait_for(asyncio.shield(self.conn.lost), timeout)
+        return self.conn.close_code
 
-    async def __aenter__(self) -> "_GatedConn":
-        return _GatedConn(self.gate, await self.inner.__aenter__())
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self.inner.__aexit__(*exc)
-
-
-class _GatedConn:
-    def __init__(self, gate: FlushGate, conn: Any) -> None:
-        self._gate, self._conn = gate, conn
-
-    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        out = await self._conn.execute(query, *args, **kwargs)
-        if query.rstrip().rstrip(";").upper().endswith("COMMIT"):
-            await self._gate._after_commit()
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-async def flush_upto(redis: Redis, keys: Keys, settings: Settings, pool: Any, room_id: str, upto: int,
-                     cache_tail: int = 0) -> FlushResult:
-    """The real flush (app.flush.flush_room) of the room's entries up to seq `upto`, as one batch."""
-    done = int(await redis.get(keys.room_flushed(room_id)) or 0)
-    assert upto > done, (upto, done)
-    s = dataclasses.replace(settings, flush_batch_size=upto - done, cache_tail=cache_tail)
-    res = await flush_room(room_id, redis=redis, keys=keys, settings=s, pool=pool, max_run_s=0)
-    assert res.flushed == upto and not res.busy, res
-    return res
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import dataclasses
 import json
 import os
 import signal
@@ -489,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     settings = Settings.load()
     if args.embedded:
-        settings = dataclasses.replace(settings, embedded_servers="always")
+        settings = settings.replace(embedded_servers="always")
     return Launcher(settings, dict(os.environ)).run()
 
 

@@ -52,9 +52,7 @@ def test_settings_reject_malformed_values() -> None:
 
 def test_sanic_buffers_at_most_the_json_cap(settings: Settings) -> None:
     """Non-streaming routes are capped by Sanic itself before buffering; only uploads stream past it."""
-    from dataclasses import replace
-
-    app = _app(replace(settings, request_max_bytes=4096))
+    app = _app(settings.replace(request_max_bytes=4096))
     assert app.config.REQUEST_MAX_SIZE == 4096
     _, resp = app.test_client.post("/auth/login", content=b'{"username": "' + b"x" * 5000 + b'"}',
                                    headers={"content-type": "application/json"})

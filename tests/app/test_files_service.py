@@ -7,7 +7,6 @@ import json
 import os
 import time
 import uuid
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from tests import samples
 
 @pytest.fixture
 def media_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return replace(settings, media_root=str(tmp_path))
+    return settings.replace(media_root=str(tmp_path))
 
 
 @pytest.fixture

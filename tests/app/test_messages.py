@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
@@ -32,7 +31,7 @@ async def move_to_db(redis: Redis, keys: Keys, settings: Settings, room_id: str,
     done = int(await redis.get(keys.room_flushed(room_id)) or 0)
     if upto <= done:
         return
-    s = dataclasses.replace(settings, flush_batch_size=upto - done, cache_tail=0)
+    s = settings.replace(flush_batch_size=upto - done, cache_tail=0)
     res = await flush.flush_room(room_id, redis=redis, keys=keys, settings=s, pool=raw_pool(), max_run_s=0)
     assert res.flushed == upto and not res.busy
 
@@ -148,7 +147,7 @@ async def test_non_members_are_refused_as_the_room_is_visible(redis: Redis, keys
 async def test_rate_limit_is_per_user_and_consumes_no_seq(redis: Redis, keys: Keys, settings: Settings,
                                                           room: tuple[str, str]) -> None:
     room_id, owner = room
-    tight = dataclasses.replace(settings, rate_messages=3, rate_messages_window_s=60)
+    tight = settings.replace(rate_messages=3, rate_messages_window_s=60)
     for _ in range(3):
         await send(redis, keys, tight, room_id, owner)
     with pytest.raises(RateLimited) as info:
@@ -193,7 +192,7 @@ async def test_lost_counter_continues_after_postgres_and_the_stream(redis: Redis
 async def test_backlog_over_threshold_marks_one_flush(redis: Redis, keys: Keys, settings: Settings,
                                                       room: tuple[str, str]) -> None:
     room_id, owner = room
-    low = dataclasses.replace(settings, flush_backlog_threshold=3)
+    low = settings.replace(flush_backlog_threshold=3)
     for _ in range(2):
         await send(redis, keys, low, room_id, owner)
     assert not await redis.exists(keys.room_flush_queued(room_id))
@@ -317,7 +316,7 @@ async def test_history_stays_exact_while_rows_move_under_concurrent_sends(
 async def test_direct_mode_orders_dedups_and_serves_history(redis: Redis, keys: Keys, settings: Settings,
                                                             room: tuple[str, str], feed: PubSub) -> None:
     room_id, owner = room
-    direct = dataclasses.replace(settings, write_mode="direct")
+    direct = settings.replace(write_mode="direct")
     results = await asyncio.gather(*(send(redis, keys, direct, room_id, owner, f"d{i}") for i in range(30)))
     assert sorted(m["seq"] for m, _ in results) == list(range(1, 31))
     first, created = await send(redis, keys, direct, room_id, owner, "x", client_id="k")
@@ -354,7 +353,7 @@ async def test_messages_past_retention_are_not_served_from_the_cache_tail_or_pos
     assert await hist(redis, keys, settings, room_id, after=0) == ([2, 3], False)
     assert await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1) is None
     # the same once flushed, before the nightly prune deleted the row
-    await flush.flush_room(room_id, redis=redis, keys=keys, settings=dataclasses.replace(settings, cache_tail=0),
+    await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings.replace(cache_tail=0),
                            pool=raw_pool())
     assert not await redis.xlen(keys.room_log(room_id))
     assert await hist(redis, keys, settings, room_id) == ([2, 3], False)

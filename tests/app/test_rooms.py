@@ -409,11 +409,9 @@ async def test_two_ownership_hand_overs_at_once_leave_exactly_one_owner(redis: R
 
 async def test_room_creation_and_joins_are_limited_per_user(redis: Redis, keys: Keys, db: None,
                                                           settings: Any) -> None:
-    import dataclasses
-
     from app.errors import RateLimited
 
-    strict = dataclasses.replace(settings, rate_rooms=2, rate_rooms_window_s=60, rate_joins=2, rate_joins_window_s=60)
+    strict = settings.replace(rate_rooms=2, rate_rooms_window_s=60, rate_joins=2, rate_joins_window_s=60)
     owner, joiner = await new_user(), await new_user()
     made = [await rooms.create_room(redis=redis, keys=keys, owner_id=owner, settings=strict,
                                     data=CreateRoom(name=f"r{i}")) for i in range(2)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from app import file_links
 from app.settings import Settings
@@ -58,7 +57,7 @@ def test_signed_links_are_member_only_and_bound(web: WebStack) -> None:
     past = file_links.sign(settings, file_id=fid, kind="file", user_id=member.id, exp=int(time.time()) - 1)
     assert web.api.get(past).status_code == 401
     # A link made for an outsider (never handed out) still needs membership at fetch time.
-    stolen = file_links.links(replace(settings), {"id": fid, "thumbnail_url": None}, outsider.id)["url"]
+    stolen = file_links.links(settings, {"id": fid, "thumbnail_url": None}, outsider.id)["url"]
     assert web.api.get(stolen).status_code == 404
     # Removed from the room: the member's live link stops working at once.
     assert web.api.delete(f"/rooms/{room['id']}/members/{member.id}", headers=owner.headers).status_code == 204

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -426,7 +425,7 @@ async def test_expired_file_is_gone_with_410(stack: Stack, people: dict[str, Any
     # Past expires_at is gone at once, even before the sweep has run.
     assert (await asyncio.to_thread(fetch, stack, people["owner"], meta["url"])).status_code == 410
 
-    swept = await files.sweep_expired(settings=replace(settings, media_root=str(stack.media_root)), batch=1)
+    swept = await files.sweep_expired(settings=settings.replace(media_root=str(stack.media_root)), batch=1)
     assert swept >= 2
     assert not any(p.exists() for p in stored)
     for url in (meta["url"], img["url"], img["thumbnail_url"]):
@@ -438,7 +437,7 @@ async def test_expired_file_is_gone_with_410(stack: Stack, people: dict[str, Any
                                       headers=people["member"].headers, params={"limit": 200})
     shown = [x["file"] for x in history.json()["items"] if (x["file"] or {}).get("id") == img["id"]]
     assert shown and shown[0]["expired"] is True
-    assert await files.sweep_expired(settings=replace(settings, media_root=str(stack.media_root))) == 0
+    assert await files.sweep_expired(settings=settings.replace(media_root=str(stack.media_root))) == 0
 
 
 def test_nothing_in_media_root_is_named_by_a_client(stack: Stack) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from typing import Any, Iterator
 
@@ -110,7 +109,7 @@ async def test_history_stays_exact_while_rows_move_under_concurrent_sends(
     room = make_room(api, users[0], member_ids=[u.id for u in users[1:]])
     rid, total = room["id"], 600
     # Small batches and a tiny tail, so rows really leave the cache while the reads run.
-    flush_settings = dataclasses.replace(settings, flush_batch_size=40, cache_tail=5)
+    flush_settings = settings.replace(flush_batch_size=40, cache_tail=5)
     gate = FlushGate(pool)
     conns = [await WS.open(server.ws_url, u.access_token) for u in users]
     done = asyncio.Event()

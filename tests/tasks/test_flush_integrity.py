@@ -5,7 +5,6 @@ flush (app.flush.flush_room), the shared Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import sys
 import uuid
@@ -104,7 +103,7 @@ async def drain_events(pubsub: PubSub, room_id: str, until_type: str, timeout: f
 
 async def test_poison_entries_go_to_dead_letters_and_everything_else_reaches_postgres(
         redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
-    s = dataclasses.replace(settings, cache_tail=0, flush_batch_size=7)  # several batches, poison spread
+    s = settings.replace(cache_tail=0, flush_batch_size=7)  # several batches, poison spread
     room_id, owner = await new_room(redis, keys)
     good: list[dict[str, Any]] = []
     poison: dict[int, str] = {}
@@ -277,7 +276,7 @@ async def test_a_lost_counter_is_seeded_above_seqs_the_prune_deleted(
 
 async def test_a_drained_room_gets_an_idle_ttl_that_the_next_send_removes(
         redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
-    s = dataclasses.replace(settings, room_cache_idle_ttl_s=600)
+    s = settings.replace(room_cache_idle_ttl_s=600)
     room_id, owner = await new_room(redis, keys)
     await send(redis, keys, s, room_id, owner, "one")
     names = [keys.room_log(room_id), keys.room_seq(room_id), keys.room_flushed(room_id), keys.room_members(room_id)]
@@ -294,7 +293,7 @@ async def test_a_drained_room_gets_an_idle_ttl_that_the_next_send_removes(
 
 async def test_a_retried_client_id_after_the_trim_is_answered_from_postgres(
         redis: Redis, keys: Keys, settings: Settings, pg: Any) -> None:
-    s = dataclasses.replace(settings, cache_tail=0)
+    s = settings.replace(cache_tail=0)
     room_id, owner = await new_room(redis, keys)
     first, _ = await send(redis, keys, s, room_id, owner, "once", client_id="r-1")
     assert await redis.get(keys.room_client_id(room_id, owner, "r-1")) == "1"  # the seq, not the message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from datetime import datetime
 
@@ -20,7 +19,7 @@ async def _db_seqs(pool, room_id: str) -> list[int]:
 
 
 async def test_flush_writes_every_message_once_then_keeps_only_the_tail(settings, keys, redis, pool):
-    s = dataclasses.replace(settings, flush_batch_size=500, cache_tail=200)
+    s = settings.replace(flush_batch_size=500, cache_tail=200)
     sender, room = await make_room()
     sent = await push(redis, keys, room, sender, 1234)
 
@@ -41,7 +40,7 @@ async def test_flush_writes_every_message_once_then_keeps_only_the_tail(settings
 
 
 async def test_new_messages_after_a_flush_are_flushed_by_the_next(settings, keys, redis, pool):
-    s = dataclasses.replace(settings, cache_tail=10)
+    s = settings.replace(cache_tail=10)
     sender, room = await make_room()
     await push(redis, keys, room, sender, 50)
     await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
@@ -56,7 +55,7 @@ async def test_new_messages_after_a_flush_are_flushed_by_the_next(settings, keys
 
 
 async def test_unflushed_messages_are_never_trimmed_even_beyond_the_tail(settings, keys, redis, pool):
-    s = dataclasses.replace(settings, flush_batch_size=100, cache_tail=5)
+    s = settings.replace(flush_batch_size=100, cache_tail=5)
     sender, room = await make_room()
     await push(redis, keys, room, sender, 250)
     # a lease held by someone else: nothing is flushed, so nothing may be trimmed
@@ -88,7 +87,7 @@ async def test_rerun_after_a_crash_between_commit_and_trim_writes_nothing_twice(
 
 
 async def test_concurrent_flushes_of_one_room_lose_and_double_nothing(settings, keys, redis, pool):
-    s = dataclasses.replace(settings, flush_batch_size=250, cache_tail=50)
+    s = settings.replace(flush_batch_size=250, cache_tail=50)
     sender, room = await make_room()
     await push(redis, keys, room, sender, 5000)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +14,7 @@ NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
 
 async def test_prune_removes_exactly_the_messages_older_than_retention(settings, keys, redis, pool):
-    s = dataclasses.replace(settings, retention_days=30, prune_batch_size=40)
+    s = settings.replace(retention_days=30, prune_batch_size=40)
     cutoff = retention_cutoff(s, NOW)
     sender, room = await make_room()
     # 130 messages up to 1 ms before the cutoff, then 70 from 1 ms after it (seqs 131..200)

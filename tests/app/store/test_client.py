@@ -20,11 +20,9 @@ async def test_more_concurrent_commands_than_connections_all_succeed(settings) -
 
 
 async def test_clients_built_from_settings_carry_connect_and_read_timeouts(settings) -> None:
-    from dataclasses import replace
-
     from app.store.client import connect_redis_for
 
-    client = connect_redis_for(replace(settings, redis_connect_timeout_s=1.5, redis_socket_timeout_s=3.5))
+    client = connect_redis_for(settings.replace(redis_connect_timeout_s=1.5, redis_socket_timeout_s=3.5))
     try:
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_connect_timeout"] == 1.5 and kwargs["socket_timeout"] == 3.5
