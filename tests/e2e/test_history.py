@@ -14,9 +14,10 @@ from app.flush import flush_room
 from app.store.keys import Keys
 from app.settings import Settings
 from tests.env import TEST_ENV
-from tests.e2e.wsutil import WS, FlushGate, flush_upto
 from tests.factories import TestUser, make_room, make_user, unique
+from tests.fill import FlushGate, flush_upto
 from tests.support import ServerProc
+from tests.wsclient import WS
 
 
 def post(api: httpx.Client, user: TestUser, room_id: str, body: str, **extra: Any) -> httpx.Response:

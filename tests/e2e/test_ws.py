@@ -12,9 +12,9 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.env import TEST_ENV
-from tests.e2e.wsutil import WS
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc
+from tests.wsclient import WS
 
 
 @pytest.fixture

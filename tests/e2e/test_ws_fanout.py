@@ -11,9 +11,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.env import TEST_ENV
-from tests.e2e.wsutil import WS
 from tests.factories import make_room, make_user, unique
 from tests.support import ServerProc
+from tests.wsclient import WS
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.env import TEST_ENV
-from tests.e2e.wsutil import WS
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc
+from tests.wsclient import WS
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 

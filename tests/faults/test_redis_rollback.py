@@ -17,8 +17,8 @@ import pytest
 
 from app.store.keys import Keys
 from app.store.client import connect_redis
-from tests.e2e.wsutil import WS
 from tests.faults._kit import Clock, Ledger, drained, pg_messages, report, users_and_rooms, verdict
+from tests.wsclient import WS
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
