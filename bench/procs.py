@@ -1,6 +1,8 @@
 """Processes the benchmark starts and measures: each one tracked by PID, stopped by PID.
 
-Also the /proc readers (CPU seconds and RSS of a process tree) and CPU pinning.
+The processes are app.ops.procs.Proc (the one process helper: own group, dies with the
+benchmark, stopped by PID), with the bench's log directory, run id and CPU pinning.
+Also the /proc readers (CPU seconds and RSS of a process tree).
 Nothing here ever signals a process the benchmark did not start itself.
 """
 
@@ -8,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from app.ops import procs
+from app.ops.procs import ROOT, can_pin, free_port, pinned  # noqa: F401 - the bench's names for them
+
 LOG_DIR = ROOT / "var" / "bench-logs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -23,26 +23,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # Server and Redis share core 0; the load generator gets core 1 (the issue's setup).
 SERVER_CORE = 0
 GENERATOR_CORE = 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def can_pin() -> bool:
-    """`taskset` exists and the machine has at least two cores we may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return False
-    return shutil.which("taskset") is not None and cores >= 2
-
-
-def pinned(argv: list[str], core: int) -> list[str]:
-    """Prefix argv with `taskset -c core` when pinning is possible."""
-    return ["taskset", "-c", str(core), *argv] if can_pin() else argv
 
 
 def raise_fd_limit() -> int:
@@ -126,57 +106,14 @@ def tree_rss_bytes(root: int) -> int:
 
 # -- child processes ----------------------------------------------------------
 
-class Proc:
-    """A child process in its own session (so its children can be stopped with it), by PID."""
+class Proc(procs.Proc):
+    """A child of the benchmark: log var/bench-logs/<run_id>-<name>.log, optionally pinned to `core`."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                  core: int | None = None, stdout: int | None = None, stdin: int | None = None,
                  run_id: str = "") -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.log_path = LOG_DIR / f"{run_id or 'bench'}-{name}.log"
-        self._log = open(self.log_path, "ab")
-        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        if core is not None:
-            argv = pinned(argv, core)
-        self.argv = argv
-        self.popen = subprocess.Popen(
-            argv, cwd=ROOT, env=full_env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else self._log, stderr=self._log,
-            start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def _signal_group(self, sig: int) -> None:
-        # The group id is our child's PID (start_new_session): only what we started gets the signal.
-        try:
-            os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the group, SIGKILL after `timeout`; always reaps."""
-        if self.alive():
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.popen.wait(5)
-        # Leftover children of the group (a worker that outlived its manager).
-        self._signal_group(signal.SIGKILL)
-        self._log.close()
+        super().__init__(name, argv, env, log_path=LOG_DIR / f"{run_id or 'bench'}-{name}.log",
+                         core=core, stdout=stdout, stdin=stdin)
 
 
 class RedisProc(Proc):
@@ -192,23 +129,20 @@ class RedisProc(Proc):
                 "--maxclients", "20000", "--protected-mode", "no", "--daemonize", "no"]
         super().__init__("redis", argv, core=core, run_id=run_id)
 
-    def wait_ready(self, timeout: float = 10.0) -> "RedisProc":
+    def is_ready(self) -> bool:
         import redis as redis_sync
 
-        deadline = time.monotonic() + timeout
         client = redis_sync.Redis.from_url(self.url, socket_connect_timeout=0.5)
         try:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"redis-server exited early:\n{self.log_tail()}")
-                try:
-                    client.ping()
-                    return self
-                except redis_sync.RedisError:
-                    time.sleep(0.05)
+            return bool(client.ping())
+        except redis_sync.RedisError:
+            return False
         finally:
             client.close()
-        raise RuntimeError(f"redis-server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout: float = 10.0, interval: float = 0.05) -> "RedisProc":
+        super().wait_ready(timeout, interval)
+        return self
 
 
 class ChatServerProc(Proc):
@@ -222,17 +156,14 @@ class ChatServerProc(Proc):
         super().__init__(name, [sys.executable, "-m", "app.server"],
                          {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, core=core, run_id=run_id)
 
-    def wait_ready(self, timeout: float = 60.0) -> "ChatServerProc":
+    def is_ready(self) -> bool:
         import httpx
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"server exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+        try:
+            return httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> "ChatServerProc":
+        super().wait_ready(timeout, interval)
+        return self

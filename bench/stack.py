@@ -43,7 +43,7 @@ def base_db_url() -> str:
 
 
 def _settings_has(name: str) -> bool:
-    return name in Settings.__dataclass_fields__
+    return name in Settings.model_fields
 
 
 @dataclass
