@@ -22,6 +22,11 @@ and exclude_conn is a connection id that must not get the frame (the sender of
 a message, which gets an `ack` instead), "~<user_id>" (every connection of that
 user, e.g. for typing), or empty. The frame is serialized once
 here and sent as-is to every recipient.
+
+This module is the only place that spells the format: the accept and re-sequence Lua
+scripts get the text around a message from `message_payload_parts` (the message JSON is
+built inside the script, so the script concatenates; it names no JSON field of the event),
+and the connection finds the message inside a frame with `message_of_frame`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,18 @@ from app.store.keys import Keys
 from app.serialize import dumps
 
 
+# A message event's frame is MESSAGE_HEAD + the message JSON + MESSAGE_TAIL: the message is
+# spliced in as stored (never parsed and re-encoded), so every recipient gets the cached bytes.
+MESSAGE_HEAD = '{"type":"message","message":'
+MESSAGE_TAIL = "}"
+
+
+def room_route(room_id: str) -> str:
+    return f"r:{room_id}"
+
+
 def encode(route: str, frame: dict[str, Any] | str, exclude_conn: str = "") -> str:
+    """The pub/sub payload of one event; `frame` is a dict or its JSON text."""
     text = frame if isinstance(frame, str) else dumps(frame)
     return f"{route}|{exclude_conn}|{text}"
 
@@ -45,8 +61,33 @@ def decode(payload: str) -> tuple[str, str, str]:
     return route, exclude, frame
 
 
+def message_frame(message_json: str) -> str:
+    """The `message` event's frame around a message's JSON."""
+    return MESSAGE_HEAD + message_json + MESSAGE_TAIL
+
+
+def message_payload_parts(room_id: str, exclude_conn: str = "") -> tuple[str, str]:
+    """(prefix, suffix): prefix + message JSON + suffix is encode(room route, message_frame(json)),
+    for a script that builds the message JSON itself."""
+    return encode(room_route(room_id), MESSAGE_HEAD, exclude_conn), MESSAGE_TAIL
+
+
+def message_payload(room_id: str, message_json: str, exclude_conn: str = "") -> str:
+    """The payload of a `message` event to the room (direct mode publishes it from Python)."""
+    return encode(room_route(room_id), message_frame(message_json), exclude_conn)
+
+
+def is_message_frame(frame_json: str) -> bool:
+    return frame_json.startswith(MESSAGE_HEAD)
+
+
+def message_of_frame(frame_json: str) -> str:
+    """The message JSON inside a `message` frame (is_message_frame must hold)."""
+    return frame_json[len(MESSAGE_HEAD):len(frame_json) - len(MESSAGE_TAIL)]
+
+
 async def to_room(redis: Redis, keys: Keys, room_id: str, frame: dict[str, Any], exclude_conn: str = "") -> None:
-    await redis.publish(keys.events_channel(), encode(f"r:{room_id}", frame, exclude_conn))
+    await redis.publish(keys.events_channel(), encode(room_route(room_id), frame, exclude_conn))
 
 
 async def to_user(redis: Redis, keys: Keys, user_id: str, frame: dict[str, Any]) -> None:

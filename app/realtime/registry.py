@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Iterable
 
-from app.realtime.connection import MESSAGE_HEAD, Connection, Frame
+from app.realtime.connection import Connection, Frame
+from app.realtime.events import is_message_frame
 from app.serialize import dumps
 
 log = logging.getLogger("chat.ws")
@@ -162,7 +163,7 @@ class Registry:
                 if conn is own or (skip_user is not None and conn.user_id == skip_user):
                     continue
                 conn.push(frame)
-        if own is not None and text.startswith(MESSAGE_HEAD):
+        if own is not None and is_message_frame(text):
             own.own_message(text)
 
     def to_user(self, user_id: str, text: str, exclude: str = "") -> None:
