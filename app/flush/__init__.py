@@ -7,7 +7,8 @@ Detach, write, then trim. One run per room at a time (a short lease, renewed eac
 Each batch reads up to FLUSH_BATCH_SIZE entries after `flushed` and writes them in one
 transaction: straight COPY into `messages` when that is safe, else COPY into a staging
 table and INSERT ... SELECT ... ON CONFLICT DO NOTHING. The same transaction raises
-`rooms.last_seq` to the batch's top seq. Only after the commit does one Lua script advance
+`rooms.last_seq` to the batch's top seq. Only after the commit does one Lua script
+(app/store/lua/flush_commit.lua) advance
 `flushed`, trim the stream below it (keeping the newest CACHE_TAIL entries for reads) and
 drop the room from the pending set once nothing is left (with an idle TTL on its keys).
 
@@ -17,7 +18,7 @@ rest of the batch (found by bisecting the batch under savepoints), so `flushed` 
 
 No silent drop after a Redis rollback: a conflicting (room_id, seq) whose message id is not
 in PostgreSQL is an orphan (Redis re-issued a seq PostgreSQL holds). After the commit, one
-script (RESEQ_LUA) raises the counter above PostgreSQL's max, re-appends each orphan under a
+script (app/store/lua/reseq.lua) raises the counter above PostgreSQL's max, re-appends each orphan under a
 new seq (same id and client_id), trims the stream up to the batch so nothing shadows the
 PostgreSQL rows, and publishes the moved messages plus a `resync` event. The normal commit
 script then advances `flushed`; the moved messages are flushed by a later batch.
@@ -41,9 +42,10 @@ import asyncpg
 from redis.asyncio import ConnectionPool, Redis
 
 # Re-exported: callers (the tick, the CLI, tests) know the flush by this module.
-from app.flush.reseq import RAISE_LUA, RESEQ_LUA, check_redis_restart, reseq  # noqa: F401
-from app.flush.write import (DATA_ERRORS, DeadRow, Written, _error_text, _id_or_none, _skip_fk,  # noqa: F401
+from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
+from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write)
+from app.store import scripts
 from app.store.keys import Keys
 from app.serialize import loads
 from app.settings import Settings
@@ -54,66 +56,6 @@ log = logging.getLogger("chat.flush")
 # pending, so the next tick (or backlog trigger) continues. Keeps one hot room from
 # pinning a worker thread forever.
 MAX_RUN_S = 60.0
-
-# KEYS: log, flushed, seq, pending, lease, members.
-# ARGV: batch_max, cache_tail, room_id, token, lease_ms, idle_ttl_s.
-# Returns {flushed, drained, lease_held}.
-COMMIT_LUA = """
-local flushed = tonumber(redis.call('GET', KEYS[2]) or '0')
-local batch_max = tonumber(ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  -- the room's cache is gone (room deleted): nothing left to flush or to track
-  redis.call('SREM', KEYS[4], ARGV[3])
-  return {flushed, 1, 1}
-end
-if batch_max > flushed then
-  flushed = batch_max
-  redis.call('SET', KEYS[2], flushed)
-end
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
--- trim only what PostgreSQL has committed, and never the newest cache_tail entries
-local minid = math.min(flushed + 1, last - tonumber(ARGV[2]) + 1)
-if minid > 1 then
-  redis.call('XTRIM', KEYS[1], 'MINID', minid)
-end
--- History reads the stream from its first entry on and PostgreSQL only below it, so the stream
--- must not have holes. A counter raised over a Redis rollback leaves one between the old tail
--- and the new entries: drop that tail (everything up to `flushed` is in PostgreSQL).
-local n = redis.call('XLEN', KEYS[1])
-if n > 0 then
-  local lo = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
-  local hi = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
-  local span = tonumber(string.match(hi, '^(%d+)')) - tonumber(string.match(lo, '^(%d+)')) + 1
-  if span ~= n then redis.call('XTRIM', KEYS[1], 'MINID', flushed + 1) end
-end
-local drained = 0
-if flushed >= last then
-  redis.call('SREM', KEYS[4], ARGV[3])
-  drained = 1
-  -- everything is in PostgreSQL: an idle room's keys may go (the accept script PERSISTs them)
-  local ttl = tonumber(ARGV[6])
-  if ttl > 0 then
-    for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-    redis.call('EXPIRE', KEYS[6], ttl)
-  end
-end
--- renew the lease; re-take it if it lapsed during a slow batch, unless someone else has it
-local held = 0
-local holder = redis.call('GET', KEYS[5])
-if holder == ARGV[4] or not holder then
-  redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5])
-  held = 1
-end
-return {flushed, drained, held}
-"""
-
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 @dataclass
 class FlushResult:
@@ -225,9 +167,12 @@ async def _read_bytes(raw: Redis, keys: Keys, room_id: str, after: int, count: i
 
 
 async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settings,
-                     pool: asyncpg.Pool, max_run_s: float = MAX_RUN_S) -> FlushResult:
-    """Flush one room's cache to PostgreSQL until drained; a no-op if another worker is on it."""
+                     pool: asyncpg.Pool, max_run_s: float = MAX_RUN_S, fk: FkSkip | None = None) -> FlushResult:
+    """Flush one room's cache to PostgreSQL until drained; a no-op if another worker is on it.
+
+    `fk`: the process's memory of whether its role may skip the triggers (Resources.fk_skip)."""
     result = FlushResult(room_id)
+    fk = fk if fk is not None else FkSkip()
     started = time.perf_counter()
     try:
         uuid.UUID(room_id)
@@ -243,7 +188,6 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         # The holder reads on to the end of the stream, so it also writes what made us run.
         result.busy = True
         return result
-    commit = redis.register_script(COMMIT_LUA)
     commit_keys = [keys.room_log(room_id), keys.room_flushed(room_id), keys.room_seq(room_id),
                    keys.pending_rooms(), lease_key, keys.room_members(room_id)]
     read_ahead: asyncio.Task[_Batch] | None = None
@@ -263,7 +207,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
             tail = settings.cache_tail
             if batch.records or batch.dead:
                 written = await _write(pool, room_id, batch.records, raws=batch.raws, dead=batch.dead,
-                                       top=batch.top)
+                                       top=batch.top, fk=fk)
                 for d in written.dead:
                     log.error("flush room=%s seq=%d: entry set aside in dead_letters (%s)", room_id, d.seq, d.error)
                 result.skipped += len(written.dead)
@@ -278,9 +222,8 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                     result.reseq += len(await reseq(redis, keys, settings, room_id, batch.records, batch.top,
                                                     written))
             result.batches += 1 if batch.entries else 0
-            flushed, drained, held = await commit(
-                keys=commit_keys, args=[batch.top, tail, room_id, token, lease_ms,
-                                        settings.room_cache_idle_ttl_s])
+            flushed, drained, held = await scripts.FLUSH_COMMIT(
+                redis, commit_keys, [batch.top, tail, room_id, token, lease_ms, settings.room_cache_idle_ttl_s])
             result.flushed, result.drained = int(flushed), bool(drained)
             # A short batch means we reached the end of the stream as it was when read. What
             # arrived since is pending and gets its own run (backlog trigger or next tick):
@@ -292,7 +235,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         if read_ahead is not None:
             read_ahead.cancel()
             await asyncio.gather(read_ahead, return_exceptions=True)
-        await redis.register_script(RELEASE_LUA)(keys=[lease_key], args=[token])
+        await scripts.FLUSH_RELEASE(redis, [lease_key], [token])
         # Re-arm again: messages that arrived after our last read may need a new run.
         await redis.delete(keys.room_flush_queued(room_id))
     result.ms = (time.perf_counter() - started) * 1000
@@ -305,20 +248,22 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
 
 
 async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool,
-                            concurrency: int = 4, wait_s: float | None = None) -> list[FlushResult]:
+                            concurrency: int = 4, wait_s: float | None = None,
+                            fk: FkSkip | None = None) -> list[FlushResult]:
     """Flush every room pending now up to its newest message now, in this process.
 
     Rooms a worker holds are retried until it lets go (or `wait_s`, default three leases).
     """
     deadline = time.monotonic() + (wait_s if wait_s is not None else 3 * settings.flush_lease_s)
     gate = asyncio.Semaphore(concurrency)
+    fk = fk if fk is not None else FkSkip()
 
     async def one(room_id: str) -> FlushResult:
         target = int(await redis.get(keys.room_seq(room_id)) or 0)
         total = FlushResult(room_id)
         while True:
             async with gate:
-                res = await flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pool)
+                res = await flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pool, fk=fk)
             total.rows += res.rows
             total.batches += res.batches
             total.skipped += res.skipped

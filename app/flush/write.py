@@ -65,7 +65,7 @@ CHECK_MORE_SQL = """
 # ON DELETE SET NULL would have done). A delete that commits first is not seen by the
 # locks; one that comes later waits for our commit and then cascades as usual.
 # ON CONFLICT without a target: a seq taken (re-run, or a Redis rollback) and an id already
-# stored at another seq (a message moved by RESEQ_LUA, seen again after a second rollback)
+# stored at another seq (a message moved by lua/reseq.lua, seen again after a second rollback)
 # are both skipped here and judged below. The stage is emptied in the same statement (the
 # careful path reuses it per chunk). Returns the orphans: rows not inserted whose id
 # PostgreSQL does not hold (the sub-select sees the table as before this INSERT).
@@ -99,8 +99,16 @@ VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (room_id, seq, digest) DO NOT
 FLOOR_SQL = """SELECT GREATEST(r.last_seq, COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_id = r.id), 0))
 FROM rooms r WHERE r.id = $1"""
 
-# Whether this process's database role may skip the triggers: None until tried.
-_skip_fk: dict[str, bool | None] = {"allowed": None}
+
+
+@dataclass
+class FkSkip:
+    """Whether this process's database role may skip the triggers (None until tried).
+
+    Owned by the process's Resources (app/resources.py), so a worker learns it once; a
+    caller without one (a test, the CLI) learns it per flush run."""
+
+    allowed: bool | None = None
 
 
 @dataclass
@@ -168,12 +176,15 @@ async def _finish(conn: Any, room_id: str, top: int, dead: list[DeadRow], with_f
 
 async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]], *,
                  raws: list[str] | None = None, dead: list[DeadRow] | None = None, top: int | None = None,
-                 skip_fk: bool | None = None) -> Written:
-    """Write one batch (rows, and entries already set aside) in one transaction."""
+                 skip_fk: bool | None = None, fk: FkSkip | None = None) -> Written:
+    """Write one batch (rows, and entries already set aside) in one transaction.
+
+    `skip_fk` forces the choice (tests); otherwise `fk` remembers what the role may do."""
+    fk = fk if fk is not None else FkSkip()
     dead = list(dead or [])
     if top is None:
         top = max([int(r[2]) for r in records] + [d.seq for d in dead] + [0])
-    skip = _skip_fk["allowed"] is not False if skip_fk is None else skip_fk
+    skip = fk.allowed is not False if skip_fk is None else skip_fk
     if not records:
         async with pool.acquire() as conn:
             try:
@@ -190,7 +201,7 @@ async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]
                 await conn.execute("BEGIN;" + SKIP_FK_SQL + _check_refs_sql(room_id, records))
                 await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
                 await _finish(conn, room_id, top, dead, False)
-                _skip_fk["allowed"] = True
+                fk.allowed = True
                 return Written("copy", dead=dead)
             except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
                 # Rows already there (a re-run after a crash, or a Redis rollback), or a reference is gone.
@@ -202,7 +213,7 @@ async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]
                 await _rollback(conn)
                 if skip_fk:
                     raise
-                skip = _skip_fk["allowed"] = False
+                skip = fk.allowed = False
                 log.info("flush: the database role may not set session_replication_role; "
                          "per-row foreign-key checks stay on (slower flushes)")
             except BaseException:

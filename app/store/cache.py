@@ -1,4 +1,6 @@
-"""The per-room message cache in Redis: the accept script, the read script, counter seeding.
+"""The per-room message cache in Redis: the accept pipeline, the history read, counter seeding.
+
+The scripts are app/store/lua/{accept,read,seed,forget_cid}.lua (loaded by app/store/scripts.py).
 
 Layout (see app/store/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
 and field "m" holding the message JSON exactly as the API renders it, `flushed`
@@ -15,148 +17,43 @@ messages published in seq order.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError, DataError, NoScriptError, ResponseError
 
+from app.settings import Settings
+from app.store import scripts
 from app.store.keys import Keys
-from app.store.ratelimit import RATE_HIT_LUA
+from app.store.scripts import Script
 
-# Result codes of the accept script.
+# Result codes of the accept script (app/store/lua/accept.lua).
 OK, DUPLICATE, MEMBERS_MISSING, NOT_MEMBER, RATE_LIMITED, SEQ_MISSING = 0, 1, 2, 3, 4, 5
 
-# KEYS: 1 members, 2 rate counter, 3 cid key, 4 seq, 5 log, 6 flushed, 7 pending_rooms, 8 flush_queued
-# ARGV: 1 sender ("" = system message: no member check), 2 rate limit (0 = off), 3 rate window ms,
-#       4 idempotency ttl s, 5 JSON before the seq, 6 JSON after the seq, 7 event head (route,
-#       exclude and frame up to the message), 8 room id, 9 events channel, 10 backlog threshold,
-#       11 flush_queued ttl s, 12 "1" when a client_id is given
-# Returns {0, msg, backlog, flush_queued_now} | {1, stored msg or "", seq} | {2} | {3} | {4, retry ms} | {5}
-# Nothing is written before the last check passes, so a rejected send consumes no seq.
-# The cid key holds only the seq: a retry gets the entry from the stream while it is there
-# ("" once trimmed: the caller reads that seq from PostgreSQL). A key written before this
-# change holds the whole message JSON, returned as it is.
-# A drained room's keys carry an idle TTL (set by the flush): a send removes it, tried on
-# the log first (one call when there is none; the log is the key that must never expire
-# with unflushed entries).
-ACCEPT_LUA = RATE_HIT_LUA + """
-local sender = ARGV[1]
-if sender ~= '' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
-  if redis.call('SISMEMBER', KEYS[1], sender) == 0 then return {3} end
-end
-local has_cid = ARGV[12] == '1'
-if has_cid then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then
-    if string.byte(prev, 1) == 123 then return {1, prev, -1} end
-    local e = redis.call('XRANGE', KEYS[5], prev .. '-0', prev .. '-0')
-    if #e == 1 then return {1, e[1][2][2], prev} end
-    return {1, '', prev}
-  end
-end
-if redis.call('EXISTS', KEYS[4]) == 0 then return {5} end
-local limit = tonumber(ARGV[2])
-if limit > 0 then
-  local wait = rate_hit(KEYS[2], limit, ARGV[3])
-  if wait > 0 then return {4, wait} end
-end
-if redis.call('PERSIST', KEYS[5]) == 1 then
-  redis.call('PERSIST', KEYS[4])
-  redis.call('PERSIST', KEYS[6])
-  redis.call('PERSIST', KEYS[1])
-end
-local seq = redis.call('INCR', KEYS[4])
-local sseq = string.format('%d', seq)
-local msg = ARGV[5] .. sseq .. ARGV[6]
-redis.call('XADD', KEYS[5], sseq .. '-0', 'm', msg)
-if has_cid then redis.call('SET', KEYS[3], sseq, 'EX', ARGV[4]) end
-redis.call('SADD', KEYS[7], ARGV[8])
-redis.call('PUBLISH', ARGV[9], ARGV[7] .. msg .. '}')
-local backlog = seq - tonumber(redis.call('GET', KEYS[6]) or '0')
-local queued = 0
-if backlog >= tonumber(ARGV[10]) then
-  if redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[11]) then queued = 1 end
-end
-return {0, msg, backlog, queued}
-"""
 
-# Shared by the scripts that must stay above every seq a stream ever held: the seq of the
-# stream's last generated id (kept by Redis even after trimming), 0 for no stream.
-STREAM_TOP_LUA = """
-local function stream_top_seq(key)
-  if redis.call('EXISTS', key) == 0 then return 0 end
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      return tonumber(string.match(info[i + 1], '^(%d+)')) or 0
-    end
-  end
-  return 0
-end
-"""
+@dataclass(frozen=True)
+class AcceptPolicy:
+    """The accept script's per-process constants, built once from settings (app/resources.py)."""
 
-# Re-create a lost counter: the highest of PostgreSQL's max seq (ARGV[1]), the stream's
-# last generated id (kept by Redis even after trimming) and the flushed mark, so that a
-# seq PostgreSQL or the stream already holds is never handed out again.
-# KEYS: 1 seq, 2 log, 3 flushed. Returns the counter's value.
-SEED_LUA = STREAM_TOP_LUA + """
-local cur = redis.call('GET', KEYS[1])
-if cur then return tonumber(cur) end
-local v = tonumber(ARGV[1])
-local top = stream_top_seq(KEYS[2])
-if top > v then v = top end
-local f = tonumber(redis.call('GET', KEYS[3]) or '0')
-if f > v then v = f end
-redis.call('SET', KEYS[1], string.format('%d', v))
-return v
-"""
+    rate_limit: int  # sends per window and sender (0 = off)
+    rate_window_ms: int
+    idempotency_ttl_s: int  # how long a client_id is remembered
+    backlog_threshold: int  # unflushed messages that ask the worker for a flush now
+    flush_queued_ttl_s: int  # how long that request blocks the next one
 
-# One atomic read for history: the stream's first id and a range of entries.
-# KEYS: 1 log. ARGV: 1 "asc"|"desc", 2 lowest seq, 3 highest seq ("+" = no bound), 4 count.
-# Returns {first_id or "", {seq, msg, seq, msg, ...}}.
-READ_LUA = """
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local first = ''
-if #head > 0 then first = head[1][1] end
-local rows
-if ARGV[1] == 'asc' then
-  rows = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
-else
-  rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], ARGV[2], 'COUNT', ARGV[4])
-end
-local out = {}
-for i = 1, #rows do
-  out[#out + 1] = rows[i][1]
-  out[#out + 1] = rows[i][2][2]
-end
-return {first, out}
-"""
+    @classmethod
+    def from_settings(cls, s: Settings) -> "AcceptPolicy":
+        return cls(rate_limit=s.rate_messages, rate_window_ms=s.rate_messages_window_s * 1000,
+                   idempotency_ttl_s=s.idempotency_ttl_s, backlog_threshold=s.flush_backlog_threshold,
+                   flush_queued_ttl_s=max(s.flush_lease_s, 10))
 
 
 def _seq_of(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-class Script:
-    """A Lua script run by SHA1 (EVALSHA), loaded into Redis on first use or after a restart."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-
-
-class _Batcher:
+class Batcher:
     """Runs accept scripts for one Redis client on a connection of its own, pipelined.
 
     Concurrent sends of a process share round trips: while one batch is on the wire the
@@ -171,6 +68,7 @@ class _Batcher:
 
     One drain loop per batcher and event loop, parked on a future while the queue is empty
     (a task per batch cost a task creation and its scheduling on every round trip).
+    One batcher per Redis client, owned by the process's Resources (app/resources.py).
     """
 
     def __init__(self, pool: Any) -> None:
@@ -193,6 +91,16 @@ class _Batcher:
             self._wake = None  # a loop parked on another (closed) event loop is abandoned
             self.task = loop.create_task(self._drain())
         return await fut
+
+    async def close(self) -> None:
+        """Stop the drain loop and hand the held connection back to the pool."""
+        task, self.task = self.task, None
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await self.pool.release(conn)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -284,29 +192,6 @@ def _pack_evalshas(batch: list[tuple[Script, int, list[Any], asyncio.Future[Any]
     return b"".join(out)
 
 
-_batchers: "weakref.WeakKeyDictionary[Redis, _Batcher]" = weakref.WeakKeyDictionary()
-
-
-def _batcher(redis: Redis) -> _Batcher:
-    b = _batchers.get(redis)
-    if b is None:
-        b = _batchers[redis] = _Batcher(redis.connection_pool)
-    return b
-
-
-# Drop a cid key that points at a seq no longer stored anywhere (its entry was set aside).
-# KEYS: 1 cid key. ARGV: 1 the seq it must still hold.
-FORGET_CID_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_accept = Script(ACCEPT_LUA)
-_forget_cid = Script(FORGET_CID_LUA)
-_seed = Script(SEED_LUA)
-_read = Script(READ_LUA)
-
-
 @dataclass(frozen=True)
 class AcceptResult:
     code: int
@@ -325,10 +210,13 @@ class CacheRange:
     entries: list[tuple[int, str]]  # (seq, message JSON) in the requested direction
 
 
-async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | None, client_id: str | None,
-                 prefix: str, suffix: str, event_head: str, rate_limit: int, rate_window_s: int,
-                 idempotency_ttl_s: int, backlog_threshold: int, flush_queued_ttl_s: int) -> AcceptResult:
-    """Run the accept script once: the message JSON is prefix + seq + suffix."""
+async def accept(batcher: Batcher, keys: Keys, policy: AcceptPolicy, *, room_id: str, sender_id: str | None,
+                 client_id: str | None, before_seq: str, after_seq: str, event: tuple[str, str],
+                 rate_limited: bool) -> AcceptResult:
+    """Run the accept script once, in the batcher's next pipelined write.
+
+    The message JSON is before_seq + seq + after_seq; the published payload is
+    event[0] + message JSON + event[1] (app/realtime/events.message_payload_parts)."""
     sender = sender_id or ""
     script_keys = [
         keys.room_members(room_id), keys.rate("msg", sender or "-"),
@@ -336,9 +224,10 @@ async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | Non
         keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
         keys.pending_rooms(), keys.room_flush_queued(room_id),
     ]
-    args = [sender, rate_limit, rate_window_s * 1000, idempotency_ttl_s, prefix, suffix, event_head,
-            room_id, keys.events_channel(), backlog_threshold, flush_queued_ttl_s, "1" if client_id else ""]
-    res: list[Any] = await _batcher(redis).call(_accept, script_keys, args)
+    args = [sender, policy.rate_limit if rate_limited and sender else 0, policy.rate_window_ms,
+            policy.idempotency_ttl_s, before_seq, after_seq, event[0], event[1], room_id, keys.events_channel(),
+            policy.backlog_threshold, policy.flush_queued_ttl_s, "1" if client_id else ""]
+    res: list[Any] = await batcher.call(scripts.ACCEPT, script_keys, args)
     code = int(res[0])
     if code == OK:
         return AcceptResult(OK, res[1], int(res[2]), bool(int(res[3])))
@@ -352,12 +241,12 @@ async def accept(redis: Redis, keys: Keys, *, room_id: str, sender_id: str | Non
 async def forget_client_id(redis: Redis, keys: Keys, room_id: str, sender_id: str | None, client_id: str | None,
                            seq: int) -> None:
     """Forget a client_id whose message is neither in the stream nor in PostgreSQL."""
-    await _forget_cid(redis, [keys.room_client_id(room_id, sender_id or "-", client_id or "-")], [str(seq)])
+    await scripts.FORGET_CID(redis, [keys.room_client_id(room_id, sender_id or "-", client_id or "-")], [str(seq)])
 
 
 async def seed_seq(redis: Redis, keys: Keys, room_id: str, pg_max: int) -> int:
     """Re-create a lost counter (no-op when it exists); returns its value."""
-    return int(await _seed(redis, [keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id)],
+    return int(await scripts.SEED(redis, [keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id)],
                            [int(pg_max)]))
 
 
@@ -365,7 +254,7 @@ async def read(redis: Redis, keys: Keys, room_id: str, *, ascending: bool, lo: i
                count: int) -> CacheRange:
     """Entries with lo <= seq <= hi (hi None = no bound), at most `count`, plus the stream's first seq."""
     args = ["asc" if ascending else "desc", max(lo, 0), "+" if hi is None else hi, count]
-    first, flat = await _read(redis, [keys.room_log(room_id)], args)
+    first, flat = await scripts.READ(redis, [keys.room_log(room_id)], args)
     entries = [(_seq_of(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
     return CacheRange(_seq_of(first) if first else None, entries)
 

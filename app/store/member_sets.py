@@ -20,6 +20,7 @@ snapshot at that moment (`snapshot_version`): its view is exactly the changes up
 to that version, so it never overrides a user whose newer change already landed.
 A deleted room loses its `mver` counter; every later script is then a no-op, so
 a late update cannot resurrect the member set of a room that no longer exists.
+The scripts are app/store/lua/member_*.lua.
 """
 
 from __future__ import annotations
@@ -28,98 +29,12 @@ from typing import Iterable
 
 from redis.asyncio import Redis
 
+from app.store import scripts
 from app.store.keys import Keys
 
 SENTINEL = "*"
 DENIED_TTL_S = 10  # how long a "PostgreSQL says not a member" answer is reused (abuse cap)
 
-# Allocate the next version. A missing counter (new room, or Redis lost it) starts at
-# Redis's clock in microseconds, so versions handed out after a loss are above any
-# recorded before it. KEYS: 1 mver. Returns the version.
-_NEXT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-return redis.call('INCR', KEYS[1])
-"""
-
-# The current version without allocating one (for a snapshot read under FOR SHARE).
-# KEYS: 1 mver. Returns the version.
-_SNAPSHOT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-return tonumber(redis.call('GET', KEYS[1]))
-"""
-
-# Apply one change (join +v, leave -v) unless a newer one for the user was applied.
-# KEYS: 1 members, 2 mvers, 3 mver, 4 denied:<user>. ARGV: 1 user, 2 signed version.
-# Returns 1 applied, 0 stale, -1 room unknown (deleted: a removal still SREMs, which is never wrong).
-_APPLY = """
-local v = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  if v < 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
-  return -1
-end
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
-if prev and math.abs(tonumber(prev)) >= math.abs(v) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if v > 0 then redis.call('SADD', KEYS[1], ARGV[1]) else redis.call('SREM', KEYS[1], ARGV[1]) end
-end
-if v > 0 then redis.call('DEL', KEYS[4]) end
-return 1
-"""
-
-# Build a missing set from a PostgreSQL snapshot taken at version ARGV[1]: the snapshot's
-# members, except users whose newer change already landed, plus users who joined after it.
-# KEYS: 1 members, 2 mvers, 3 mver. ARGV: 1 snapshot version, 2.. member ids.
-# Returns 1 built, 0 already there, -1 room unknown.
-_LOAD = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local v0 = tonumber(ARGV[1])
-redis.call('SADD', KEYS[1], '*')
-for i = 2, #ARGV do
-  local e = redis.call('HGET', KEYS[2], ARGV[i])
-  if not e or math.abs(tonumber(e)) <= v0 then redis.call('SADD', KEYS[1], ARGV[i]) end
-end
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) > v0 then redis.call('SADD', KEYS[1], all[i]) end
-end
-return 1
-"""
-
-# PostgreSQL (snapshot at ARGV[2]) says the user is a member although the set says not:
-# add them unless a newer change for them landed. KEYS: 1 members, 2 mvers, 3 mver.
-# ARGV: 1 user, 2 snapshot version. Returns 1 added, 0 not.
-_ADD_AT = """
-if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local e = redis.call('HGET', KEYS[2], ARGV[1])
-if e and math.abs(tonumber(e)) > tonumber(ARGV[2]) then return 0 end
-return redis.call('SADD', KEYS[1], ARGV[1])
-"""
-
-# Repair listed users of a loaded set against a PostgreSQL snapshot taken at version ARGV[1]:
-# add (ARGV[2] = "+") or remove ("-") each, unless a change of theirs newer than the snapshot
-# already landed. KEYS: 1 members, 2 mvers, 3 mver. ARGV: 1 version, 2 op, 3.. users.
-# Returns how many changed (-1: no set, or the room is gone).
-_FIX = """
-if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v0 = tonumber(ARGV[1])
-local n = 0
-for i = 3, #ARGV do
-  local e = redis.call('HGET', KEYS[2], ARGV[i])
-  if not e or math.abs(tonumber(e)) <= v0 then
-    if ARGV[2] == '+' then n = n + redis.call('SADD', KEYS[1], ARGV[i])
-    else n = n + redis.call('SREM', KEYS[1], ARGV[i]) end
-  end
-end
-return n
-"""
 FIX_CHUNK = 500  # users per script call: a large repair never blocks Redis for long
 
 
@@ -129,19 +44,19 @@ def _keys3(keys: Keys, room_id: str) -> list[str]:
 
 async def next_version(redis: Redis, keys: Keys, room_id: str) -> int:
     """A new membership version; call it while holding the room row lock (commit order)."""
-    return int(await redis.eval(_NEXT, 1, keys.room_mver(room_id)))
+    return int(await scripts.MEMBER_NEXT_VERSION(redis, [keys.room_mver(room_id)], []))
 
 
 async def snapshot_version(redis: Redis, keys: Keys, room_id: str) -> int:
     """The latest version handed out; call it while holding the room row FOR SHARE."""
-    return int(await redis.eval(_SNAPSHOT, 1, keys.room_mver(room_id)))
+    return int(await scripts.MEMBER_SNAPSHOT_VERSION(redis, [keys.room_mver(room_id)], []))
 
 
 async def apply(redis: Redis, keys: Keys, room_id: str, user_id: str, version: int, member: bool) -> int:
     """Apply a change of version `version` (member or not); 1 applied, 0 stale, -1 room unknown."""
     signed = version if member else -version
-    return int(await redis.eval(_APPLY, 4, *_keys3(keys, room_id), keys.room_denied(room_id, user_id),
-                                user_id, str(signed)))
+    return int(await scripts.MEMBER_APPLY(redis, [*_keys3(keys, room_id), keys.room_denied(room_id, user_id)],
+                                          [user_id, str(signed)]))
 
 
 async def room_created(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str], version: int = 0) -> None:
@@ -150,19 +65,19 @@ async def room_created(redis: Redis, keys: Keys, room_id: str, member_ids: Itera
     if version == 0:  # no version allocated (tests, tools): start the counter now
         version = await snapshot_version(redis, keys, room_id)
     await redis.set(keys.room_seq(room_id), 0, nx=True)
-    await redis.eval(_LOAD, 3, *_keys3(keys, room_id), str(version), *ids)
+    await scripts.MEMBER_LOAD(redis, _keys3(keys, room_id), [str(version), *ids])
 
 
 async def load(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str], version: int | None = None) -> None:
     """Rebuild a lost set from PostgreSQL's member list, read at snapshot `version`."""
     if version is None:
         version = await snapshot_version(redis, keys, room_id)
-    await redis.eval(_LOAD, 3, *_keys3(keys, room_id), str(version), *member_ids)
+    await scripts.MEMBER_LOAD(redis, _keys3(keys, room_id), [str(version), *member_ids])
 
 
 async def add_at(redis: Redis, keys: Keys, room_id: str, user_id: str, version: int) -> bool:
     """PostgreSQL (at snapshot `version`) says member: heal the set unless a newer change landed."""
-    return bool(await redis.eval(_ADD_AT, 3, *_keys3(keys, room_id), user_id, str(version)))
+    return bool(await scripts.MEMBER_ADD_AT(redis, _keys3(keys, room_id), [user_id, str(version)]))
 
 
 async def reconcile(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str],
@@ -180,7 +95,8 @@ async def reconcile(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable
     for op, users in (("+", sorted(want - current)), ("-", sorted(current - want - {SENTINEL}))):
         n = 0
         for i in range(0, len(users), FIX_CHUNK):
-            got = int(await redis.eval(_FIX, 3, *_keys3(keys, room_id), str(version), op, *users[i:i + FIX_CHUNK]))
+            got = int(await scripts.MEMBER_FIX(redis, _keys3(keys, room_id),
+                                              [str(version), op, *users[i:i + FIX_CHUNK]]))
             if got < 0:
                 return -1, -1
             n += got

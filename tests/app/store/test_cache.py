@@ -4,53 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import AsyncIterator
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.store import cache, member_sets
 from app.realtime import events
 from app.store.keys import Keys
+from app.store.scripts import Script
 
 
 def room() -> str:
     return str(uuid.uuid4())
 
 
-async def accept(redis: Redis, keys: Keys, room_id: str, sender: str = "u1", client_id: str | None = None,
+@pytest.fixture
+async def batcher(redis: Redis) -> AsyncIterator[cache.Batcher]:
+    """The accept pipeline as a process's Resources holds it, on the test's client."""
+    b = cache.Batcher(redis.connection_pool)
+    yield b
+    await b.close()
+
+
+async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str = "u1", client_id: str | None = None,
                  rate_limit: int = 0, threshold: int = 1000) -> cache.AcceptResult:
+    policy = cache.AcceptPolicy(rate_limit=rate_limit, rate_window_ms=60_000, idempotency_ttl_s=60,
+                                backlog_threshold=threshold, flush_queued_ttl_s=30)
     return await cache.accept(
-        redis, keys, room_id=room_id, sender_id=sender, client_id=client_id,
-        prefix='{"id":"x","seq":', suffix=',"body":"b"}', event_head=f'r:{room_id}|c1|{{"type":"message","message":',
-        rate_limit=rate_limit, rate_window_s=60, idempotency_ttl_s=60, backlog_threshold=threshold,
-        flush_queued_ttl_s=30)
+        batcher, keys, policy, room_id=room_id, sender_id=sender, client_id=client_id,
+        before_seq='{"id":"x","seq":', after_seq=',"body":"b"}', event=events.message_payload_parts(room_id, "c1"),
+        rate_limited=True)
 
 
-async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, keys: Keys) -> None:
+async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
-    assert (await accept(redis, keys, rid)).code == cache.MEMBERS_MISSING
+    assert (await accept(batcher, keys, rid)).code == cache.MEMBERS_MISSING
     await member_sets.load(redis, keys, rid, ["u1"])
-    assert (await accept(redis, keys, rid, sender="u2")).code == cache.NOT_MEMBER
-    assert (await accept(redis, keys, rid)).code == cache.SEQ_MISSING
+    assert (await accept(batcher, keys, rid, sender="u2")).code == cache.NOT_MEMBER
+    assert (await accept(batcher, keys, rid)).code == cache.SEQ_MISSING
     assert not await redis.exists(keys.room_log(rid), keys.room_seq(rid))
     assert await cache.seed_seq(redis, keys, rid, 0) == 0
-    res = await accept(redis, keys, rid)
+    res = await accept(batcher, keys, rid)
     assert (res.code, res.message, res.backlog) == (cache.OK, '{"id":"x","seq":1,"body":"b"}', 1)
     assert await redis.xrange(keys.room_log(rid)) == [("1-0", {"m": res.message})]
 
 
-async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, keys: Keys) -> None:
+async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.events_channel())
     await pubsub.get_message(timeout=5)
-    first = await accept(redis, keys, rid, client_id="a")
-    dup = await accept(redis, keys, rid, client_id="a")
+    first = await accept(batcher, keys, rid, client_id="a")
+    dup = await accept(batcher, keys, rid, client_id="a")
     assert dup.code == cache.DUPLICATE and dup.message == first.message
     assert await redis.get(keys.room_seq(rid)) == "1"
     # A later send is the marker: a re-publish of the duplicate would have to come before its event.
-    marker = await accept(redis, keys, rid, client_id="b")
+    marker = await accept(batcher, keys, rid, client_id="b")
     got = []
     while not got or got[-1][2] != '{"type":"message","message":' + marker.message + "}":
         msg = await pubsub.get_message(timeout=5)
@@ -61,25 +73,25 @@ async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, ke
     assert 0 < await redis.ttl(keys.room_client_id(rid, "u1", "a")) <= 60
 
 
-async def test_rate_limit_and_backlog_trigger(redis: Redis, keys: Keys) -> None:
+async def test_rate_limit_and_backlog_trigger(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     await redis.delete(keys.rate("msg", "u1"))
-    results = [await accept(redis, keys, rid, rate_limit=2, threshold=2) for _ in range(3)]
+    results = [await accept(batcher, keys, rid, rate_limit=2, threshold=2) for _ in range(3)]
     assert [r.code for r in results] == [cache.OK, cache.OK, cache.RATE_LIMITED]
     assert [r.flush_queued for r in results[:2]] == [False, True]
     assert 0 < results[2].retry_ms <= 60_000
     assert await redis.get(keys.room_seq(rid)) == "2"
     await redis.set(keys.room_flushed(rid), 2)
     await redis.delete(keys.rate("msg", "u1"))
-    assert (await accept(redis, keys, rid, rate_limit=2, threshold=2)).backlog == 1
+    assert (await accept(batcher, keys, rid, rate_limit=2, threshold=2)).backlog == 1
 
 
-async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, keys: Keys) -> None:
+async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     for _ in range(4):
-        await accept(redis, keys, rid)
+        await accept(batcher, keys, rid)
     await redis.xtrim(keys.room_log(rid), maxlen=0, approximate=False)
     await redis.delete(keys.room_seq(rid))
     assert await cache.seed_seq(redis, keys, rid, 2) == 4  # the stream remembers 4
@@ -91,12 +103,12 @@ async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis
     assert await cache.seed_seq(redis, keys, rid, 3) == 11
 
 
-async def test_read_returns_the_first_id_and_ranges(redis: Redis, keys: Keys) -> None:
+async def test_read_returns_the_first_id_and_ranges(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     assert await cache.read(redis, keys, rid, ascending=True, lo=1, hi=None, count=10) == cache.CacheRange(None, [])
     await member_sets.room_created(redis, keys, rid, ["u1"])
     for _ in range(6):
-        await accept(redis, keys, rid)
+        await accept(batcher, keys, rid)
     await redis.xtrim(keys.room_log(rid), minid=3, approximate=False)
     got = await cache.read(redis, keys, rid, ascending=False, lo=1, hi=5, count=2)
     assert got.first_seq == 3 and [s for s, _ in got.entries] == [5, 4]
@@ -105,24 +117,24 @@ async def test_read_returns_the_first_id_and_ranges(redis: Redis, keys: Keys) ->
     assert (await cache.counters(redis, keys, [rid, room()])) == [6, None]
 
 
-async def test_batched_calls_load_a_missing_script_and_share_round_trips(redis: Redis) -> None:
-    script = cache.Script(f"-- {uuid.uuid4()}\nreturn tonumber(ARGV[1]) * 2")  # never loaded before
-    batcher = cache._batcher(redis)
+async def test_batched_calls_load_a_missing_script_and_share_round_trips(redis: Redis, batcher: cache.Batcher) -> None:
+    script = Script.of("test", f"-- {uuid.uuid4()}\nreturn tonumber(ARGV[1]) * 2")  # never loaded before
+    batcher = batcher
     results = await asyncio.gather(*(batcher.call(script, [], [i]) for i in range(50)))
     assert results == [i * 2 for i in range(50)]
 
 
-async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, keys: Keys) -> None:
+async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
-    assert (await accept(redis, keys, rid)).code == cache.OK
-    conn = cache._batcher(redis).conn
+    assert (await accept(batcher, keys, rid)).code == cache.OK
+    conn = batcher.conn
     await conn.send_command("CLIENT", "ID")
     await redis.client_kill_filter(_id=str(await conn.read_response()))
     outcomes = []
     for _ in range(3):
         try:
-            outcomes.append((await accept(redis, keys, rid)).code)
+            outcomes.append((await accept(batcher, keys, rid)).code)
         except RedisConnectionError:
             outcomes.append("lost")
     assert outcomes[-1] == cache.OK and outcomes.count("lost") <= 1
@@ -130,14 +142,14 @@ async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redi
     assert seqs == list(range(1, len(seqs) + 1))  # a failed send left no gap
 
 
-async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redis: Redis, keys: Keys,
+async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redis: Redis, batcher: cache.Batcher, keys: Keys,
                                                                             monkeypatch) -> None:
     from redis.exceptions import OutOfMemoryError
 
     key = f"{keys.prefix}:test:batch:{uuid.uuid4().hex}"
-    incr = cache.Script("return redis.call('INCR', KEYS[1])")
-    oom = cache.Script("return redis.error_reply('OOM command not allowed when used memory > maxmemory')")
-    batcher = cache._batcher(redis)
+    incr = Script.of("test", "return redis.call('INCR', KEYS[1])")
+    oom = Script.of("test", "return redis.error_reply('OOM command not allowed when used memory > maxmemory')")
+    batcher = batcher
     await batcher.call(incr, [key], [])  # scripts loaded, connection held
     sizes: list[int] = []
     run = batcher._run
@@ -156,10 +168,10 @@ async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redi
     assert await redis.get(key) == "8"
 
 
-async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redis, keys: Keys, monkeypatch) -> None:
+async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redis, batcher: cache.Batcher, keys: Keys, monkeypatch) -> None:
     key = f"{keys.prefix}:test:batch:{uuid.uuid4().hex}"
-    incr = cache.Script("return redis.call('INCR', KEYS[1])")
-    batcher = cache._batcher(redis)
+    incr = Script.of("test", "return redis.call('INCR', KEYS[1])")
+    batcher = batcher
     await batcher.call(incr, [key], [])
     conn = batcher.conn
     real, reads = conn.read_response, []
@@ -179,17 +191,17 @@ async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redi
     assert await batcher.call(incr, [key], []) == 8  # reconnected; the 4 unanswered ones did run
 
 
-async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, keys: Keys) -> None:
+async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
-    first = await accept(redis, keys, rid, client_id="a")
+    first = await accept(batcher, keys, rid, client_id="a")
     assert await redis.get(keys.room_client_id(rid, "u1", "a")) == "1"
-    dup = await accept(redis, keys, rid, client_id="a")
+    dup = await accept(batcher, keys, rid, client_id="a")
     assert (dup.code, dup.message, dup.seq) == (cache.DUPLICATE, first.message, 1)
     await redis.xtrim(keys.room_log(rid), maxlen=0, approximate=False)  # flushed and trimmed
-    dup = await accept(redis, keys, rid, client_id="a")
+    dup = await accept(batcher, keys, rid, client_id="a")
     assert (dup.code, dup.message, dup.seq) == (cache.DUPLICATE, "", 1)  # the caller reads PostgreSQL
     await redis.set(keys.room_client_id(rid, "u1", "b"), '{"id":"old","seq":9}', ex=60)  # written before
-    dup = await accept(redis, keys, rid, client_id="b")
+    dup = await accept(batcher, keys, rid, client_id="b")
     assert (dup.code, dup.message) == (cache.DUPLICATE, '{"id":"old","seq":9}')
     assert await redis.get(keys.room_seq(rid)) == "1"

@@ -1,0 +1,89 @@
+"""Every Lua script of the project: read from app/store/lua/ once, called one way.
+
+Each `<name>.lua` opens with named locals for its KEYS and ARGV; `lib.lua` holds the
+functions several scripts share (stream_top_seq, rate_hit) and is prepended to each, since
+Redis scripts cannot include one another. `SCRIPTS` is read at import (immutable: the
+sources and their SHA1s); `register` loads them all into a Redis at start-up (server and
+worker), and a call runs EVALSHA, loading the script again on NOSCRIPT (Redis restarted,
+SCRIPT FLUSH). The accept pipeline (app/store/cache.py) packs the same EVALSHAs by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+LUA_DIR = Path(__file__).with_name("lua")
+LIB = "lib"
+
+
+@dataclass(frozen=True)
+class Script:
+    """One Lua script: its name (the file's stem), full source (lib included) and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, name: str, source: str) -> "Script":
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        """Run it by SHA1; loaded again when Redis does not know it."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA on a pipeline; call `load` on the same Redis first (a pipeline
+        cannot retry one command after NOSCRIPT)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def load(self, redis: Redis) -> None:
+        await redis.script_load(self.source)
+
+
+def _read_all(folder: Path = LUA_DIR) -> Mapping[str, Script]:
+    lib = (folder / f"{LIB}.lua").read_text()
+    out = {}
+    for path in sorted(folder.glob("*.lua")):
+        if path.stem != LIB:
+            out[path.stem] = Script.of(path.stem, lib + "\n" + path.read_text())
+    return MappingProxyType(out)
+
+
+SCRIPTS: Mapping[str, Script] = _read_all()
+
+ACCEPT = SCRIPTS["accept"]
+FORGET_CID = SCRIPTS["forget_cid"]
+SEED = SCRIPTS["seed"]
+READ = SCRIPTS["read"]
+RATE_HIT = SCRIPTS["rate_hit"]
+MEMBER_NEXT_VERSION = SCRIPTS["member_next_version"]
+MEMBER_SNAPSHOT_VERSION = SCRIPTS["member_snapshot_version"]
+MEMBER_APPLY = SCRIPTS["member_apply"]
+MEMBER_LOAD = SCRIPTS["member_load"]
+MEMBER_ADD_AT = SCRIPTS["member_add_at"]
+MEMBER_FIX = SCRIPTS["member_fix"]
+FLUSH_COMMIT = SCRIPTS["flush_commit"]
+FLUSH_RELEASE = SCRIPTS["flush_release"]
+RESEQ = SCRIPTS["reseq"]
+RAISE_SEQ = SCRIPTS["raise_seq"]
+
+
+async def register(redis: Redis) -> None:
+    """SCRIPT LOAD every script, in one pipelined round trip (at server and worker start-up)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for script in SCRIPTS.values():
+            pipe.script_load(script.source)
+        await pipe.execute()
