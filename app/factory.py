@@ -9,10 +9,12 @@ from sanic import Sanic
 from app.db import setup_db
 from app.door import setup_request_limits
 from app.errors import register_error_handlers
-from app.store.client import setup_redis
+from app.realtime.fanout import setup_fanout
+from app.resources import setup_resources
 from app.serialize import dumps
 from app.settings import Settings
 from app.web import configure_docs
+from blueprints import all_blueprints
 
 
 def configure_logging(level: str) -> None:
@@ -46,12 +48,9 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
                              description="Real-time chat: see docs/api.md for the contract.")
 
     setup_db(app)
-    setup_redis(app)
+    setup_resources(app)
     register_error_handlers(app)
     setup_request_limits(app)  # REQUEST_MAX_SIZE: the JSON cap; uploads stream (app/door.py)
-
-    from blueprints import all_blueprints
-    from app.realtime.fanout import setup_fanout
 
     for bp in all_blueprints():
         app.blueprint(bp)

@@ -73,18 +73,39 @@ def build_broker(settings: Settings, middleware: list[Middleware] | None = None)
     return broker
 
 
-_producers: dict[tuple[str, str], RedisBroker] = {}
-_producers_lock = threading.Lock()
+class Producer:
+    """A broker that only enqueues (no middleware, no actors), built on first use.
 
+    One per process, owned by its Resources (app/resources.py): the server's backlog trigger
+    and uploads enqueue through it without opening a Redis connection per job.
+    """
 
-def producer_broker(settings: Settings) -> RedisBroker:
-    """A broker that only enqueues (no middleware, no actors), one per Redis and prefix."""
-    key = (settings.redis_url, settings.redis_prefix)
-    with _producers_lock:
-        broker = _producers.get(key)
-        if broker is None:
-            broker = _producers[key] = build_broker(settings, middleware=[])
-        return broker
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._broker: RedisBroker | None = None
+        self._lock = threading.Lock()  # enqueues run in executor threads
+
+    def broker(self) -> RedisBroker:
+        with self._lock:
+            if self._broker is None:
+                self._broker = build_broker(self.settings, middleware=[])
+            return self._broker
+
+    def enqueue_sync(self, actor_name: str, *args: Any) -> Message:
+        """Enqueue from synchronous code (blocks on one Redis round trip)."""
+        return self.broker().enqueue(job(actor_name, *args))
+
+    async def enqueue(self, actor_name: str, *args: Any) -> None:
+        """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, partial(self.enqueue_sync, actor_name, *args))
+
+    def close(self) -> None:
+        with self._lock:
+            broker, self._broker = self._broker, None
+        if broker is not None:
+            broker.close()
+            broker.client.connection_pool.disconnect()  # RedisBroker.close leaves its sockets open
 
 
 def job(actor_name: str, *args: Any) -> Message:
@@ -94,16 +115,21 @@ def job(actor_name: str, *args: Any) -> Message:
 
 
 def enqueue_sync(settings: Settings, actor_name: str, *args: Any) -> None:
-    """Enqueue from synchronous code (blocks on one Redis round trip)."""
-    producer_broker(settings).enqueue(job(actor_name, *args))
+    """Enqueue once from a process without Resources (CLI, scheduler tools, tests): a broker
+    of its own, closed after."""
+    producer = Producer(settings)
+    try:
+        producer.enqueue_sync(actor_name, *args)
+    finally:
+        producer.close()
 
 
 async def enqueue(settings: Settings, actor_name: str, *args: Any) -> None:
-    """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
+    """enqueue_sync from async code, in a thread."""
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, partial(enqueue_sync, settings, actor_name, *args))
 
 
 async def enqueue_flush_room(settings: Settings, room_id: str) -> None:
-    """Ask the worker to flush one room now (the accept path's backlog trigger)."""
+    """Ask the worker to flush one room now (one-shot broker; the accept path uses its Producer)."""
     await enqueue(settings, "flush_room", room_id)

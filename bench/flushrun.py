@@ -109,7 +109,9 @@ async def inject(cfg: dict[str, Any], redis: Any, keys: Any, settings: Any) -> f
     from redis.exceptions import NoScriptError
 
     from app.messages import accept_message
+    from app.resources import Resources
 
+    res = Resources.build(settings, redis, keys)  # its batcher pipelines the concurrent sends
     rooms, senders, total = cfg["rooms"], cfg["senders"], int(cfg["messages"])
     pad = "x" * max(1, int(cfg.get("body_bytes", 100)) - 20)
     piped = PipelinedRedis(redis)
@@ -123,13 +125,12 @@ async def inject(cfg: dict[str, Any], redis: Any, keys: Any, settings: Any) -> f
             k = next_k
             next_k += 1
             r = k % len(rooms)
-            args = dict(redis=piped, keys=keys, settings=settings, room_id=rooms[r],
-                        sender_id=senders[r][k % len(senders[r])], body=f"{k} {pad}", rate_limit=False)
+            args = dict(room_id=rooms[r], sender_id=senders[r][k % len(senders[r])], body=f"{k} {pad}",
+                        rate_limit=False)
             try:
-                await accept_message(**args)
+                await accept_message(res, **args)
             except NoScriptError:  # first calls of a pipeline before the script was loaded
-                args["redis"] = redis
-                await accept_message(**args)
+                await accept_message(res, **args)
             done += 1
             if done % 100_000 == 0:
                 emit("progress", msg=f"accepted {done}/{total}")
@@ -137,20 +138,20 @@ async def inject(cfg: dict[str, Any], redis: Any, keys: Any, settings: Any) -> f
     t = time.perf_counter()
     try:
         # Load the script once through the normal path, then pipeline.
-        await worker_one(redis, keys, settings, rooms[0], senders[0][0], pad)
+        await worker_one(res, rooms[0], senders[0][0], pad)
         await asyncio.gather(*(worker() for _ in range(int(cfg.get("inject_tasks", 1000)))))
     finally:
         piped.close()
         await pump
+        await res.close()
     return time.perf_counter() - t
 
 
-async def worker_one(redis: Any, keys: Any, settings: Any, room_id: str, sender_id: str, pad: str) -> None:
+async def worker_one(res: Any, room_id: str, sender_id: str, pad: str) -> None:
     """One plain send first: it loads the accept script into Redis (EVALSHA needs it there)."""
     from app.messages import accept_message
 
-    await accept_message(redis=redis, keys=keys, settings=settings, room_id=room_id, sender_id=sender_id,
-                         body=f"0 {pad}", rate_limit=False)
+    await accept_message(res, room_id=room_id, sender_id=sender_id, body=f"0 {pad}", rate_limit=False)
 
 
 async def run(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -4,42 +4,28 @@ Dramatiq binds actors to the global broker when they are declared, so this modul
 it (app.jobs.build_broker: namespace, heartbeat and maintenance shared with the server's
 producer) and sets it at import time. Worker processes open their resources once, at
 boot, on the AsyncIO middleware's event loop thread, where every async actor runs:
-Tortoise (PostgreSQL) and one async Redis client. The scheduler process never boots a
-worker and opens nothing.
+Tortoise (PostgreSQL) and the same Resources object the server builds (app/resources.py:
+settings, keys, one async Redis client, the accept policy and pipeline). The scheduler
+process never boots a worker and opens nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import AsyncIO, Middleware
 from periodiq import PeriodiqMiddleware
-from redis.asyncio import Redis
 
+from app.db import close_db, init_db, ping_db
 from app.jobs import build_broker
-from app.store.keys import Keys
+from app.resources import Resources
 from app.settings import Settings
+from app.store.client import connect_redis
 
 log = logging.getLogger("chat.worker")
-
-
-@dataclass
-class Resources:
-    """What actors use; opened once per worker process."""
-
-    settings: Settings
-    keys: Keys
-    redis: Redis
-
-    def pool(self) -> Any:
-        """The asyncpg pool behind Tortoise (looked up per use: Tortoise may replace it)."""
-        from app.db import raw_pool
-
-        return raw_pool()
 
 
 class WorkerResources(Middleware):
@@ -65,20 +51,17 @@ class WorkerResources(Middleware):
             self.current = None
 
     async def _open(self) -> Resources:
-        from app.db import init_db, ping_db
-        from app.store.client import connect_redis
-
         s = self.settings
         await init_db(s.database_url, s.db_pool_max)
         await ping_db()  # opens the pool now: a wrong DATABASE_URL fails the boot, not every job
-        res = Resources(settings=s, keys=Keys(s.redis_prefix), redis=connect_redis(s.redis_url))
+        res = Resources.build(s, connect_redis(s.redis_url))
         await res.redis.ping()
+        await res.register_scripts()
         log.info("worker resources open (database, redis prefix %r)", s.redis_prefix)
         return res
 
     async def _close(self, res: Resources) -> None:
-        from app.db import close_db
-
+        await res.close()
         await res.redis.aclose()
         await close_db()
 

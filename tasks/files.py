@@ -15,4 +15,4 @@ from tasks.broker import resources
 async def process_upload(file_id: str) -> None:
     """Process one upload by id (skipped unless it is still `processing`)."""
     res = resources()
-    await files.process(redis=res.redis, keys=res.keys, settings=res.settings, file_id=file_id)
+    await files.process(res, file_id=file_id)

@@ -18,7 +18,8 @@ log = logging.getLogger("chat.flush")
 async def flush_room(room_id: str) -> None:
     """Flush one room until drained; idempotent, a no-op while another worker holds the room."""
     res = resources()
-    await flush.flush_room(room_id, redis=res.redis, keys=res.keys, settings=res.settings, pool=res.pool())
+    await flush.flush_room(room_id, redis=res.redis, keys=res.keys, settings=res.settings, pool=res.pool(),
+                           fk=res.fk_skip)
 
 
 # No retries for scheduled actors: the next tick does the same work.

@@ -253,3 +253,13 @@ async def pool(db: None) -> Any:
 
     await ping_db()
     return raw_pool()
+
+
+@pytest.fixture
+async def resources(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Any]:
+    """The process Resources (app/resources.py) on the test's Redis client, closed after."""
+    from app.resources import Resources
+
+    res = Resources.build(settings, redis, keys)
+    yield res
+    await res.close()

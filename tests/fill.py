@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from app import messages
 from app.flush import FlushResult, flush_room
+from app.resources import Resources
 from app.store.keys import Keys
 from app.serialize import iso
 from app.settings import Settings
@@ -74,15 +75,24 @@ async def push(redis: Redis, keys: Keys, room_id: str, sender_id: str | None, n:
     s = _settings_for(keys, settings, trigger)
     if sender_id is not None:
         await Membership.get_or_create(room_id=room_id, user_id=sender_id, defaults={"role": Role.MEMBER})
-    counter = iter(range(n))
+
+    res = Resources.build(s, redis, keys)
 
     async def one(i: int) -> dict[str, Any]:
-        msg, created = await messages.accept_message(redis=redis, keys=keys, settings=s, room_id=room_id,
-                                                     sender_id=sender_id, body=f"message {i}",
-                                                     client_id=f"fill-{uuid.uuid4().hex[:16]}")
+        msg, created = await messages.accept_message(res, room_id=room_id, sender_id=sender_id,
+                                                     body=f"message {i}", client_id=f"fill-{uuid.uuid4().hex[:16]}")
         assert created, msg
         return msg
 
+    try:
+        return await _push(one, n, created_at, age_step)
+    finally:
+        await res.close()
+
+
+async def _push(one: Any, n: int, created_at: datetime | None,
+                age_step: timedelta | None) -> list[dict[str, Any]]:
+    counter = iter(range(n))
     out: list[dict[str, Any]] = []
     if created_at is not None:
         for i in counter:

@@ -1,13 +1,13 @@
-"""Redis connection lifecycle and the persistence check of API.md's Durability section."""
+"""Redis clients (a waiting pool with timeouts) and the persistence check of API.md's Durability section.
+
+The server's client is opened and closed with its Resources (app/resources.py)."""
 
 from __future__ import annotations
 
 import logging
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from sanic import Sanic
 
-from app.store.keys import Keys
 from app.settings import Settings
 
 log = logging.getLogger("chat.redis")
@@ -57,18 +57,3 @@ async def check_persistence(redis: Redis, settings: Settings) -> None:
     if settings.production and not settings.allow_redis_without_persistence:
         raise RuntimeError(msg + " Refusing to start (set ALLOW_REDIS_WITHOUT_PERSISTENCE=true to override).")
     log.warning(msg)
-
-
-def setup_redis(app: Sanic) -> None:
-    """Open the Redis client before the server starts, close it after it stops."""
-
-    @app.before_server_start
-    async def _open(app: Sanic) -> None:
-        s: Settings = app.ctx.settings
-        app.ctx.keys = Keys(s.redis_prefix)
-        app.ctx.redis = connect_redis_for(s)
-        await check_persistence(app.ctx.redis, s)
-
-    @app.after_server_stop
-    async def _close(app: Sanic) -> None:
-        await app.ctx.redis.aclose()

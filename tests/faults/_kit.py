@@ -73,20 +73,24 @@ async def fill(ip: InProc, rooms: Iterable[str], sender_id: str, per_room: int, 
     """`per_room` messages into each room through app.messages.accept_message (the real Lua
     script), `concurrency` sends in flight at once (the accept batcher pipelines them)."""
     from app.messages import accept_message
+    from app.resources import Resources
 
+    res = Resources.build(ip.settings, ip.redis, ip.keys)
     ledger = ledger if ledger is not None else Ledger()
     todo = [(r, k) for k in range(per_room) for r in rooms]
     sem = asyncio.Semaphore(concurrency)
 
     async def one(room_id: str, k: int) -> None:
         async with sem:
-            msg, created = await accept_message(redis=ip.redis, keys=ip.keys, settings=ip.settings,
-                                                room_id=room_id, sender_id=sender_id, body=f"{tag} {k}",
+            msg, created = await accept_message(res, room_id=room_id, sender_id=sender_id, body=f"{tag} {k}",
                                                 rate_limit=False)
             assert created
             ledger.ack(msg)
 
-    await asyncio.gather(*(one(r, k) for r, k in todo))
+    try:
+        await asyncio.gather(*(one(r, k) for r, k in todo))
+    finally:
+        await res.close()
     return ledger
 
 

@@ -17,6 +17,7 @@ from redis.asyncio.client import PubSub
 from app.realtime import events
 from app import flush, messages, rooms
 from app.store.keys import Keys
+from app.resources import Resources
 from app.rooms import CreateRoom
 from app.serialize import dumps, loads, now_iso
 from app.settings import Settings
@@ -43,8 +44,11 @@ async def new_room(redis: Redis, keys: Keys) -> tuple[str, str]:
 
 async def send(redis: Redis, keys: Keys, settings: Settings, room_id: str, sender: str, body: str,
                client_id: str | None = None) -> tuple[dict[str, Any], bool]:
-    return await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                                         sender_id=sender, body=body, client_id=client_id)
+    res = Resources.build(settings, redis, keys)  # one per send: its batcher's connection goes back after
+    try:
+        return await messages.accept_message(res, room_id=room_id, sender_id=sender, body=body, client_id=client_id)
+    finally:
+        await res.close()
 
 
 async def inject(redis: Redis, keys: Keys, room_id: str, value: str | bytes) -> int:

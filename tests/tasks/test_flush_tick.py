@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app import flush, jobs, messages, rooms
+from app.resources import Resources
 from app.rooms import CreateRoom
 from models.user import User
 from tests.support import Proc, worker_argv
@@ -46,9 +47,9 @@ async def test_the_tick_in_a_real_worker_raises_counters_after_a_redis_restart(
     user = await User.create(username=name, username_lower=name, display_name=name, password_hash="x")
     owner = str(user.id)
     room_id = (await rooms.create_room(redis=redis, keys=keys, owner_id=owner, data=CreateRoom(name=name)))["id"]
+    res = Resources.build(settings, redis, keys)
     for i in range(5):
-        await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                                      sender_id=owner, body=f"m{i}")
+        await messages.accept_message(res, room_id=room_id, sender_id=owner, body=f"m{i}")
     await flush.flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pg)
     # Redis came back from before all of it (stream, counter and flushed mark), under a new run_id
     await redis.delete(keys.room_log(room_id), keys.room_flushed(room_id))
@@ -69,6 +70,6 @@ async def test_the_tick_in_a_real_worker_raises_counters_after_a_redis_restart(
         assert "room counters raised" in worker.output()
     finally:
         worker.stop()
-    msg, _ = await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                                           sender_id=owner, body="after the restart")
+    msg, _ = await messages.accept_message(res, room_id=room_id, sender_id=owner, body="after the restart")
+    await res.close()
     assert msg["seq"] == 6

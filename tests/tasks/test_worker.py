@@ -97,14 +97,16 @@ async def test_backlog_trigger_enqueues_one_job_that_flushes_the_room(settings, 
 async def test_enqueue_puts_exactly_one_job_on_the_workers_queue(settings, keys, redis):
     room = str(uuid.uuid4())  # no worker consumes a queue named after nothing: inspect the job itself
     ns = keys.dramatiq_namespace()
-    from app.jobs import job, producer_broker
+    from app.jobs import Producer, job
 
-    msg = producer_broker(settings).enqueue(job("flush_room", room).copy(queue_name="inspect-only"))
+    producer = Producer(settings)
+    msg = producer.broker().enqueue(job("flush_room", room).copy(queue_name="inspect-only"))
     raw = await redis.hget(f"{ns}:inspect-only.msgs", msg.options["redis_message_id"])
     assert json.loads(raw)["actor_name"] == "flush_room" and json.loads(raw)["args"] == [room]
     assert await redis.llen(f"{ns}:inspect-only") == 1
     # a producer leaves no heartbeat behind (maintenance would KEYS-scan for it once stale)
-    assert await redis.zscore(f"{ns}:__heartbeats__", producer_broker(settings).broker_id) is None
+    assert await redis.zscore(f"{ns}:__heartbeats__", producer.broker().broker_id) is None
+    producer.close()
     await redis.delete(f"{ns}:inspect-only", f"{ns}:inspect-only.msgs")
 
 
