@@ -6,20 +6,12 @@ given directories and survives restarts: PostgreSQL keeps its cluster, Redis its
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
+from app.ops.procs import Proc, free_port, pid_alive
+
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EmbeddedPostgres:
@@ -37,7 +29,7 @@ class EmbeddedPostgres:
 
         handles = DiskList(self.pgdata / ".handle_pids.json")
         if handles.path.exists():
-            handles.put([pid for pid in handles.get() if _pid_alive(pid)])
+            handles.put([pid for pid in handles.get() if pid_alive(pid)])
 
     def start(self, database: str) -> str:
         """Start (initialising on first use) and return the URL of `database` (which may not exist yet)."""
@@ -65,7 +57,7 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.proc: subprocess.Popen | None = None
+        self.proc: Proc | None = None
 
     def start(self) -> str:
         import redis
@@ -81,16 +73,15 @@ class EmbeddedRedis:
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         # Own session, like the other children: Ctrl-C goes to the launcher, which stops it last.
         # No PDEATHSIG: after a killed launcher the watchdog stops it once the worker is gone.
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = Proc("redis", argv, death_signal=None)
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while True:
-                if self.proc.poll() is not None:
+                if not self.proc.alive():
                     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                    raise RuntimeError(f"embedded redis-server exited with {self.proc.returncode}:\n{tail}")
+                    raise RuntimeError(f"embedded redis-server exited with {self.proc.returncode()}:\n{tail}")
                 try:
                     client.ping()  # raises BusyLoadingError while a big AOF is replayed
                     return url
@@ -107,23 +98,6 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """SIGTERM: Redis fsyncs the AOF and exits; SIGKILL only if it hangs."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self.proc is not None:
+            self.proc.stop(START_TIMEOUT_S)
+            self.proc = None

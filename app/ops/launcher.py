@@ -22,13 +22,22 @@ the launcher holds) notices a launcher killed with SIGKILL by the pipe's EOF: it
 child's process group (grandchildren included: Sanic's and Dramatiq's worker processes) and
 then the embedded servers. `make run` passes `--die-with-parent`, so a killed `make` takes the
 launcher down the same way.
+
+Children are app.ops.procs.Proc (own process group, PDEATHSIG, stopped by PID); what is left
+here is the Procfile table, the output echo and the order of stopping. Why not a library:
+honcho's Manager (the closest on PyPI) starts each command from a multiprocessing child
+that ignores SIGTERM/SIGINT and runs it through `sh -c`, so PDEATHSIG would follow that
+middle process, which outlives a SIGKILLed launcher; it SIGTERMs whole process groups
+(Dramatiq's workers then get it twice and take the hard-kill path), kills after a fixed
+5 s (Sanic's drain and Dramatiq's current messages need longer) and ignores SIGHUP.
+circus and supervisor are daemons with their own control channel and config, with no
+"die with the parent" mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import signal
@@ -39,11 +48,12 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import IO, Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from app.ops.embedded import EmbeddedPostgres, EmbeddedRedis
-from app.settings import ROOT, Settings
+from app.ops.procs import Proc, set_pdeathsig
+from app.settings import Settings
 
 STOP_GRACE_S = 20.0  # Sanic drains connections and Dramatiq finishes its current messages
 PROBE_TIMEOUT_S = 3.0
@@ -118,72 +128,29 @@ def redis_problem(url: str) -> str | None:
 
 # -- dying together ---------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
+def _stop_foreign(send: Callable[[int], None], first: int, grace_s: float) -> None:
+    """`send(first)`, then SIGKILL after `grace_s` if `send(0)` still finds it.
 
-
-def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send `sig` to this process when its parent dies (Linux; no-op elsewhere)."""
+    For the watchdog, which did not fork what it stops (so it cannot wait for it): `send` is
+    os.kill or os.killpg bound to one PID or group id.
+    """
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _child_preexec(parent_pid: int) -> None:
-    """In the forked child, before exec: die with the launcher, even if it died just now."""
-    set_pdeathsig(signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM a process group, SIGKILL what is left after `grace_s`."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
+        send(first)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _group_alive(pgid):
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _stop_pid(pid: int, sig: int, grace_s: float) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.1)
-    if _pid_alive(pid):
+    while time.monotonic() < deadline:
         try:
-            os.kill(pid, signal.SIGKILL)
+            send(0)
         except ProcessLookupError:
+            return
+        except PermissionError:
             pass
+        time.sleep(0.1)
+    try:
+        send(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def watchdog_main() -> int:
@@ -212,44 +179,41 @@ def watchdog_main() -> int:
         if "postgres" in item:
             pgdatas.append(str(item["postgres"]))
     for pgid in groups:
-        _stop_group(pgid, STOP_GRACE_S)
+        _stop_foreign(lambda sig, g=pgid: os.killpg(g, sig), signal.SIGTERM, STOP_GRACE_S)
     for pid in pids:
-        _stop_pid(pid, signal.SIGTERM, STOP_GRACE_S)
+        _stop_foreign(lambda sig, p=pid: os.kill(p, sig), signal.SIGTERM, STOP_GRACE_S)
     for pgdata in pgdatas:
         pidfile = Path(pgdata) / "postmaster.pid"
         try:
             postmaster = int(pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        _stop_pid(postmaster, signal.SIGINT, STOP_GRACE_S)  # SIGINT = PostgreSQL's fast shutdown
+        # SIGINT = PostgreSQL's fast shutdown
+        _stop_foreign(lambda sig, p=postmaster: os.kill(p, sig), signal.SIGINT, STOP_GRACE_S)
     return 0
 
 
 class Watchdog:
-    """The launcher's end of the watchdog's pipe."""
+    """The launcher's end of the watchdog's pipe (the watchdog must outlive us: no death signal)."""
 
     def __init__(self) -> None:
-        self.popen = subprocess.Popen([sys.executable, "-m", "app.ops.launcher", "--watchdog"], cwd=ROOT,
-                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      start_new_session=True, text=True)
+        self.proc = Proc("watchdog", [sys.executable, "-m", "app.ops.launcher", "--watchdog"],
+                         stdin=subprocess.PIPE, death_signal=None)
 
     def watch(self, **item: object) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(json.dumps(item) + "\n")
-        self.popen.stdin.flush()
+        assert self.proc.popen.stdin is not None
+        self.proc.popen.stdin.write(json.dumps(item).encode() + b"\n")
+        self.proc.popen.stdin.flush()
 
     def release(self) -> None:
         """Everything is stopped: tell the watchdog so and let it exit."""
         try:
             self.watch(done=True)
-            assert self.popen.stdin is not None
-            self.popen.stdin.close()
+            assert self.proc.popen.stdin is not None
+            self.proc.popen.stdin.close()
         except (BrokenPipeError, OSError):
             pass
-        try:
-            self.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
+        self.proc.stop(5)
 
 
 class LaunchError(RuntimeError):
@@ -268,51 +232,23 @@ def process_table() -> list[tuple[str, list[str]]]:
     ]
 
 
-class Child:
-    """A supervised process, leader of its own process group; its output is prefixed and echoed."""
+class Child(Proc):
+    """A supervised process (app.ops.procs.Proc: own group, SIGTERM when the launcher dies);
+    its output is prefixed with its name and echoed."""
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
-        self.name = name
-        # Own session: Ctrl-C reaches only the launcher, which stops children in order.
-        # PDEATHSIG: if the launcher dies anyway, the kernel tells the child to stop.
-        parent = os.getpid()
-        self.popen = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True, preexec_fn=lambda: _child_preexec(parent))
-        self.pid = self.popen.pid
+        super().__init__(name, argv, base_env=env, stdout=subprocess.PIPE)
+        assert self.popen.stdout is not None
         self._pump = threading.Thread(target=self._echo, args=(self.popen.stdout,), daemon=True)
         self._pump.start()
 
-    def _echo(self, stream: IO[bytes]) -> None:
+    def _echo(self, stream) -> None:  # noqa: ANN001 - a binary pipe
         for raw in iter(stream.readline, b""):
             say(raw.decode("utf-8", "replace"), self.name)
 
-    def exit_code(self) -> int | None:
-        """The exit code once the leader has exited, without reaping it.
-
-        The unreaped leader keeps its PID (and so the group id) reserved, which makes the
-        final killpg safe against PID reuse.
-        """
-        try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return self.popen.returncode if self.popen.returncode is not None else -1
-        if info is None:
-            return None
-        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-
-    def terminate(self) -> None:
-        """SIGTERM to the leader only: Sanic and Dramatiq stop their own worker processes."""
-        if self.exit_code() is None:
-            os.kill(self.pid, signal.SIGTERM)
-
     def reap(self) -> None:
-        """SIGKILL whatever is left in the group, then collect the leader."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.popen.wait()
+        """SIGKILL whatever is left in the group, collect the leader, drain the echo."""
+        self.kill9(5)
         self._pump.join(2.0)
 
 
@@ -402,7 +338,7 @@ class Launcher:
         announced = False
         while not self.stopping.wait(0.5):
             for child in self.children:
-                code = child.exit_code()
+                code = child.returncode()
                 if code is not None:
                     say(f"{child.name} (pid {child.pid}) exited with code {code}: stopping everything")
                     return 1
@@ -413,10 +349,11 @@ class Launcher:
         return 0
 
     def stop_children(self) -> None:
+        # SIGTERM to each leader alone: Sanic and Dramatiq stop their own worker processes.
         for child in self.children:
             child.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and any(c.exit_code() is None for c in self.children):
+        while time.monotonic() < deadline and any(c.alive() for c in self.children):
             time.sleep(0.1)
         for child in self.children:
             child.reap()

