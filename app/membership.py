@@ -7,10 +7,8 @@ this module applies them to the calls an owner or admin makes about someone else
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictStr
 from redis.asyncio import Redis
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
@@ -19,11 +17,13 @@ from app.store import member_sets
 from app.access import member_snapshot
 from app.errors import Forbidden, NotMemberOfRoom, RoomNotFound, UserNotFound, ValidationFailed
 from app.store.keys import Keys
-from app.pagination import decode_cursor, page
-from app.rooms import (announce_join, announce_leave, load_membership, locked_room, parse_id,
-                       publish_room_updated, rate_check, remove_locked, render_membership, require_member,
+from app.ids import parse_uuid
+from app.pagination import MEMBERS, decode_cursor, page
+from app.rooms import (announce_join, announce_leave, load_membership, locked_room,
+                       publish_room_updated, rate_check, remove_locked, require_member,
                        require_role, role_in, version_locked)
 from app.serialize import utcnow
+from app.schemas import AddMember, ChangeRole, membership_out
 from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User
@@ -33,39 +33,10 @@ log = logging.getLogger("chat.membership")
 MANAGERS = (Role.OWNER, Role.ADMIN)
 
 
-class AddMember(BaseModel):
-    """Body of POST /rooms/{id}/members."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    user_id: StrictStr
-
-
-class ChangeRole(BaseModel):
-    """Body of PATCH /rooms/{id}/members/{user_id}: ownership moves only when the owner leaves."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["admin", "member"]
-
-
-def _members_cursor(raw: str | None) -> tuple[datetime, int] | None:
-    position = decode_cursor(raw)
-    if position is None:
-        return None
-    try:
-        joined, mid = datetime.fromisoformat(position["j"]), int(position["i"])
-    except (KeyError, TypeError, ValueError):
-        raise ValidationFailed({"cursor": "malformed cursor"}) from None
-    if joined.tzinfo is None:
-        raise ValidationFailed({"cursor": "malformed cursor"})
-    return joined, mid
-
-
 async def list_members(*, room_id: str, user_id: str, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
     """A page of the room's members (banned excluded), in the order they joined; members only."""
     room = await require_member(room_id=room_id, user_id=user_id)
-    after = _members_cursor(cursor)
+    after = decode_cursor(cursor, MEMBERS)
     qs = Membership.filter(room_id=room.id, banned=False)
     if after is not None:
         joined, mid = after
@@ -73,12 +44,12 @@ async def list_members(*, room_id: str, user_id: str, limit: int = 50, cursor: s
     rows = await qs.select_related("user").order_by("joined_at", "id").limit(limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = {"j": rows[-1].joined_at.isoformat(), "i": rows[-1].id} if more else None
-    return page([render_membership(m) for m in rows], nxt)
+    nxt = MEMBERS.position(rows[-1].joined_at.isoformat(), rows[-1].id) if more else None
+    return page([membership_out(m) for m in rows], nxt)
 
 
 async def _target_user(raw: str) -> str:
-    uid = parse_id(raw, UserNotFound)
+    uid = parse_uuid(raw, UserNotFound)
     if not await User.filter(id=uid).exists():
         raise UserNotFound()
     return uid
@@ -87,7 +58,7 @@ async def _target_user(raw: str) -> str:
 async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, user_id: str,
                      settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
     """Make a user a member (owner/admin), unbanning them if banned. -> (membership, created)."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     await rate_check(redis, keys, settings, "joins", actor_id)  # member adds count as the actor's joins
     version = 0
     async with in_transaction() as conn:
@@ -109,13 +80,13 @@ async def add_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, u
         raise NotMemberOfRoom()
     if created:
         await announce_join(redis, keys, m, version)
-    return render_membership(m), created
+    return membership_out(m), created
 
 
 async def change_role(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, user_id: str,
                       role: str) -> dict[str, Any]:
     """Make a member an admin or a plain member again (owner only)."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     new_role = Role(role)
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
@@ -135,7 +106,7 @@ async def change_role(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, 
     m = await load_membership(rid, uid)
     if m is None or m.banned:
         raise NotMemberOfRoom("This user is not a member of this room.")
-    return render_membership(m)
+    return membership_out(m)
 
 
 async def remove_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str, user_id: str,
@@ -145,7 +116,7 @@ async def remove_member(*, redis: Redis, keys: Keys, room_id: str, actor_id: str
     A ban keeps the row with banned=True so that joining again answers 403 banned;
     banning a user who is not (yet) a member records the ban all the same.
     """
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
         actor_role = await role_in(rid, actor_id, conn)

@@ -23,13 +23,9 @@ PostgreSQL work.
 
 from __future__ import annotations
 
-import functools
 import logging
-import uuid
-from datetime import datetime
-from typing import Annotated, Any, Awaitable, Iterable, NoReturn
+from typing import Any, Awaitable, Iterable, NoReturn
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, field_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -39,89 +35,19 @@ from tortoise.transactions import in_transaction
 
 from app.realtime import events
 from app.store import member_sets, ratelimit
-from app.errors import (Banned, ChatError, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
+from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
                         UserNotFound, ValidationFailed)
 from app.store.keys import Keys
-from app.pagination import decode_cursor, page
-from app.serialize import iso
+from app.ids import parse_uuid
+from app.pagination import ROOMS, decode_cursor, page
+from app.schemas import MAX_INITIAL_MEMBERS, CreateRoom, UpdateRoom, membership_out, room_out
 from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User
 
 log = logging.getLogger("chat.rooms")
 
-# A room created with thousands of members at once is a bulk import, not a chat call.
-MAX_INITIAL_MEMBERS = 1000
-
-_TOPIC_OK = "\t\n\r"  # a topic may have lines; names may not, and PostgreSQL refuses NUL anywhere
-
-
-def _no_controls(allowed: str = "") -> AfterValidator:
-    def check(value: str) -> str:
-        if any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in value):
-            raise ValueError("must not contain control characters")
-        return value
-    return AfterValidator(check)
-
-
-RoomName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
-                     _no_controls()]
-RoomTopic = Annotated[StrictStr, StringConstraints(strip_whitespace=True, max_length=256), _no_controls(_TOPIC_OK)]
-
-
-class CreateRoom(BaseModel):
-    """Body of POST /rooms and of the WebSocket `create_room` frame (other frame keys are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: RoomName
-    topic: RoomTopic = ""
-    is_private: StrictBool = False
-    member_ids: list[StrictStr] = Field(default_factory=list, max_length=MAX_INITIAL_MEMBERS)
-
-    @field_validator("topic", mode="before")
-    @classmethod
-    def _null_topic(cls, v: Any) -> Any:
-        return "" if v is None else v  # a null topic means "no topic"
-
-
-class UpdateRoom(BaseModel):
-    """Body of PATCH /rooms/{id}: only the fields present change."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: RoomName | None = None
-    topic: RoomTopic | None = None
-    is_private: StrictBool | None = None
-
-    @field_validator("name", "is_private", mode="before")
-    @classmethod
-    def _not_null(cls, v: Any) -> Any:
-        if v is None:
-            raise ValueError("must not be null")
-        return v
-
-    @field_validator("topic", mode="before")
-    @classmethod
-    def _null_topic(cls, v: Any) -> Any:
-        return "" if v is None else v
-
-
-# -- ids, access, rendering ------------------------------------------------------
-
-def parse_id(raw: str, error: type[ChatError]) -> str:
-    """The canonical form of a UUID id, or `error` (a 404) when it is not one."""
-    try:
-        return _canonical_id(str(raw))
-    except (ValueError, TypeError, AttributeError):
-        raise error() from None
-
-
-@functools.lru_cache(maxsize=2048)
-def _canonical_id(raw: str) -> str:
-    """Valid ids only are cached (an exception is not): every send checks its room id."""
-    return str(uuid.UUID(raw))
-
+# -- access, rendering ------------------------------------------------------
 
 def deny(room: Room) -> NoReturn:
     """A non-member asked for something members only may do: hide private rooms."""
@@ -160,14 +86,6 @@ def require_role(room: Room, role: Role | None, allowed: Iterable[Role], action:
         raise Forbidden(f"Only the {' or '.join(r.value for r in allowed)} can {action}.")
 
 
-def _room_out(room: Room, member_count: int, my_role: str | None) -> dict[str, Any]:
-    return {
-        "id": str(room.id), "name": room.name, "topic": room.topic, "is_private": room.is_private,
-        "owner_id": str(room.owner_id), "created_at": iso(room.created_at),
-        "member_count": member_count, "my_role": my_role,
-    }
-
-
 async def render_rooms(rooms: list[Room], viewer_id: str | None) -> list[dict[str, Any]]:
     """Render rooms with two queries in all (member counts, the viewer's roles)."""
     if not rooms:
@@ -180,20 +98,12 @@ async def render_rooms(rooms: list[Room], viewer_id: str | None) -> list[dict[st
     if viewer_id is not None:
         mine = await Membership.filter(room_id__in=ids, user_id=viewer_id, banned=False).values_list("room_id", "role")
         roles = {str(rid): Role(role).value for rid, role in mine}
-    return [_room_out(r, counts.get(str(r.id), 0), roles.get(str(r.id))) for r in rooms]
+    return [room_out(r, counts.get(str(r.id), 0), roles.get(str(r.id))) for r in rooms]
 
 
 async def render_room(room: Room, viewer_id: str | None) -> dict[str, Any]:
     """The API's room object; `my_role` is the viewer's (null for viewer None: broadcasts)."""
     return (await render_rooms([room], viewer_id))[0]
-
-
-def render_membership(m: Membership) -> dict[str, Any]:
-    """The API's membership object; `m.user` must be loaded (select_related("user"))."""
-    return {
-        "room_id": str(m.room_id), "user_id": str(m.user_id), "username": m.user.username,
-        "role": Role(m.role).value, "joined_at": iso(m.joined_at),
-    }
 
 
 async def load_membership(room_id: str, user_id: str) -> Membership | None:
@@ -267,7 +177,7 @@ async def announce_join(redis: Redis, keys: Keys, m: Membership, version: int) -
     """After a membership commit: the user joins the Redis set, then their sockets attach."""
     room_id, user_id = str(m.room_id), str(m.user_id)
     await cache_step(redis, keys, room_id, _applied(member_sets.apply(redis, keys, room_id, user_id, version, True)))
-    frame = {"type": "member_joined", "membership": render_membership(m)}
+    frame = {"type": "member_joined", "membership": membership_out(m)}
     await publish(events.member_joined(redis, keys, room_id, user_id, frame, version))
 
 
@@ -302,7 +212,7 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
     others: list[str] = []
     seen = {owner_id}
     for raw in data.member_ids:
-        uid = parse_id(raw, UserNotFound)
+        uid = parse_uuid(raw, UserNotFound)
         if uid not in seen:
             seen.add(uid)
             others.append(uid)
@@ -322,23 +232,9 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
     await cache_step(redis, keys, room_id,
                      member_sets.room_created(redis, keys, room_id, [owner_id, *others], version))
     for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
-        frame = {"type": "member_joined", "membership": render_membership(m)}
+        frame = {"type": "member_joined", "membership": membership_out(m)}
         await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version))
-    return _room_out(room, 1 + len(others), Role.OWNER.value)
-
-
-def _scope_cursor(raw: str | None) -> tuple[datetime, str] | None:
-    position = decode_cursor(raw)
-    if position is None:
-        return None
-    try:
-        created = datetime.fromisoformat(position["c"])
-        room_id = str(uuid.UUID(position["i"]))
-    except (KeyError, TypeError, ValueError):
-        raise ValidationFailed({"cursor": "malformed cursor"}) from None
-    if created.tzinfo is None:
-        raise ValidationFailed({"cursor": "malformed cursor"})
-    return created, room_id
+    return room_out(room, 1 + len(others), Role.OWNER.value)
 
 
 async def list_rooms(*, user_id: str, scope: str = "joined", q: str = "", limit: int = 50,
@@ -348,7 +244,7 @@ async def list_rooms(*, user_id: str, scope: str = "joined", q: str = "", limit:
         raise ValidationFailed({"scope": "must be joined or public"})
     if "\x00" in q:  # PostgreSQL refuses NUL in text; no name can contain it anyway
         raise ValidationFailed({"q": "must not contain NUL"})
-    after = _scope_cursor(cursor)
+    after = decode_cursor(cursor, ROOMS)
     if scope == "joined":
         mine = Membership.filter(user_id=user_id, banned=False).values("room_id")
         qs = Room.filter(id__in=Subquery(mine))
@@ -362,13 +258,13 @@ async def list_rooms(*, user_id: str, scope: str = "joined", q: str = "", limit:
     rooms = await qs.order_by("-created_at", "-id").limit(limit + 1)
     more = len(rooms) > limit
     rooms = rooms[:limit]
-    nxt = {"c": rooms[-1].created_at.isoformat(), "i": str(rooms[-1].id)} if more else None
+    nxt = ROOMS.position(rooms[-1].created_at.isoformat(), str(rooms[-1].id)) if more else None
     return page(await render_rooms(rooms, user_id), nxt)
 
 
 async def get_room(*, room_id: str, user_id: str) -> dict[str, Any]:
     """A room for a member, or for anyone when it is public."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     room = await Room.filter(id=rid).first()
     if room is None or (room.is_private and await role_in(rid, user_id) is None):
         raise RoomNotFound()
@@ -377,7 +273,7 @@ async def get_room(*, room_id: str, user_id: str) -> dict[str, Any]:
 
 async def require_member(*, room_id: str, user_id: str) -> Room:
     """The room when the user is a member; RoomNotFound (missing or private) or NotMember otherwise."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     room = await Room.filter(id=rid).first()
     if room is None:
         raise RoomNotFound()
@@ -388,7 +284,7 @@ async def require_member(*, room_id: str, user_id: str) -> Room:
 
 async def update_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str, data: UpdateRoom) -> dict[str, Any]:
     """Change name/topic/privacy (owner or admin); members are told with room_updated."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     changes = {f: getattr(data, f) for f in data.model_fields_set}
     async with in_transaction() as conn:
         room = await locked_room(conn, rid)
@@ -405,7 +301,7 @@ async def update_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str, d
 
 async def delete_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
     """Delete a room with its memberships and messages (owner only)."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     async with in_transaction() as conn:
         room = await locked_room(conn, rid, for_delete=True)
         require_role(room, await role_in(rid, user_id, conn), (Role.OWNER,), "delete the room")
@@ -416,7 +312,7 @@ async def delete_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -
 async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str,
                     settings: Settings | None = None) -> dict[str, Any]:
     """Join a public room (again is harmless); private -> 404, banned -> 403. The membership."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     await rate_check(redis, keys, settings, "joins", user_id)
     version = 0
     async with in_transaction() as conn:
@@ -437,12 +333,12 @@ async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str,
         raise NotMemberOfRoom()
     if joined:
         await announce_join(redis, keys, m, version)
-    return render_membership(m)
+    return membership_out(m)
 
 
 async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
     """Leave a room. An owner hands over to the oldest admin, else the oldest member; the last one out deletes it."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     successor: Membership | None = None
     deleted = False
     async with in_transaction() as conn:
@@ -480,7 +376,7 @@ async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) ->
 async def member_ids(room_id: str) -> list[str]:
     """User ids of the room's members (banned excluded); [] for a missing or malformed room id."""
     try:
-        rid = parse_id(room_id, RoomNotFound)
+        rid = parse_uuid(room_id, RoomNotFound)
     except RoomNotFound:
         return []
     return [str(u) for u in await Membership.filter(room_id=rid, banned=False).values_list("user_id", flat=True)]

@@ -1,13 +1,11 @@
-"""Users: the public user object, lookup by id, and prefix search."""
+"""Users: lookup by id and prefix search (the user object is app.schemas.user_out)."""
 
 from __future__ import annotations
 
 import re
-import uuid
-from typing import Any
 
 from app.errors import UserNotFound
-from app.serialize import iso
+from app.ids import parse_uuid
 from models.user import User
 
 USERNAME_CHARS = "A-Za-z0-9_.-"
@@ -22,19 +20,9 @@ def could_be_username(text: str) -> bool:
     return len(text) <= 32 and _USERNAME_PREFIX.fullmatch(text) is not None
 
 
-def render_user(user: User) -> dict[str, Any]:
-    """The API's user object: {id, username, display_name, created_at}; never the hash."""
-    return {"id": str(user.id), "username": user.username, "display_name": user.display_name,
-            "created_at": iso(user.created_at)}
-
-
 async def get_user(user_id: str) -> User:
     """The user with this id; 404 user_not_found for an unknown or malformed id."""
-    try:
-        uid = uuid.UUID(str(user_id))
-    except ValueError:
-        raise UserNotFound() from None
-    user = await User.get_or_none(id=uid)
+    user = await User.get_or_none(id=parse_uuid(user_id, UserNotFound))
     if user is None:
         raise UserNotFound()
     return user

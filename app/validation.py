@@ -17,11 +17,10 @@ from pydantic import BaseModel, ValidationError
 from sanic import Request
 
 from app.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
+from app.ids import BIGINT_MAX  # noqa: F401 - re-exported: the bound of every number the door reads
 
 M = TypeVar("M", bound=BaseModel)
 
-# PostgreSQL bigint: every seq, id and count the API takes is stored in one.
-BIGINT_MAX = 2**63 - 1
 
 # The same rule for the OpenAPI document, as a JSON Schema pattern (ASCII regex text that
 # Python's re, ECMA-262 and Rust's regex all read). It names NUL only: no regex engine a

@@ -1,16 +1,23 @@
-"""Shared route helpers: the `authenticated` decorator and the bearer-token parse."""
+"""Shared route helpers: the `authenticated` decorator, the bearer-token parse, and `doc`, the
+one way a route describes itself in the OpenAPI document (its models are app/schemas.py's)."""
 
 from __future__ import annotations
 
 from functools import wraps
-from typing import Annotated, Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Iterable, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from typing_extensions import TypeAliasType
+from pydantic import BaseModel
 from sanic import Request
+from sanic_ext.extensions.openapi import openapi
+from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
+from sanic_ext.extensions.openapi.types import Long
 
-from app.errors import InvalidToken
 from app import auth
+from app.errors import InvalidToken
+from app.ids import BIGINT_MAX
+from app.schemas import ErrorEnvelope
+
+T = TypeVar("T")
 
 
 def bearer_token(request: Request) -> str | None:
@@ -38,72 +45,71 @@ def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Await
     return wrapper
 
 
-# -- OpenAPI schema of the error envelope, shared by every blueprint's docs ----------
+# -- the OpenAPI document: one decorator per route ----------------------------------------
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
+# What an error status means when a route says no more (the envelope is schemas.ErrorEnvelope).
+ERROR_TEXT = {
+    400: "Malformed JSON, or a body that is not a JSON object",
+    401: "Missing, invalid or expired token / wrong credentials",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflict",
+    422: "Validation failed (details.fields maps field -> reason)",
+    429: "Rate limited (see Retry-After)",
+}
 
+# A success response: (status, body model | raw content | None for no body, description).
+Ok = tuple[int, Union[type[BaseModel], dict[str, Any], None], str]
+# An error response: a status (ERROR_TEXT's description) or (status, description); several
+# descriptions of one status are joined with "; ".
+Err = Union[int, tuple[int, str]]
 
-class ErrorEnvelope(BaseModel):
-    """Every error body: {"error": {"code", "message", "details"}}."""
-
-    error: ErrorDetail
-
-
-# -- what the OpenAPI document declares about inputs (schemathesis holds us to it) --------
-
-# A trimmed text of 1..n characters without control characters (names, display names): the
-# server strips surrounding whitespace (str.strip) and then checks length and controls.
-_CTRL = r"\x00-\x1f\x7f"
-# A topic may have tabs and line breaks.
-_CTRL_TOPIC = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
-
-
-def trimmed_pattern(max_chars: int, *, allow_empty: bool = False, multiline: bool = False) -> str:
-    """The regex of what survives the server's strip + length + control-character checks."""
-    ctrl = _CTRL_TOPIC if multiline else _CTRL
-    core = rf"[^\s{ctrl}](?:[^{ctrl}]{{0,{max_chars - 2}}}[^\s{ctrl}])?"
-    if allow_empty:
-        core = f"(?:{core})?"
-    return rf"^\s*{core}\s*$"
+BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
 
 
-# Not whitespace only (message bodies: length is counted before the strip).
-NOT_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+def _content(model: type[BaseModel] | dict[str, Any] | None) -> dict[str, Any]:
+    if model is None:
+        return {}
+    if isinstance(model, dict):
+        return model
+    return {"application/json": Component(model)}
 
 
-StorableText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
-# Any JSON value whose strings PostgreSQL can store (the door refuses the others at any depth).
-StorableValue = TypeAliasType(  # type: ignore[misc]
-    "StorableValue",
-    Union[StorableText, int, float, bool, None, list["StorableValue"], dict[str, "StorableValue"]])  # noqa: UP007
+def doc(summary: str, *ok: Ok, errors: Iterable[Err] = (), body: type[BaseModel] | None = None,
+        form: bool = False, params: list[dict[str, Any]] | None = None, tag: str | None = None,
+        secured: bool = True) -> Callable[[T], T]:
+    """A route's whole OpenAPI entry: summary, request body (JSON, or multipart with `form`),
+    query/path parameters, success responses and error responses in the error envelope."""
+    by_status: dict[int, list[str]] = {}
+    for err in errors:
+        status, text = (err, ERROR_TEXT.get(err, "Error")) if isinstance(err, int) else err
+        by_status.setdefault(status, []).append(text)
+    # OpenAPI keys responses by status string.
+    responses = [Response(_content(model), status=str(status), description=text)  # type: ignore[arg-type]
+                 for status, model, text in ok]
+    responses += [Response(_content(ErrorEnvelope), status=str(status),  # type: ignore[arg-type]
+                           description="; ".join(texts)) for status, texts in sorted(by_status.items())]
+    request_body = None
+    if body is not None:
+        request_body = RequestBody({"multipart/form-data" if form else "application/json": Component(body)},
+                                   required=True)
+    return openapi.definition(summary=summary, tag=tag, secured={"bearer": []} if secured else None,
+                              parameter=params or None, response=responses, body=request_body)
 
 
-class JsonBody(BaseModel):
-    """Base of every JSON request body: unknown keys are ignored, but their strings pass the door
-    too, and the schema says so (additionalProperties: StorableValue)."""
-
-    model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, StorableValue] = Field(init=False)  # type: ignore[assignment]
+def query(name: str, schema: Any, description: str, *, location: str = "query") -> dict[str, Any]:
+    """A query (or path) parameter; an empty value (`?q=`) means absent, as the server reads it."""
+    return {"name": name, "schema": schema, "location": location, "allowEmptyValue": True,
+            "description": description}
 
 
-def body_schema(schema: dict[str, Any]) -> None:
-    """json_schema_extra of a body model: optional fields without a misleading `default: null`."""
-    for prop in schema.get("properties", {}).values():
-        if "default" in prop and prop["default"] is None:
-            prop.pop("default")  # optional, not "null is a fine value" unless the type says so
+def bigint(name: str, minimum: int, maximum: int, description: str, *, location: str = "query") -> dict[str, Any]:
+    """An integer parameter with its real bounds (seqs and limits are bigints)."""
+    return query(name, Long(minimum=minimum, maximum=maximum), description, location=location)
 
 
-def text_field(pattern: str, **extra: Any) -> dict[str, Any]:
-    """json_schema_extra for a string field: its pattern (and any other keywords)."""
-    return {"pattern": pattern, **extra}
-
-
-def bigint(minimum: int, maximum: int, description: str) -> dict[str, Any]:
-    """A query/path integer parameter with its real bounds (seqs and limits are bigints)."""
-    from sanic_ext.extensions.openapi.types import Long
-
-    # An empty value (`?limit=`) means absent: the server reads it as the default.
-    return {"schema": Long(minimum=minimum, maximum=maximum), "description": description, "allowEmptyValue": True}
+def page_params(cursor_text: str = "next_cursor of the previous page, as given (anything else is 422)"
+                ) -> list[dict[str, Any]]:
+    """`limit` and `cursor` of a list route (app/pagination.py reads them)."""
+    return [bigint("limit", 1, BIGINT_MAX, "page size, default 50; any value above 200 is served as 200"),
+            query("cursor", str, cursor_text)]

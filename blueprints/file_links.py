@@ -6,25 +6,15 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any, Awaitable, Callable
 
-from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
-from sanic_ext.extensions.openapi import openapi
-from sanic_ext.extensions.openapi.definitions import Component, Response
 
 from app import file_links, files
 from app.errors import InvalidToken
-from blueprints.deps import ErrorEnvelope, authenticated
+from app.schemas import MediaLinksOut, file_out
+from blueprints.deps import authenticated, doc
 
 bp = Blueprint("file_links")
-
-
-class MediaLinksOut(BaseModel):
-    """Short-lived links a browser can load without the Bearer header (MEDIA_URL_TTL_S)."""
-
-    url: str = Field(description="/files/{id}?u=&exp=&sig= : the bytes")
-    thumbnail_url: str | None = Field(description="/files/{id}/thumbnail?u=&exp=&sig= ; null without a thumbnail")
-    expires_at: str = Field(description="when both links stop working")
 
 
 def signed_or_authenticated(kind: file_links.Kind) -> Callable[..., Any]:
@@ -54,17 +44,11 @@ def signed_or_authenticated(kind: file_links.Kind) -> Callable[..., Any]:
 
 
 @bp.get("/files/<file_id:str>/url")
-@openapi.definition(
-    summary="Short-lived signed links to a file and its thumbnail (members of its room)", tag="files",
-    secured={"bearer": []},
-    response=[Response({"application/json": Component(MediaLinksOut)}, status="200",  # type: ignore[arg-type]
-                       description="links usable without the Bearer header until expires_at"),
-              Response({"application/json": Component(ErrorEnvelope)}, status="401",  # type: ignore[arg-type]
-                       description="invalid_token"),
-              Response({"application/json": Component(ErrorEnvelope)}, status="404",  # type: ignore[arg-type]
-                       description="file_not_found (also: not a member of the file's room)")])
+@doc("Short-lived signed links to a file and its thumbnail (members of its room)",
+     (200, MediaLinksOut, "links usable without the Bearer header until expires_at"),
+     errors=[(401, "invalid_token"), (404, "file_not_found (also: not a member of the file's room)")], tag="files")
 @authenticated
 async def signed_links(request: Request, file_id: str) -> HTTPResponse:
     """{url, thumbnail_url, expires_at}: links an <img> or a download link can use as they are."""
     f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
-    return json(file_links.links(request.app.ctx.settings, files.file_object(f), request.ctx.user_id))
+    return json(file_links.links(request.app.ctx.settings, file_out(f), request.ctx.user_id))

@@ -2,80 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, json
-from sanic_ext.extensions.openapi import openapi
-from sanic_ext.extensions.openapi.definitions import Component, RequestBody, Response
 
 from app import files, rooms
-from app.upload import media
+from app.upload import images, names
 from app.store import ratelimit
 from app.door import upload_body_cap
 from app.errors import PayloadTooLarge, RateLimited
-from app.messages import CLIENT_ID_MAX
-from app.validation import STORABLE_PATTERN
-from blueprints.deps import ErrorEnvelope, authenticated, body_schema, text_field
-from blueprints.messages import DEFAULT_MAX_CHARS, FileOut
+from app.schemas import FileMetaOut, UploadForm, file_meta_out
+from blueprints.deps import BINARY, authenticated, doc
 from blueprints.file_links import signed_or_authenticated
-
-_STORABLE = text_field(STORABLE_PATTERN)
 
 bp = Blueprint("files")
 
 CHUNK = 64 * 1024
-INLINE_TYPES = frozenset(media.PILLOW_FORMATS)  # raster images only; never SVG or HTML
+INLINE_TYPES = frozenset(images.PILLOW_FORMATS)  # raster images only; never SVG or HTML
 
-
-# -- documentation schemas ----------------------------------------------------------
-
-class UploadForm(BaseModel):
-    # Form fields are text (or absent): none of them can be null.
-    model_config = ConfigDict(json_schema_extra=body_schema)
-
-    file: bytes = Field(min_length=1, description="the file (not empty); its type is sniffed from the bytes "
-                        "(MAX_UPLOAD_BYTES, default 10 MiB)")
-    body: str = Field(default=None, max_length=DEFAULT_MAX_CHARS,  # type: ignore[assignment]
-                      description="text of the file's message (may be empty)", json_schema_extra=_STORABLE)
-    client_id: str = Field(default=None, max_length=CLIENT_ID_MAX,  # type: ignore[assignment]
-                           description="retry key, as for messages; empty means none", json_schema_extra=_STORABLE)
-
-
-class FileMetaOut(FileOut):
-    """The file object of a message, plus its processing state."""
-
-    room_id: str
-    status: Literal["processing", "ready", "rejected", "expired"]
-    reason: str | None = Field(description="why it was rejected")
-    client_id: str | None
-    seq: int | None = Field(description="seq of the file's message once ready")
-    created_at: str
-
-
-def _resp(status: int, text: str, model: type[BaseModel] = ErrorEnvelope) -> Response:
-    return Response({"application/json": Component(model)}, status=str(status), description=text)  # type: ignore[arg-type]
-
-
-_E401 = _resp(401, "invalid_token")
-_E404 = _resp(404, "file_not_found (also: not a member of the file's room, malformed id)")
-_BYTES = Response({"application/octet-stream": {"type": "string", "format": "binary"}}, status="200",  # type: ignore[arg-type]
-                  description="the bytes, with the sniffed Content-Type and nosniff")
-_DOWNLOAD_ERRORS = [_E401, _E404, _resp(409, "file_not_ready: still processing"), _resp(410, "file_expired")]
+_E401 = (401, "invalid_token")
+_E404 = (404, "file_not_found (also: not a member of the file's room, malformed id)")
+_BYTES = (200, BINARY, "the bytes, with the sniffed Content-Type and nosniff")
+_DOWNLOAD_ERRORS = [_E401, _E404, (409, "file_not_ready: still processing"), (410, "file_expired")]
 
 
 @bp.post("/rooms/<room_id:str>/files", stream=True)
-@openapi.definition(
-    summary="Upload a file or image into a room (202; checked and converted in the background)", tag="files",
-    secured={"bearer": []}, body=RequestBody({"multipart/form-data": Component(UploadForm)}, required=True),
-    response=[_resp(202, "the file, status processing", FileMetaOut),
-              _resp(200, "the first upload of a retried client_id", FileMetaOut),
-              _resp(400, "malformed multipart body"), _E401, _resp(403, "not_member (public room)"),
-              _resp(404, "room_not_found"), _resp(413, "payload_too_large: the file is over the limit"),
-              _resp(429, "rate_limited: RATE_UPLOADS per RATE_UPLOADS_WINDOW_S (Retry-After)"),
-              _resp(415, "unsupported_media_type: not multipart, or the first bytes show a disallowed type"),
-              _resp(422, "validation_failed: no file, empty file, body or client_id invalid")])
+@doc("Upload a file or image into a room (202; checked and converted in the background)",
+     (202, FileMetaOut, "the file, status processing"), (200, FileMetaOut, "the first upload of a retried client_id"),
+     errors=[(400, "malformed multipart body"), _E401, (403, "not_member (public room)"), (404, "room_not_found"),
+             (413, "payload_too_large: the file is over the limit"),
+             (429, "rate_limited: RATE_UPLOADS per RATE_UPLOADS_WINDOW_S (Retry-After)"),
+             (415, "unsupported_media_type: not multipart, or the first bytes show a disallowed type"),
+             (422, "validation_failed: no file, empty file, body or client_id invalid")],
+     body=UploadForm, form=True, tag="files")
 @authenticated
 async def upload(request: Request, room_id: str) -> HTTPResponse:
     """Multipart `file` (+ `body`, `client_id`): 202 with the file, status processing."""
@@ -96,7 +56,7 @@ async def upload(request: Request, room_id: str) -> HTTPResponse:
     # unread is answered, and the rest is read away (app/door.py) so the client sees it.
     room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
     meta, created = await files.upload(
-        settings=settings, room_id=str(room.id), uploader_id=request.ctx.user_id,
+        settings=settings, producer=request.app.ctx.resources.jobs, room_id=str(room.id), uploader_id=request.ctx.user_id,
         content_type=request.headers.get("content-type", ""), content_length=length,
         chunks=_body(request))
     return json(meta, status=202 if created else 200)
@@ -108,8 +68,8 @@ async def _body(request: Request) -> Any:
 
 
 @bp.get("/files/<file_id:str>")
-@openapi.definition(summary="Download a file (members of its room; attachment unless a raster image)",
-                    tag="files", secured={"bearer": []}, response=[_BYTES, *_DOWNLOAD_ERRORS])
+@doc("Download a file (members of its room; attachment unless a raster image)", _BYTES, errors=_DOWNLOAD_ERRORS,
+     tag="files")
 @signed_or_authenticated("file")
 async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """The stored bytes (409 while processing, 404 when rejected, 410 once expired)."""
@@ -117,8 +77,7 @@ async def download(request: Request, file_id: str) -> HTTPResponse | ResponseStr
 
 
 @bp.get("/files/<file_id:str>/thumbnail")
-@openapi.definition(summary="A small image of an image file", tag="files", secured={"bearer": []},
-                    response=[_BYTES, *_DOWNLOAD_ERRORS])
+@doc("A small image of an image file", _BYTES, errors=_DOWNLOAD_ERRORS, tag="files")
 @signed_or_authenticated("thumbnail")
 async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseStream:
     """A small image of an image file."""
@@ -126,13 +85,13 @@ async def thumbnail(request: Request, file_id: str) -> HTTPResponse | ResponseSt
 
 
 @bp.get("/files/<file_id:str>/meta")
-@openapi.definition(summary="The file object with its status and rejection reason", tag="files",
-                    secured={"bearer": []}, response=[_resp(200, "the file", FileMetaOut), _E401, _E404])
+@doc("The file object with its status and rejection reason", (200, FileMetaOut, "the file"),
+     errors=[_E401, _E404], tag="files")
 @authenticated
 async def meta(request: Request, file_id: str) -> HTTPResponse:
     """The file object with its status (and the reason of a rejection)."""
     f = await files.for_member(file_id=file_id, user_id=request.ctx.user_id)
-    return json(files.meta_object(f, viewer_id=request.ctx.user_id))
+    return json(file_meta_out(f, viewer_id=request.ctx.user_id))
 
 
 async def _send(request: Request, file_id: str, *, thumbnail: bool) -> HTTPResponse | ResponseStream:
@@ -153,7 +112,7 @@ async def _send(request: Request, file_id: str, *, thumbnail: bool) -> HTTPRespo
     if thumbnail:
         stem = name.rsplit(".", 1)[0] if "." in name else name
         name = f"{stem}-thumbnail{path.suffix}"
-    headers["Content-Disposition"] = media.content_disposition("inline" if inline else "attachment", name)
+    headers["Content-Disposition"] = names.content_disposition("inline" if inline else "attachment", name)
     headers["Content-Length"] = str(path.stat().st_size)
     return await file_stream(path, chunk_size=CHUNK, mime_type=mime, headers=headers)
 

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
-from pydantic import BaseModel
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
-from sanic_ext import openapi
-from sanic_ext.extensions.openapi.definitions import Component
-from sanic_ext.extensions.openapi.types import Long, String
+from sanic_ext.extensions.openapi.types import String
 
 from app import users
-from app.errors import InvalidToken, UserNotFound, ValidationFailed
-from app.pagination import decode_cursor, page, parse_limit
-from app.validation import BIGINT_MAX, STORABLE_PATTERN
-from blueprints.auth import UserOut, document_errors
-from blueprints.deps import authenticated
+from app.errors import InvalidToken, UserNotFound
+from app.pagination import USERS, decode_cursor, page, parse_limit
+from app.schemas import UserOut, UserPage, user_out
+from app.validation import STORABLE_PATTERN
+from blueprints.deps import authenticated, doc, page_params, query
 
 bp = Blueprint("users")
 
 
-class UserPage(BaseModel):
-    items: list[UserOut]
-    next_cursor: Optional[str]
-
-
 @bp.get("/users/me")
-@openapi.summary("The caller's own user")
-@openapi.secured("bearer")
-@openapi.response("200", {"application/json": Component(UserOut)}, "The user")
-@document_errors(401)
+@doc("The caller's own user", (200, UserOut, "The user"), errors=(401,))
 @authenticated
 async def me(request: Request) -> HTTPResponse:
     try:
@@ -38,29 +25,18 @@ async def me(request: Request) -> HTTPResponse:
     except UserNotFound:
         # A valid token for an account that no longer exists: the session is meaningless.
         raise InvalidToken("This account no longer exists.") from None
-    return json(users.render_user(user))
+    return json(user_out(user))
 
 
 @bp.get("/users")
-@openapi.summary("Users whose username starts with q (case-insensitive; % and _ literal)")
-@openapi.secured("bearer")
-@openapi.parameter("q", String(pattern=STORABLE_PATTERN), "query", allowEmptyValue=True,
-                   description="username prefix; empty lists everyone")
-@openapi.parameter("limit", Long(minimum=1, maximum=BIGINT_MAX), "query", allowEmptyValue=True,
-                   description="page size, default 50; any value above 200 is served as 200")
-@openapi.parameter("cursor", str, "query", allowEmptyValue=True,
-                   description="next_cursor of the previous page, as given (else 422)")
-@openapi.response("200", {"application/json": Component(UserPage)}, "A page of users, by username")
-@document_errors(401, 422)
+@doc("Users whose username starts with q (case-insensitive; % and _ literal)",
+     (200, UserPage, "A page of users, by username"), errors=(401, 422),
+     params=[*reversed(page_params("next_cursor of the previous page, as given (else 422)")),
+             query("q", String(pattern=STORABLE_PATTERN), "username prefix; empty lists everyone")])
 @authenticated
 async def search(request: Request) -> HTTPResponse:
     q = request.args.get("q", "")
     limit = parse_limit(request)
-    position = decode_cursor(request.args.get("cursor"))
-    after = None
-    if position is not None:
-        after = position.get("u")
-        if not isinstance(after, str) or not users.could_be_username(after):
-            raise ValidationFailed({"cursor": "malformed cursor"})
-    rows, last = await users.search_users(q, limit=limit, after=after)
-    return json(page([users.render_user(u) for u in rows], {"u": last} if last else None))
+    position = decode_cursor(request.args.get("cursor"), USERS)
+    rows, last = await users.search_users(q, limit=limit, after=position[0] if position else None)
+    return json(page([user_out(u) for u in rows], USERS.position(last) if last else None))

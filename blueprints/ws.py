@@ -22,10 +22,12 @@ from app.realtime.registry import Registry
 from app.realtime.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
+from app.ids import BIGINT_MAX, parse_uuid
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.schemas import CreateRoom
 from app.serialize import dumps
 from app.settings import Settings
-from app.validation import BIGINT_MAX, check_object, is_echoable, parse, parse_object
+from app.validation import check_object, is_echoable, parse, parse_object
 from blueprints.deps import bearer_token
 
 log = logging.getLogger("chat.ws")
@@ -94,16 +96,18 @@ class Session:
     def __init__(self, request: Request, ws: Any) -> None:
         app = request.app
         self.settings: Settings = app.ctx.settings
+        self.resources = app.ctx.resources
         self.redis = app.ctx.redis
         self.keys = app.ctx.keys
         self.registry: Registry = app.ctx.registry
         self.claims = request.ctx.claims
         self.user_id: str = self.claims.user_id
-        self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames, family=self.claims.family_id,
-                               registry=self.registry)
-        self.ws = ws
         inbox = getattr(request.ctx, "inbox", None)
         self.inbox: Inbox = inbox if inbox is not None else Inbox(ws)
+        # The Inbox's raw view of the socket, bound once, is the Connection's too.
+        self.conn = Connection(ws, self.user_id, self.settings.ws_outbox_frames, family=self.claims.family_id,
+                               registry=self.registry, sock=self.inbox.sock)
+        self.ws = ws
         self.inbox.conn = self.conn  # its pongs answer the process's heartbeat pings
         self.strikes = 0
         self.typing_at: dict[str, float] = {}
@@ -188,7 +192,7 @@ class Session:
         body = frame.get("body")
         generation = self.registry.gen  # before the send: tells a lagging stream from a lost event
         msg, created = await messages.accept_message(
-            redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id, sender_id=self.user_id,
+            self.resources, room_id=room_id, sender_id=self.user_id,
             body=body, client_id=frame.get("client_id"), conn_id=self.conn.id)  # type: ignore[arg-type]
         self.strikes = 0
         if created:
@@ -228,7 +232,7 @@ class Session:
         await self.redis.publish(self.keys.events_channel(), events.encode(f"r:{room_id}", out, f"~{self.user_id}"))
 
     async def on_create_room(self, frame: dict[str, Any]) -> None:
-        data = parse(rooms.CreateRoom, frame)
+        data = parse(CreateRoom, frame)
         since = self.registry.tick
         room = await rooms.create_room(redis=self.redis, keys=self.keys, owner_id=self.user_id, data=data,
                                        settings=self.settings)
@@ -250,7 +254,7 @@ class Session:
         self.conn.send({"type": "joined", "membership": membership})
 
     async def on_leave(self, frame: dict[str, Any]) -> None:
-        room_id = rooms.parse_id(_field(frame, "room_id", str), RoomNotFound)
+        room_id = parse_uuid(_field(frame, "room_id", str), RoomNotFound)
         await rooms.leave_room(redis=self.redis, keys=self.keys, room_id=room_id, user_id=self.user_id)
         self.conn.send({"type": "left", "room_id": room_id})
 

@@ -37,3 +37,46 @@ def test_now_iso_matches_the_api_timestamp_format() -> None:
     parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert before <= parsed <= datetime.now(timezone.utc)
     assert iso(parsed) == stamp
+
+
+# -- reading ids from clients ------------------------------------------------------------
+
+def test_parse_uuid_canonicalises_or_answers_the_404_of_what_it_names() -> None:
+    import pytest
+
+    from app.errors import FileNotFound, RoomNotFound
+    from app.ids import parse_uuid
+
+    rid = str(uuid.uuid4())
+    assert parse_uuid(rid.upper(), RoomNotFound) == rid
+    assert parse_uuid("{" + rid + "}", RoomNotFound) == rid  # any form uuid.UUID reads, as before
+    for bad in ("", "nope", "1234", rid + "0", "../etc", None, 7):
+        with pytest.raises(RoomNotFound):
+            parse_uuid(bad, RoomNotFound)
+    with pytest.raises(FileNotFound):
+        parse_uuid("x", FileNotFound)
+
+
+def test_is_canonical_uuid_is_for_our_own_text_form() -> None:
+    from app.ids import is_canonical_uuid
+
+    rid = str(uuid.uuid4())
+    assert is_canonical_uuid(rid) and is_canonical_uuid(rid, exact=True)
+    assert is_canonical_uuid(rid.upper()) and not is_canonical_uuid(rid.upper(), exact=True)
+    assert not is_canonical_uuid("urn:uuid:" + rid)  # longer than 36: not a form we hand out
+    assert not is_canonical_uuid(uuid.UUID(rid))  # not a string
+
+
+def test_parse_bigint_names_the_field_in_its_422() -> None:
+    import pytest
+
+    from app.errors import ValidationFailed
+    from app.ids import BIGINT_MAX, parse_bigint
+
+    assert parse_bigint(None, "before", 1) is None and parse_bigint("", "before", 1) is None
+    assert parse_bigint(str(BIGINT_MAX), "before", 1) == BIGINT_MAX
+    for raw, reason in (("x", "must be an integer"), ("0", "must be at least 1"),
+                        (str(BIGINT_MAX + 1), f"must be at most {BIGINT_MAX}")):
+        with pytest.raises(ValidationFailed) as err:
+            parse_bigint(raw, "before", 1)
+        assert err.value.details == {"fields": {"before": reason}}

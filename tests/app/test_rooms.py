@@ -16,7 +16,7 @@ from app.store import member_sets
 from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RoomNotFound, UserNotFound,
                         ValidationFailed)
 from app.store.keys import Keys
-from app.rooms import CreateRoom, UpdateRoom
+from app.schemas import CreateRoom, UpdateRoom
 from app.serialize import loads
 from app.validation import parse
 from models.room import Membership, Room
@@ -93,14 +93,6 @@ def test_update_room_rejects_null_name_and_keeps_absent_fields_absent() -> None:
         parse(UpdateRoom, {"name": None})
     assert "name" in err.value.details["fields"]
     assert parse(UpdateRoom, {"topic": "new"}).model_fields_set == {"topic"}
-
-
-def test_parse_id() -> None:
-    rid = str(uuid.uuid4())
-    assert rooms.parse_id(rid.upper(), RoomNotFound) == rid
-    for bad in ("", "nope", "1234", rid + "0", "../etc"):
-        with pytest.raises(RoomNotFound):
-            rooms.parse_id(bad, RoomNotFound)
 
 
 # -- create ------------------------------------------------------------------------
@@ -434,7 +426,7 @@ async def test_room_creation_and_joins_are_limited_per_user(redis: Redis, keys: 
 
 
 async def test_a_rebuild_racing_a_kick_never_lets_the_kicked_user_back(redis: Redis, keys: Keys, db: None,
-                                                                      settings: Any) -> None:
+                                                                      resources: Any) -> None:
     from app import messages
     from app.errors import ChatError
 
@@ -443,8 +435,7 @@ async def test_a_rebuild_racing_a_kick_never_lets_the_kicked_user_back(redis: Re
         owner, user = await new_user(), await new_user()
         rid = (await new_room(redis, keys, owner, member_ids=[user]))["id"]
         await redis.delete(keys.room_members(rid))  # Redis lost the set: the next send rebuilds it
-        send = messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=rid,
-                                       sender_id=user, body="racing")
+        send = messages.accept_message(resources, room_id=rid, sender_id=user, body="racing")
         kick = membership.remove_member(redis=redis, keys=keys, room_id=rid, actor_id=owner, user_id=user)
         res = await asyncio.gather(send, kick, return_exceptions=True)
         assert res[1] is None, res[1]
@@ -452,8 +443,7 @@ async def test_a_rebuild_racing_a_kick_never_lets_the_kicked_user_back(redis: Re
         rounds += 1
         assert await member_sets.is_member(redis, keys, rid, user) is False
         try:
-            await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=rid,
-                                          sender_id=user, body="after the kick")
+            await messages.accept_message(resources, room_id=rid, sender_id=user, body="after the kick")
             sent_after += 1
         except NotMember:
             pass
