@@ -8,13 +8,12 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.env import TEST_ENV
 from tests.factories import TestUser, make_room, make_user, unique
 from tests.support import ServerProc
-from tests.wsclient import WS
+from tests.wsclient import WS, RawWS
 
 
 @pytest.fixture
@@ -49,22 +48,18 @@ async def test_hello_lists_rooms_with_last_seq(server: ServerProc, api: httpx.Cl
 
 
 async def test_token_in_authorization_header_and_allowed_origin(server: ServerProc, alice: TestUser) -> None:
-    conn = await websockets.connect(server.ws_url, additional_headers={
+    ws = await WS.open(server.ws_url, additional_headers={  # WS.open checks the hello
         "Authorization": f"Bearer {alice.access_token}", "Origin": "http://localhost:8000"})
-    assert json.loads(await conn.recv())["type"] == "hello"
-    await conn.close()
+    await ws.close()
 
 
 async def test_a_page_from_the_server_itself_may_connect(server: ServerProc, alice: TestUser) -> None:
     # Same origin (scheme://host:port the client connected to) is not cross-site: allowed
     # even when it is not in WS_ALLOWED_ORIGINS; the same host on another port is not.
-    conn = await websockets.connect(f"{server.ws_url}?token={alice.access_token}",
-                                    additional_headers={"Origin": server.base_url})
-    assert json.loads(await conn.recv())["type"] == "hello"
-    await conn.close()
+    ws = await WS.open(server.ws_url, alice.access_token, additional_headers={"Origin": server.base_url})
+    await ws.close()
     with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(f"{server.ws_url}?token={alice.access_token}",
-                                 additional_headers={"Origin": "http://127.0.0.1:1"})
+        await WS.open(server.ws_url, alice.access_token, additional_headers={"Origin": "http://127.0.0.1:1"})
     assert info.value.response.status_code == 403
 
 
@@ -77,14 +72,14 @@ async def test_a_page_from_the_server_itself_may_connect(server: ServerProc, ali
 async def test_refused_before_the_upgrade(server: ServerProc, alice: TestUser, query: str,
                                           headers: dict[str, str], status: int) -> None:
     with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(server.ws_url + query.format(token=alice.access_token), additional_headers=headers)
+        await WS.open(server.ws_url + query.format(token=alice.access_token), additional_headers=headers)
     assert info.value.response.status_code == status
     assert json.loads(info.value.response.body)["error"]["code"] in ("invalid_token", "forbidden")
 
 
 async def test_refresh_token_is_not_an_access_token(server: ServerProc, alice: TestUser) -> None:
     with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(f"{server.ws_url}?token={alice.refresh_token}")
+        await WS.open(server.ws_url, alice.refresh_token)
     assert info.value.response.status_code == 401
 
 
@@ -277,7 +272,7 @@ async def test_expired_token_closes_with_4401(short_tokens: ServerProc) -> None:
     assert info.value.rcvd is not None and info.value.rcvd.code == 4401
     await asyncio.sleep(1.5)
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(f"{short_tokens.ws_url}?token={user.access_token}")
+        await WS.open(short_tokens.ws_url, user.access_token)
     assert refused.value.response.status_code == 401
 
 
@@ -304,28 +299,15 @@ async def test_flooding_after_rate_limit_errors_closes_with_4429(strict: ServerP
 
 
 async def test_a_client_that_stops_answering_pings_is_closed(server: ServerProc, alice: TestUser) -> None:
-    """A raw socket that completes the handshake and then never reads (so never pongs)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write((f"GET /ws?token={alice.access_token} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101")
-    # heartbeat_s is 5 in the tests: a ping after 5 s, the close 5 s later without a pong
-    data = await asyncio.wait_for(reader.read(-1), 30)  # until the server closes the TCP connection
-    writer.close()
-    frames, i = [], 0
-    while i + 2 <= len(data):
-        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
-        i += 2
-        if n == 126:
-            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
-        frames.append((opcode, data[i:i + n]))
-        i += n
-    assert 0x9 in [op for op, _ in frames]  # the server pinged
-    closes = [payload for op, payload in frames if op == 0x8]
-    assert closes and int.from_bytes(closes[0][:2], "big") == 1011
+    """A client that completes the handshake and then never answers a ping."""
+    ws = await RawWS.open(server.ws_url, alice.access_token, answer_pings=False)
+    try:
+        # heartbeat_s is 5 in the tests: a ping after 5 s, the close 5 s later without a pong
+        code = await ws.lost(timeout=30)  # until the server closes the TCP connection
+        assert ws.pings >= 1  # the server pinged
+        assert code == 1011
+    finally:
+        ws.close()
 
 
 # -- sessions ending, foreign rooms, per-user limits ----------------------------------------------
@@ -351,7 +333,7 @@ async def test_logout_closes_that_logins_sockets_with_4401_at_once(server: Serve
     assert loop.time() - start < 3.0  # at once, not when the access token expires (15 min)
     assert (await other.request({"type": "ping"}, "pong"))["type"] == "pong"  # another login lives on
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(f"{server.ws_url}?token={alice.access_token}")
+        await WS.open(server.ws_url, alice.access_token)
     assert refused.value.response.status_code == 401
     await other.close()
 
