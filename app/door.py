@@ -8,13 +8,15 @@ lifts the cap for streaming handlers) and enforces its own (MAX_UPLOAD_BYTES + f
 A refused body is then read to its end and discarded (never buffered), up to the upload
 cap plus `drain_budget` in all: a client that is still sending when we answer only sees the
 answer if we keep reading; closing on it makes the kernel reset the connection, and on a
-real network the reset can overtake the answer. Past that the connection is closed.
+real network the reset can overtake the answer. Past that the connection is closed. How
+Sanic's stream is told so (its private limits) is app/glue.py's part.
 """
 
 from __future__ import annotations
 
 from sanic import Request, Sanic
 
+from app.glue import drain_refused_body
 from app.settings import Settings
 from app.validation import check_query
 
@@ -34,25 +36,9 @@ def drain_budget(settings: Settings) -> int:
 def allow_drain(request: Request) -> None:
     """After a refusal with the body unread: let Sanic read (and throw away) the rest, up to the
     upload cap plus the drain budget, then close the connection (Connection: close on the answer)."""
-    stream = request.stream
-    if stream is None or not getattr(stream, "request_body", None):
-        return
-    if getattr(stream, "expecting_continue", False):
-        # `Expect: 100-continue`: the client waits for our word before sending the body, and a
-        # final answer tells it not to. Close without asking for (or reading) any of it.
-        stream.expecting_continue = False  # type: ignore[union-attr]
-        stream.request_max_size = 0  # type: ignore[union-attr]
-        stream.keep_alive = False  # type: ignore[union-attr]
-        return
     settings: Settings = request.app.ctx.settings
     overall = max(settings.request_max_bytes, upload_body_cap(settings)) + drain_budget(settings)
-    # Sanic drains up to min(the request's cap, the connection's): raise both, for this
-    # connection only (it closes after this answer).
-    stream.request_max_size = overall  # type: ignore[union-attr]
-    protocol = getattr(stream, "protocol", None)
-    if protocol is not None:
-        protocol.request_max_size = overall
-    stream.keep_alive = False  # type: ignore[union-attr]
+    drain_refused_body(request, overall)  # Sanic's stream internals: app/glue.py
 
 
 def setup_request_limits(app: Sanic) -> None:

@@ -8,6 +8,7 @@ Each connection has a bounded outbound queue drained by one writer task, so
 one slow client never stalls delivery to the others and frames leave in the
 order they were queued. A frame is serialized and framed once (`Frame`) and
 the same bytes are written to every recipient. Reading frames is app/realtime/inbox.py.
+Sanic's socket is written below its API only through app/glue.py (`RawSocket`, bound once).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from websockets.protocol import State
 
+from app.glue import RawSocket, bind
 from app.serialize import dumps
 
 if TYPE_CHECKING:
@@ -72,10 +73,10 @@ class Connection:
     """
 
     __slots__ = ("id", "user_id", "family", "registry", "ws", "rooms", "closing", "_max", "_q", "_writer",
-                 "_handler", "_raw", "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
+                 "_handler", "_sock", "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
 
     def __init__(self, ws: Any, user_id: str, max_queue: int = 1000, family: str = "",
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, sock: RawSocket | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
         self.family = family  # the login (refresh family) whose access token opened this socket
@@ -89,7 +90,8 @@ class Connection:
         self._handler: asyncio.Task[Any] | None = None
         # Write our pre-built frame bytes straight to the transport under Sanic's own send
         # lock (same framing websockets would produce, without re-encoding per recipient).
-        self._raw = all(hasattr(ws, a) for a in ("io_proto", "ws_proto", "conn_mutex"))
+        # None: not Sanic's socket (a test's fake), driven through its send() and close().
+        self._sock = sock if sock is not None else bind(ws)
         self._idle = False  # True: started, and no writer has frames in hand (see push)
         # Acks travel with the room's events so they keep seq order on this connection.
         # message id -> (fallback timer, message, fan-out generation at the send, time of the send)
@@ -104,8 +106,8 @@ class Connection:
         """Send or queue a frame; a client whose queue overflows is too slow and is disconnected."""
         if self.closing:
             return
-        if self._idle and not self._q and self._write_now(frame.data):
-            return
+        if self._idle and not self._q and self._sock.write_now(frame.data):  # type: ignore[union-attr]
+            return  # (_idle is only ever set with a raw socket)
         if len(self._q) >= self._max:
             log.warning("closing slow connection %s of user %s (%d frames queued)", self.id, self.user_id, len(self._q))
             self.abort(SLOW_CLIENT_CODE, "too slow")
@@ -122,20 +124,6 @@ class Connection:
             self._idle = False
             self._writer = asyncio.get_running_loop().create_task(self._run())
 
-    def _write_now(self, data: bytes) -> bool:
-        """The common case, without a task switch: nothing is queued, nothing else is being
-        written and the socket is not pushing back, so write the frame to the transport."""
-        ws = self.ws
-        io = ws.io_proto
-        if io is None or ws.conn_mutex.locked() or ws.ws_proto.state is not State.OPEN:
-            return False
-        can_write = getattr(io, "_can_write", None)
-        transport = io.transport
-        if (can_write is not None and not can_write.is_set()) or transport is None or transport.is_closing():
-            return False
-        transport.write(data)
-        return True
-
     def send(self, obj: dict[str, Any]) -> None:
         self.push(Frame(dumps(obj)))
 
@@ -147,7 +135,8 @@ class Connection:
         if self._q:
             self._kick()
         else:  # from now on a frame may skip the queue when the queue is empty and no writer runs
-            self._idle = self._raw
+            # (the common case, without a task switch: RawSocket.write_now)
+            self._idle = self._sock is not None
 
     async def _run(self) -> None:
         """Write what is queued, in order; end when the queue is empty (push starts another)."""
@@ -165,7 +154,7 @@ class Connection:
                 await self._write(frames)
             # Nothing in hand and nothing queued: frames may go straight out again. Set with no
             # await after the last check, so no frame can slip in between.
-            self._idle = self._raw
+            self._idle = self._sock is not None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket went away; the handler cleans up
@@ -175,16 +164,12 @@ class Connection:
     async def _write(self, frames: list[Frame]) -> None:
         if not frames:
             return
-        ws = self.ws
-        if not self._raw:
+        sock = self._sock
+        if sock is None:
             for f in frames:
-                await ws.send(f.text)
+                await self.ws.send(f.text)
             return
-        data = frames[0].data if len(frames) == 1 else b"".join(f.data for f in frames)
-        async with ws.conn_mutex:
-            if ws.ws_proto.state is not State.OPEN:
-                raise ConnectionError("websocket is not open")
-            await ws.io_proto.send(data)
+        await sock.write(frames[0].data if len(frames) == 1 else b"".join(f.data for f in frames))
 
     # -- heartbeat --------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -195,21 +180,17 @@ class Connection:
         frames, and transport.write never splits a frame, so no lock is needed; it is written
         even when the client is not reading, so a client that stops reading is closed too.
         """
-        if self.closing or self._handler is None or not self._raw:
+        sock = self._sock
+        if self.closing or self._handler is None or sock is None:
             return
-        ws = self.ws
-        if ws.ws_proto.state is not State.OPEN:
+        if not sock.open:
             return  # closing already: the close handshake has its own timeout
         if self.ping_out:
             log.info("closing connection %s of user %s: no pong to the last ping", self.id, self.user_id)
             self.abort(PING_TIMEOUT_CODE)
             return
-        io = ws.io_proto
-        transport = io.transport if io is not None else None
-        if transport is None or transport.is_closing():
-            return
-        transport.write(PING_FRAME)
-        self.ping_out = True
+        if sock.write_control(PING_FRAME):
+            self.ping_out = True
 
     # -- closing ----------------------------------------------------------------
     def close(self, code: int, reason: str = "") -> None:
@@ -232,7 +213,10 @@ class Connection:
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         try:
-            self.ws.fail_connection(code, reason)
+            if self._sock is not None:
+                self._sock.fail(code, reason)
+            else:
+                self.ws.fail_connection(code, reason)
         except Exception:  # noqa: BLE001
             log.debug("fail_connection on %s", self.id, exc_info=True)
         self._cancel_handler_later()

@@ -1,6 +1,7 @@
 """Reading a WebSocket client's frames, straight from the websockets protocol of Sanic's socket.
 
 Split from app/realtime/connection.py (which writes to clients): this is the receiving half.
+Every touch of Sanic's or websockets' internals goes through app/glue.py (`RawSocket`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from websockets.frames import Opcode
-from websockets.protocol import State
+from app.glue import CLOSED, Opcode, RawSocket
 
 if TYPE_CHECKING:
     from app.realtime.connection import Connection
@@ -30,13 +30,13 @@ class Inbox:
     the protocol itself. Reading pauses while too many messages wait.
     """
 
-    __slots__ = ("ws", "proto", "items", "waiter", "closed", "paused", "parts", "text", "conn")
+    __slots__ = ("sock", "proto", "items", "waiter", "closed", "paused", "parts", "text", "conn")
 
     PAUSE_AT, RESUME_AT = 32, 4
 
     def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.proto = ws.ws_proto
+        self.sock = sock = RawSocket(ws)  # bound once: the Connection shares it (Session)
+        self.proto = sock.proto  # websockets' sans-I/O protocol, driven per received chunk
         self.items: deque[str | bytes] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
@@ -44,12 +44,7 @@ class Inbox:
         self.parts: list[bytes] | None = None  # a fragmented message being assembled
         self.text = False
         self.conn: Connection | None = None  # set by the session: whose heartbeat a pong answers
-        # Instance attributes shadow the methods Sanic's io protocol and tasks call.
-        ws.data_received = self.data_received
-        ws.process_events = self.process_events
-        # Sanic's frame assembler is only used by its recv(), which nothing calls any more;
-        # its queue, events and locks weigh ~5 KB per connection.
-        ws.assembler = None
+        sock.take_over_reading(self.data_received, self.process_events)
 
     def data_received(self, data: bytes) -> None:
         proto = self.proto
@@ -57,18 +52,13 @@ class Inbox:
         out = proto.data_to_send()
         events = proto.events_received()
         if out:
-            asyncio.get_running_loop().create_task(self._send(out))
+            asyncio.get_running_loop().create_task(self.sock.send_replies(out))
         if events:
             self._take(events)
 
     async def process_events(self, events: list[Any]) -> None:
         """For Sanic tasks scheduled before we took over (data received during the handshake)."""
         self._take(events)
-
-    async def _send(self, out: list[bytes]) -> None:
-        ws = self.ws
-        if ws.ws_proto.state in (State.OPEN, State.CLOSING):
-            await ws.send_data(out)
 
     def _take(self, events: list[Any]) -> None:
         got = False
@@ -88,8 +78,8 @@ class Inbox:
             elif op is Opcode.PONG:
                 if self.conn is not None:
                     self.conn.ping_out = False
-                if self.ws.pings:  # someone awaits ws.ping(): Sanic matches the payload
-                    asyncio.get_running_loop().create_task(self.ws.process_pong(ev))
+                if self.sock.pong_awaited():  # someone awaits ws.ping(): Sanic matches the payload
+                    asyncio.get_running_loop().create_task(self.sock.process_pong(ev))
             elif op is Opcode.CLOSE:
                 self.closed = True
                 self._cancel()
@@ -98,17 +88,14 @@ class Inbox:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             if len(self.items) >= self.PAUSE_AT and not self.paused:
-                transport = self.ws.io_proto.transport if self.ws.io_proto else None
-                if transport is not None:
-                    transport.pause_reading()
-                    self.paused = True
+                self.paused = self.sock.pause_reading()
 
     def _put(self, text: bool, data: bytes) -> bool:
         if text:
             try:
                 self.items.append(data.decode())
             except UnicodeDecodeError:
-                self.ws.fail_connection(1007, "invalid UTF-8")
+                self.sock.fail(1007, "invalid UTF-8")
                 self.closed = True
                 self._cancel()
                 return False
@@ -125,20 +112,18 @@ class Inbox:
         """The next message; CancelledError once the client closed (as Sanic's `recv()`)."""
         items = self.items
         while not items:
-            if self.closed or self.proto.state is State.CLOSED:
+            if self.closed or self.proto.state is CLOSED:
                 raise asyncio.CancelledError()
-            ws = self.ws
+            sock = self.sock
             self.waiter = waiter = asyncio.get_running_loop().create_future()
-            ws.recv_cancel = waiter  # Sanic's EOF and close paths cancel it, ending the read
+            sock.set_recv_waiter(waiter)  # Sanic's EOF and close paths cancel it, ending the read
             try:
                 await waiter
             finally:
                 self.waiter = None
-                ws.recv_cancel = None
+                sock.set_recv_waiter(None)
         data = items.popleft()
         if self.paused and len(items) <= self.RESUME_AT:
             self.paused = False
-            transport = self.ws.io_proto.transport if self.ws.io_proto else None
-            if transport is not None:
-                transport.resume_reading()
+            self.sock.resume_reading()
         return data
