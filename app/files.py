@@ -1,7 +1,7 @@
 """Files and images: upload bookkeeping, processing, downloads, expiry.
 
 `file_object` is the API's `file` object of a message, used by every reader of messages.
-Bytes live under MEDIA_ROOT (see app/upload/media.py for the layout); rows in models/file.py.
+Bytes live under MEDIA_ROOT (see app/upload/names.py for the layout); rows in models/file.py.
 Life of a file: processing (bytes in incoming/) -> ready (re-encoded copy in a per-day
 folder, a message in the room) | rejected (bytes deleted) -> expired (bytes deleted).
 """
@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from app.realtime import events
 from app import jobs, rooms
-from app.upload import media, multipart
+from app.upload import Rejected, images, multipart, names, sniff
 from app.errors import (ChatError, FileExpired, FileNotFound, FileNotReady, PayloadTooLarge,
                         ServiceUnavailable, ValidationFailed)
 from app.store.keys import Keys
@@ -78,7 +78,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
         raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.",
                               details={"max_bytes": settings.max_upload_bytes})
     file_id = str(uuid.uuid4())
-    incoming = media.media_path(settings.media_root, media.incoming_rel(file_id))
+    incoming = names.media_path(settings.media_root, names.incoming_rel(file_id))
     got = await multipart.receive(chunks, content_type=content_type, dest=incoming,
                                 max_bytes=settings.max_upload_bytes, allowed_mime=settings.allowed_mime)
     try:
@@ -96,10 +96,10 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
                 incoming.unlink(missing_ok=True)
                 return meta_object(first, viewer_id=uploader_id), False
         f = await File.create(
-            id=file_id, room_id=room_id, uploader_id=uploader_id, name=media.display_name(got.filename),
+            id=file_id, room_id=room_id, uploader_id=uploader_id, name=names.display_name(got.filename),
             mime=got.prefix_mime if got.prefix_mime in settings.allowed_mime else None,
             claimed_mime=_printable(got.claimed_mime), size=got.size, status="processing",
-            storage_path=media.incoming_rel(file_id), body=body, client_id=client_id)
+            storage_path=names.incoming_rel(file_id), body=body, client_id=client_id)
     except BaseException:
         incoming.unlink(missing_ok=True)
         raise
@@ -142,11 +142,11 @@ def servable(f: File, settings: Settings, *, thumbnail: bool = False) -> tuple[P
     rel = f.thumbnail_path if thumbnail else f.storage_path
     if not rel:
         raise FileNotFound("This file has no thumbnail." if thumbnail else None)
-    path = media.media_path(settings.media_root, rel)
+    path = names.media_path(settings.media_root, rel)
     if not path.is_file():
         log.warning("bytes of file %s are missing (%s)", f.id, rel)
         raise FileNotFound()
-    mime = media.THUMB_TYPES.get(path.suffix, "application/octet-stream") if thumbnail else f.mime
+    mime = images.THUMB_TYPES.get(path.suffix, "application/octet-stream") if thumbnail else f.mime
     return path, mime or "application/octet-stream"
 
 
@@ -168,12 +168,12 @@ async def process(*, redis: Redis, keys: Keys, settings: Settings, file_id: str)
         return "skipped"
     try:
         await asyncio.to_thread(_convert, settings, f)
-    except media.Rejected as exc:
+    except Rejected as exc:
         return await _reject(redis, keys, settings, f, str(exc))
     except Exception:  # noqa: BLE001 - whatever broke, the input is refused, the worker lives on
         log.exception("processing file %s failed", fid)
         return await _reject(redis, keys, settings, f, "The file could not be processed.")
-    kind = "image" if f.mime in media.PILLOW_FORMATS else "file"
+    kind = "image" if f.mime in images.PILLOW_FORMATS else "file"
     ttl = settings.image_ttl_days if kind == "image" else settings.file_ttl_days
     f.expires_at = utcnow() + timedelta(days=ttl)
     await f.save(update_fields=["mime", "size", "name", "storage_path", "thumbnail_path", "expires_at"])
@@ -196,7 +196,7 @@ async def process(*, redis: Redis, keys: Keys, settings: Settings, file_id: str)
         return await _reject(redis, keys, settings, f, "This client_id was already used for another message.")
     f.status, f.message_seq = "ready", int(message["seq"])
     await f.save(update_fields=["status", "message_seq"])
-    media.remove(settings.media_root, media.incoming_rel(fid))
+    names.remove(settings.media_root, names.incoming_rel(fid))
     await _notify(redis, keys, f)
     return "ready"
 
@@ -204,37 +204,37 @@ async def process(*, redis: Redis, keys: Keys, settings: Settings, file_id: str)
 def _convert(settings: Settings, f: File) -> None:
     """Blocking part (a thread): sniff the whole upload, check it, write the stored copy."""
     fid = str(f.id)
-    src = media.media_path(settings.media_root, media.incoming_rel(fid))
+    src = names.media_path(settings.media_root, names.incoming_rel(fid))
     if not src.is_file():
-        raise media.Rejected("The uploaded bytes are missing.")
-    sniffed = media.sniff_file(src)
-    media.check_type(sniffed, f.name, f.claimed_mime, settings.allowed_mime)
-    ext = media.TYPES[sniffed][0]
+        raise Rejected("The uploaded bytes are missing.")
+    sniffed = sniff.sniff_file(src)
+    sniff.check_type(sniffed, f.name, f.claimed_mime, settings.allowed_mime)
+    ext = sniff.TYPES[sniffed][0]
     when = f.created_at or utcnow()
-    rel = media.final_rel(fid, ext, when)
-    dst = media.media_path(settings.media_root, rel)
+    rel = names.final_rel(fid, ext, when)
+    dst = names.media_path(settings.media_root, rel)
     dst.parent.mkdir(parents=True, exist_ok=True)
     thumb_rel = None
-    if sniffed in media.PILLOW_FORMATS:
-        conv = media.convert_image(src, dst, dst.with_name(f"{fid}.thumb"), sniffed,
+    if sniffed in images.PILLOW_FORMATS:
+        conv = images.convert_image(src, dst, dst.with_name(f"{fid}.thumb"), sniffed,
                                    max_pixels=settings.max_image_pixels, thumbnail_px=settings.thumbnail_px)
         size = conv.size
-        thumb_rel = media.final_rel(fid, conv.thumb_ext, when, ".thumb")
+        thumb_rel = names.final_rel(fid, conv.thumb_ext, when, ".thumb")
         # Belt and braces: what we serve must sniff as what we say it is.
-        if media.sniff_file(dst) != sniffed:
-            media.remove(settings.media_root, rel, thumb_rel)
-            raise media.Rejected("The image could not be re-encoded faithfully.")
+        if sniff.sniff_file(dst) != sniffed:
+            names.remove(settings.media_root, rel, thumb_rel)
+            raise Rejected("The image could not be re-encoded faithfully.")
     else:
         # Non-images are kept byte for byte (they are only ever served as attachments).
         shutil.copyfile(src, dst)
         size = dst.stat().st_size
     f.mime, f.size, f.storage_path, f.thumbnail_path = sniffed, size, rel, thumb_rel
-    f.name = media.name_for_type(f.name, sniffed)
+    f.name = names.name_for_type(f.name, sniffed)
 
 
 async def _reject(redis: Redis, keys: Keys, settings: Settings, f: File, reason: str) -> str:
     """Refuse the upload: bytes gone, reason recorded, the uploader told."""
-    media.remove(settings.media_root, media.incoming_rel(str(f.id)), f.storage_path, f.thumbnail_path)
+    names.remove(settings.media_root, names.incoming_rel(str(f.id)), f.storage_path, f.thumbnail_path)
     f.status, f.reason = "rejected", reason[:255]
     f.storage_path = f.thumbnail_path = None
     f.expires_at = None
@@ -299,12 +299,12 @@ async def _prune_orphans(settings: Settings, batch: int) -> None:
     if old_incoming:
         ids = [n for n in old_incoming if _is_uuid(n)]
         alive = {str(i) for i in await File.filter(id__in=ids, status="processing").values_list("id", flat=True)}
-        media.remove(settings.media_root, *(media.incoming_rel(n) for n in old_incoming if n not in alive))
+        names.remove(settings.media_root, *(names.incoming_rel(n) for n in old_incoming if n not in alive))
     # A day folder older than the longest TTL holds nothing servable unless a row still says so.
     days = max(settings.image_ttl_days, settings.file_ttl_days) + ORPHAN_GRACE.days
     for day in await asyncio.to_thread(_old_day_folders, settings, utcnow() - timedelta(days=days)):
         if not await File.filter(status="ready", storage_path__startswith=f"{day}/").exists():
-            await asyncio.to_thread(shutil.rmtree, media.media_path(settings.media_root, day), True)
+            await asyncio.to_thread(shutil.rmtree, names.media_path(settings.media_root, day), True)
 
 
 def _is_uuid(name: str) -> bool:
@@ -357,4 +357,4 @@ async def purge_files_before(*, settings: Settings, cutoff: datetime, batch: int
 
 def _remove_rows(settings: Settings, rows: list[dict[str, Any]]) -> None:
     for r in rows:
-        media.remove(settings.media_root, media.incoming_rel(str(r["id"])), r["storage_path"], r["thumbnail_path"])
+        names.remove(settings.media_root, names.incoming_rel(str(r["id"])), r["storage_path"], r["thumbnail_path"])

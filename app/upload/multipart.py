@@ -26,7 +26,7 @@ from urllib.parse import unquote
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.upload import media
+from app.upload import sniff
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 if TYPE_CHECKING:  # the library declares its callback table for type checkers only
@@ -219,7 +219,7 @@ async def receive(chunks: AsyncIterator[bytes], *, content_type: str, dest: Path
                             raise PayloadTooLarge(f"The file is larger than {max_bytes} bytes.",
                                                   details={"max_bytes": max_bytes})
                         pending += data
-                        if not got.prefix_mime and len(pending) >= media.SNIFF_BYTES:
+                        if not got.prefix_mime and len(pending) >= sniff.SNIFF_BYTES:
                             _gate(got, pending, allowed_mime)
                         if got.prefix_mime and len(pending) >= WRITE_BATCH:
                             await asyncio.to_thread(fh.write, bytes(pending))
@@ -257,7 +257,7 @@ async def receive(chunks: AsyncIterator[bytes], *, content_type: str, dest: Path
 
 def _gate(got: Received, prefix: bytearray, allowed: tuple[str, ...]) -> None:
     """Sniff the first bytes once; a type that is already off the list is a 415 now."""
-    got.prefix_mime = media.sniff(bytes(prefix[: media.SNIFF_BYTES]))
-    if media.clearly_disallowed(got.prefix_mime, allowed):
+    got.prefix_mime = sniff.sniff(bytes(prefix[: sniff.SNIFF_BYTES]))
+    if sniff.clearly_disallowed(got.prefix_mime, allowed):
         raise UnsupportedMediaType(f"File type {got.prefix_mime} is not allowed.",
                                    details={"mime": got.prefix_mime})

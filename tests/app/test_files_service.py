@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app import files
-from app.upload import media
+from app.upload import names
 from app.store.keys import Keys
 from app.serialize import utcnow
 from app.settings import Settings
@@ -44,8 +44,8 @@ async def _stored(s: Settings, owner_room: tuple[User, Room], *, status: str = "
     user, room = owner_room
     fid = str(uuid.uuid4())
     created = utcnow() - timedelta(days=age_days)
-    rel = media.final_rel(fid, f".{kind}", created)
-    thumb = media.final_rel(fid, ".jpg", created, ".thumb") if kind == "png" else None
+    rel = names.final_rel(fid, f".{kind}", created)
+    thumb = names.final_rel(fid, ".jpg", created, ".thumb") if kind == "png" else None
     for r in filter(None, (rel, thumb)):
         path = Path(s.media_root) / r
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,11 +114,11 @@ async def test_process_rejects_bad_input_and_tells_the_uploader(media_settings: 
                                                                 redis: Redis, keys: Keys) -> None:
     user, room = owner_room
     fid = str(uuid.uuid4())
-    incoming = Path(media_settings.media_root) / media.incoming_rel(fid)
+    incoming = Path(media_settings.media_root) / names.incoming_rel(fid)
     incoming.parent.mkdir(parents=True, exist_ok=True)
     incoming.write_bytes(samples.bomb_png(30000))
     await File.create(id=fid, room=room, uploader=user, name="bomb.png", claimed_mime="image/png",
-                      size=incoming.stat().st_size, storage_path=media.incoming_rel(fid))
+                      size=incoming.stat().st_size, storage_path=names.incoming_rel(fid))
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.events_channel())
     try:

@@ -310,7 +310,13 @@ def test_crlf_in_the_name_is_harmless(stack: Stack, people: dict[str, Any]) -> N
     raw = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
            f"filename=\"note\rSet-Cookie: pwned=1\n.txt\"\r\nContent-Type: text/plain\r\n\r\n").encode()
     raw += samples.TEXT + f"\r\n--{boundary}--\r\n".encode()
+    # A bare CR in a part header is refused outright (RFC 9110 5.5; python-multipart does).
     resp = stack.api.post(f"/rooms/{people['room']}/files", content=raw, headers={
+        **people["owner"].headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request", resp.text
+    # A bare LF stays inside the header value: the name keeps none of it.
+    bare_lf = raw.replace(b"note\rSet-Cookie", b"note\nSet-Cookie")
+    resp = stack.api.post(f"/rooms/{people['room']}/files", content=bare_lf, headers={
         **people["owner"].headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert resp.status_code == 202, resp.text
     assert "\r" not in resp.json()["name"] and "\n" not in resp.json()["name"]
