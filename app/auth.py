@@ -28,6 +28,7 @@ from tortoise.transactions import in_transaction
 from app.realtime import events
 from app import tokens
 from app.errors import InvalidCredentials, InvalidToken, RefreshTokenReused, TokenExpired, UsernameTaken
+from app.ids import parse_uuid
 from app.store.keys import Keys
 from app.serialize import utcnow
 from app.settings import Settings
@@ -140,10 +141,8 @@ async def login(settings: Settings, *, username: str, password: str) -> TokenPai
 # -- sessions --------------------------------------------------------------
 
 def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (TypeError, ValueError, AttributeError):
-        raise InvalidToken() from None
+    """An id inside a token: a malformed one is a bad token (401), not a missing row."""
+    return uuid.UUID(parse_uuid(value, InvalidToken))
 
 
 def _verify_refresh(settings: Settings, token: str) -> tokens.Claims:

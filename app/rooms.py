@@ -38,7 +38,7 @@ from app.store import member_sets, ratelimit
 from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
                         UserNotFound, ValidationFailed)
 from app.store.keys import Keys
-from app.ids import parse_uuid
+from app.ids import canonical_uuid, parse_uuid
 from app.pagination import ROOMS, decode_cursor, page
 from app.schemas import MAX_INITIAL_MEMBERS, CreateRoom, UpdateRoom, membership_out, room_out
 from app.settings import Settings
@@ -375,9 +375,8 @@ async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) ->
 
 async def member_ids(room_id: str) -> list[str]:
     """User ids of the room's members (banned excluded); [] for a missing or malformed room id."""
-    try:
-        rid = parse_uuid(room_id, RoomNotFound)
-    except RoomNotFound:
+    rid = canonical_uuid(room_id)
+    if rid is None:
         return []
     return [str(u) for u in await Membership.filter(room_id=rid, banned=False).values_list("user_id", flat=True)]
 

@@ -173,3 +173,39 @@ async def test_messages_render_their_model_from_the_accept_path_the_cache_and_po
     conforms(schemas.MessageOut, schemas.message_out(rows[0], f))
     conforms(schemas.MessageOut, schemas.message_out({**rows[0], "sender_id": None, "file_id": None}, None))
 
+
+
+# -- where the schemas sit in the import graph ----------------------------------------------
+
+def _imports(path: str) -> set[str]:
+    """Every module a file imports, at any depth of its body (function-level imports too)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(path).read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_schemas_import_no_service() -> None:
+    """Services and blueprints both import app.schemas; it imports only models and small helpers."""
+    from tests.support import ROOT
+
+    ours = {m for m in _imports(str(ROOT / "app" / "schemas.py")) if m.startswith(("app", "blueprints", "tasks"))}
+    assert ours <= {"app.serialize", "app.serialize.iso", "app.settings", "app.settings.Settings",
+                    "app.validation", "app.validation.STORABLE_PATTERN"}, ours
+
+
+def test_files_and_messages_do_not_import_each_other_both_ways() -> None:
+    """app.files posts its message through app.messages; app.messages renders files through app.schemas."""
+    from tests.support import ROOT
+
+    imported = _imports(str(ROOT / "app" / "messages.py"))
+    assert not {m for m in imported if m == "app.files" or m.startswith("app.files.")}
+    assert "app.messages" in _imports(str(ROOT / "app" / "files.py"))
