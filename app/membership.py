@@ -23,7 +23,7 @@ from app.rooms import (announce_join, announce_leave, load_membership, locked_ro
                        publish_room_updated, rate_check, remove_locked, require_member,
                        require_role, role_in, version_locked)
 from app.serialize import utcnow
-from app.schemas import AddMember, ChangeRole, membership_out
+from app.schemas import membership_out
 from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ValidationError
 from sanic import Request
 
 from app.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
-from app.ids import BIGINT_MAX  # noqa: F401 - re-exported: the bound of every number the door reads
 
 M = TypeVar("M", bound=BaseModel)
 
