@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -36,7 +36,6 @@ from app.realtime.events import encode
 from app.files import file_object
 from app.ids import uuid7
 from app.store.keys import Keys
-from app.retention import retention_cutoff
 from app.serialize import dumps, iso, now_iso, utcnow
 from app.settings import Settings
 from models.file import File
@@ -223,6 +222,11 @@ async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_i
 # -- reads -------------------------------------------------------------------------
 
 _COLUMNS = "id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at"
+
+
+def retention_cutoff(settings: Settings, now: datetime | None = None) -> datetime:
+    """Messages created before this instant are past RETENTION_DAYS: hidden here, pruned by app/retention.py."""
+    return (now or utcnow()) - timedelta(days=settings.retention_days)
 
 
 async def _render_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

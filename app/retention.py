@@ -7,24 +7,23 @@ stream daily would cost more than those few entries are worth. Instead history
 an idle room's keys expire after ROOM_CACHE_IDLE_TTL_S. The flush keeps rooms.last_seq, so
 a counter re-seeded after the prune never hands out a deleted seq again.
 
-The file side belongs to the files service (app/files.py): this module calls its hooks
-`purge_files_before(settings=, cutoff=)` and `sweep_expired(settings=)` when they exist,
-imported lazily so the two can land independently. Arguments go by keyword, and only
-those the hook declares.
+The file side belongs to the files service (app/files.py): this module calls its
+`purge_files_before` and `sweep_expired`. The cutoff itself is a rule of messages
+(app/messages.py, whose history hides what is past it), so retention sits above both
+services and neither imports it.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import asyncpg
 
-from app.serialize import utcnow
+from app import files
+from app.messages import retention_cutoff
 from app.settings import Settings
 
 log = logging.getLogger("chat.retention")
@@ -42,13 +41,8 @@ class PruneResult:
     cutoff: datetime
     messages: int = 0
     chunks: int = 0
-    files: Any = None  # whatever purge_files_before returned (None if there is no hook)
+    files: int = 0  # file rows (and their bytes) purged with the period
     ms: float = 0.0
-
-
-def retention_cutoff(settings: Settings, now: datetime | None = None) -> datetime:
-    """Messages created before this instant are pruned."""
-    return (now or utcnow()) - timedelta(days=settings.retention_days)
 
 
 async def prune_old_messages(*, settings: Settings, pool: asyncpg.Pool,
@@ -63,42 +57,15 @@ async def prune_old_messages(*, settings: Settings, pool: asyncpg.Pool,
         result.chunks += 1
         if deleted < settings.prune_batch_size:
             break
-    purge = files_hook("purge_files_before")
-    if purge is not None:
-        result.files = await call_hook(purge, settings=settings, cutoff=result.cutoff)
-    else:
-        log.info("prune: app.files.purge_files_before is not available; files not purged")
+    result.files = await files.purge_files_before(settings=settings, cutoff=result.cutoff)
     result.ms = (time.perf_counter() - started) * 1000
-    log.info("prune cutoff=%s messages=%d chunks=%d files=%s ms=%.1f", result.cutoff.isoformat(),
+    log.info("prune cutoff=%s messages=%d chunks=%d files=%d ms=%.1f", result.cutoff.isoformat(),
              result.messages, result.chunks, result.files, result.ms)
     return result
 
 
-async def sweep_expired_files(*, settings: Settings) -> Any:
-    """Expire files past `expires_at` through the files service; log and skip if it has no hook."""
-    sweep = files_hook("sweep_expired")
-    if sweep is None:
-        log.info("sweep: app.files.sweep_expired is not available; nothing swept")
-        return None
-    result = await call_hook(sweep, settings=settings)
-    log.info("sweep: %s", result)
-    return result
-
-
-def files_hook(name: str) -> Any:
-    """A function of app.files by name, or None when that module or function is missing."""
-    try:
-        import app.files as files
-    except ImportError:
-        return None
-    fn = getattr(files, name, None)
-    return fn if callable(fn) else None
-
-
-async def call_hook(fn: Any, **kwargs: Any) -> Any:
-    """Call a sync or async hook with the keyword arguments it declares (others are dropped)."""
-    params = inspect.signature(fn).parameters
-    result = fn(**{k: v for k, v in kwargs.items() if k in params})
-    if inspect.isawaitable(result):
-        result = await result
+async def sweep_expired_files(*, settings: Settings) -> int:
+    """Expire files past `expires_at` through the files service; returns how many."""
+    result = await files.sweep_expired(settings=settings)
+    log.info("sweep expired=%d", result)
     return result

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from app.flush import flush_room
-from app.retention import call_hook, prune_old_messages, retention_cutoff
+from app.retention import prune_old_messages, retention_cutoff
 from models.file import File
 from tests.fill import make_room, push
 
@@ -46,20 +46,4 @@ async def test_prune_also_purges_the_files_of_the_period(settings, keys, redis, 
 
     assert not await File.filter(id=old.id).exists()
     assert await File.filter(id=new.id).exists()
-    assert res.files is not None and res.files >= 1
-
-
-async def test_hooks_get_only_the_keywords_they_declare(settings):
-    seen = []
-
-    async def purge(*, cutoff):  # no settings parameter
-        seen.append(cutoff)
-        return 3
-
-    def sweep(settings):  # synchronous hooks work too
-        seen.append(settings)
-        return 1
-
-    assert await call_hook(purge, settings=settings, cutoff=NOW) == 3
-    assert await call_hook(sweep, settings=settings) == 1
-    assert seen == [NOW, settings]
+    assert res.files >= 1
