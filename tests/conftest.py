@@ -37,7 +37,7 @@ from app.store.keys import Keys
 from app.settings import Settings
 from tests.env import (ADMIN_DB_URL, MEDIA_ROOT, REDIS_PREFIX, REDIS_URL, REPO_MEDIA, RUN_ID, TEST_DB_NAME,
                        TEST_DB_URL, TEST_ENV, Isolated, isolated_env)
-from tests.support import ServerProc, stop_all
+from tests.support import OwnServers, ServerProc, stop_all
 
 # How long after pytest-timeout's signal the backstop ends the run (tests/test_support.py shortens it).
 TIMEOUT_BACKSTOP_S = float(os.environ.get("CHAT_TEST_TIMEOUT_BACKSTOP_S", "30"))
@@ -83,7 +83,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # -- the e2e marker -------------------------------------------------------------------------
 
 # A test module that starts processes itself (real servers, workers, CLIs, redis-servers).
-_STARTS_PROCESSES = ("subprocess.", "Proc(", "ServerProc(", "start_worker(", "Launcher(", "start_server(")
+_STARTS_PROCESSES = ("subprocess.", "Proc(", "ServerProc(", "start_worker(", "Launcher(", "start_server(",
+                     "own_server")
 _module_starts: dict[str, bool] = {}
 
 
@@ -217,6 +218,21 @@ def server() -> Iterator[ServerProc]:
     """One real server process for the session, on a free loopback port."""
     with ServerProc(TEST_ENV, name=f"server-{RUN_ID}") as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def own_server(request: pytest.FixtureRequest) -> Iterator[OwnServers]:
+    """Servers of a test's (or a module fixture's) own: `own_server(env=..., workers=..., **ENV)`.
+
+    Returns a ready ServerProc on TEST_ENV overlaid with `env` and the keyword variables;
+    every one is stopped when the module ends (`with own_server(...) as proc:` stops it at the
+    end of the block). Module scope, so module-scoped fixtures can use it too.
+    """
+    servers = OwnServers(TEST_ENV, tag=f"{request.module.__name__.rsplit('.', 1)[-1]}-{RUN_ID}")
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
 
 
 @pytest.fixture

@@ -74,6 +74,39 @@ class ServerProc(Proc):
         return self
 
 
+class OwnServers:
+    """What the `own_server` fixture hands a test: call it to start a ready server of the test's own.
+
+    `own_server(env=None, workers=None, name="own", port=None, **ENV)` starts `python -m
+    app.server` with `base_env`, then `env`, then the keyword variables, and returns it once
+    /readyz answers. Every server started is stopped by `stop_all()` (the fixture's teardown);
+    `with own_server(...) as proc:` stops it at the end of the block instead.
+    """
+
+    def __init__(self, base_env: Mapping[str, str], tag: str) -> None:
+        self.base_env = dict(base_env)
+        self.tag = tag
+        self.started: list[ServerProc] = []
+
+    def __call__(self, env: Mapping[str, str] | None = None, *, workers: int | None = None, name: str = "own",
+                 port: int | None = None, **variables: str) -> ServerProc:
+        full = {**self.base_env, **(env or {}), **variables}
+        if workers is not None:
+            full["WORKERS"] = str(workers)
+        proc = ServerProc(full, name=f"{name}-{self.tag}-{len(self.started)}", port=port)
+        self.started.append(proc)
+        try:
+            return proc.wait_ready()
+        except BaseException:
+            proc.stop()
+            raise
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+        self.started.clear()
+
+
 def worker_argv(processes: int = 1, threads: int = 2, queues: list[str] | None = None) -> list[str]:
     """A real `dramatiq` worker over the project's actors."""
     argv = [sys.executable, "-m", "dramatiq", "tasks.worker", "--processes", str(processes),

@@ -155,6 +155,7 @@ class Proc:
         self.log_path = log_path
         self._registry = registry
         self._log: IO[bytes] | None = None
+        self._done = False  # stopped and reaped: the group id may belong to someone else now
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(log_path, "ab")
@@ -244,6 +245,8 @@ class Proc:
 
     def signal_group(self, sig: int) -> None:
         """Signal the whole group (the process and what it spawned); the group id is our child's PID."""
+        if self._done:
+            return
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -293,8 +296,10 @@ class Proc:
         The leader alone gets SIGTERM: servers and `dramatiq` forward it to their own worker
         processes, and a worker that gets it twice (group + forwarded) takes it as "kill now"
         (Dramatiq then hangs ~10 s in its hard-kill path). SIGCONT first: a stopped process
-        (a fault test's SIGSTOP) cannot handle SIGTERM.
+        (a fault test's SIGSTOP) cannot handle SIGTERM. A second call does nothing.
         """
+        if self._done:
+            return
         if self.alive():
             self.terminate()
             self.wait_exit(timeout)
@@ -307,6 +312,7 @@ class Proc:
             self._close()
 
     def _close(self) -> None:
+        self._done = True
         if self._log is not None and not self._log.closed:
             self._log.close()
         if self._registry is not None:

@@ -13,22 +13,12 @@ import jwt
 import pytest
 
 from app.settings import Settings
+from tests.checks import assert_error
 from tests.env import TEST_ENV
 from tests.factories import PASSWORD, make_user, unique
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def assert_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The response is `status` in the API's error envelope (and `code` when given)."""
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
-    assert isinstance(body["error"]["details"], dict)
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -312,13 +302,10 @@ def test_bad_authorization_is_401_in_the_envelope(api: httpx.Client, settings: S
 
 # -- rate limit ------------------------------------------------------------------
 
-def test_register_and_login_are_rate_limited_per_ip() -> None:
+def test_register_and_login_are_rate_limited_per_ip(own_server: OwnServers) -> None:
     # Own server with a tiny budget and its own Redis prefix, so the session server's
     # traffic from the same IP does not share (or exhaust) this counter.
-    env = {**TEST_ENV, "RATE_AUTH": "3", "REDIS_PREFIX": f"{TEST_ENV['REDIS_PREFIX']}-rl"}
-    proc = ServerProc(env, name=f"server-ratelimit-{uuid.uuid4().hex[:6]}")
-    try:
-        proc.wait_ready()
+    with own_server(name="ratelimit", RATE_AUTH="3", REDIS_PREFIX=f"{TEST_ENV['REDIS_PREFIX']}-rl") as proc:
         with httpx.Client(base_url=proc.base_url, timeout=10) as c:
             name = unique()
             assert c.post("/auth/register", json={"username": name, "password": PASSWORD}).status_code == 201
@@ -334,5 +321,3 @@ def test_register_and_login_are_rate_limited_per_ip() -> None:
                 assert err["details"]["retry_after"] == int(resp.headers["Retry-After"])
             # Sessions already open are not affected: refresh and authenticated calls go on.
             assert _refresh(c, login.json()["refresh_token"]).status_code == 200
-    finally:
-        proc.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +14,9 @@ from app.flush import flush_room
 from app.store.keys import Keys
 from app.settings import Settings
 from tests.env import TEST_ENV
-from tests.factories import TestUser, make_room, make_user, unique
+from tests.factories import TestUser, make_room, make_user
 from tests.fill import FlushGate, flush_upto
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS
 
 
@@ -204,12 +204,8 @@ async def test_counter_loss_continues_after_postgres_max(api: httpx.Client, redi
 # -- direct mode --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def direct_server() -> Iterator[ServerProc]:
-    proc = ServerProc({**TEST_ENV, "CHAT_WRITE_MODE": "direct"}, name=f"direct-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def direct_server(own_server: OwnServers) -> ServerProc:
+    return own_server(name="direct", CHAT_WRITE_MODE="direct")
 
 
 async def test_direct_mode_accepts_orders_and_serves_history(direct_server: ServerProc, redis: Redis,

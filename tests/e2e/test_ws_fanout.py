@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.env import TEST_ENV
-from tests.factories import make_room, make_user, unique
-from tests.support import ServerProc
+from tests.factories import make_room, make_user
+from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS
 
 
 @pytest.fixture(scope="module")
-def second() -> Iterator[ServerProc]:
+def second(own_server: OwnServers) -> ServerProc:
     """A second server process on its own port, sharing the session's database and Redis."""
-    proc = ServerProc(TEST_ENV, name=f"second-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    return own_server(name="second")
 
 
 def is_room_msg(room_id: str) -> Any:
@@ -127,12 +123,8 @@ async def test_deleted_room_is_announced_and_forgotten(server: ServerProc, secon
 # -- WORKERS and slow consumers, on their own servers ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def two_workers() -> Iterator[ServerProc]:
-    proc = ServerProc({**TEST_ENV, "WORKERS": "2"}, name=f"workers2-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def two_workers(own_server: OwnServers) -> ServerProc:
+    return own_server(workers=2, name="workers2")
 
 
 async def test_workers_2_serves_one_port_with_cross_process_fanout(two_workers: ServerProc) -> None:
@@ -151,12 +143,8 @@ async def test_workers_2_serves_one_port_with_cross_process_fanout(two_workers: 
 
 
 @pytest.fixture(scope="module")
-def tiny_outbox() -> Iterator[ServerProc]:
-    proc = ServerProc({**TEST_ENV, "WS_OUTBOX_FRAMES": "20"}, name=f"outbox-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def tiny_outbox(own_server: OwnServers) -> ServerProc:
+    return own_server(name="outbox", WS_OUTBOX_FRAMES="20")
 
 
 async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(tiny_outbox: ServerProc) -> None:
@@ -198,13 +186,9 @@ async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(ti
 
 
 @pytest.fixture(scope="module")
-def own_prefix_server() -> Iterator[ServerProc]:
+def own_prefix_server(own_server: OwnServers) -> ServerProc:
     """A server with a Redis prefix of its own, so its subscriber can be told from the others."""
-    proc = ServerProc({**TEST_ENV, "REDIS_PREFIX": f"{TEST_ENV['REDIS_PREFIX']}-fo"}, name=f"fanout-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    return own_server(name="fanout", REDIS_PREFIX=f"{TEST_ENV['REDIS_PREFIX']}-fo")
 
 
 async def test_fanout_resubscribes_after_losing_its_redis_connection(own_prefix_server: ServerProc,

@@ -7,16 +7,13 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.env import RUN_ID, TEST_ENV
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+def fuzz_server(own_server: OwnServers, tmp_path_factory: pytest.TempPathFactory) -> ServerProc:
     """A server of its own (own log, own MEDIA_ROOT), so a 5xx in its log is the fuzzer's doing."""
-    env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path_factory.mktemp("fuzz-media"))}
-    with ServerProc(env, name=f"fuzz-server-{RUN_ID}") as proc:
-        yield proc
+    return own_server(name="fuzz-server", MEDIA_ROOT=str(tmp_path_factory.mktemp("fuzz-media")))
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.env import RUN_ID, TEST_ENV
 from tests.factories import make_room, make_user
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e]
 
@@ -31,11 +30,9 @@ KNOWN_TYPES = ["send", "sync", "typing", "create_room", "join", "leave", "ping"]
 
 
 @pytest.fixture(scope="module")
-def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path_factory.mktemp("ws-fuzz-media")),
-           "RATE_LIMIT_STRIKES": "1000000", "WS_MAX_FRAME_BYTES": "65536"}
-    with ServerProc(env, name=f"ws-fuzz-server-{RUN_ID}") as proc:
-        yield proc
+def ws_server(own_server: OwnServers, tmp_path_factory: pytest.TempPathFactory) -> ServerProc:
+    return own_server(name="ws-fuzz-server", MEDIA_ROOT=str(tmp_path_factory.mktemp("ws-fuzz-media")),
+                      RATE_LIMIT_STRIKES="1000000", WS_MAX_FRAME_BYTES="65536")
 
 
 class Session:
@@ -215,11 +212,9 @@ def test_oversized_frame_closes_with_1009(ws_server: ServerProc) -> None:
         s.ws.close()
 
 
-def test_flooding_closes_with_4429(tmp_path_factory: pytest.TempPathFactory) -> None:
-    env = {**TEST_ENV, "MEDIA_ROOT": str(tmp_path_factory.mktemp("ws-flood-media")), "RATE_MESSAGES": "3",
-           "RATE_MESSAGES_WINDOW_S": "60", "RATE_LIMIT_STRIKES": "2"}
-    server = ServerProc(env, name=f"ws-flood-server-{RUN_ID}").wait_ready()
-    try:
+def test_flooding_closes_with_4429(own_server: OwnServers, tmp_path_factory: pytest.TempPathFactory) -> None:
+    with own_server(name="ws-flood-server", MEDIA_ROOT=str(tmp_path_factory.mktemp("ws-flood-media")),
+                    RATE_MESSAGES="3", RATE_MESSAGES_WINDOW_S="60", RATE_LIMIT_STRIKES="2") as server:
         s = Session(server)
         codes = []
         with pytest.raises(ConnectionClosed) as info:
@@ -232,5 +227,3 @@ def test_flooding_closes_with_4429(tmp_path_factory: pytest.TempPathFactory) -> 
                         break
         assert info.value.rcvd is not None and info.value.rcvd.code == 4429, codes
         assert "rate_limited" in codes
-    finally:
-        server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Iterator
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from tests.env import Isolated, isolated_env
 from tests.factories import make_room as api_room
 from tests.factories import make_user
 from tests.fill import start_worker, wait_for, wait_worker_ready
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +37,8 @@ def keys() -> Keys:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProc]:
-    with ServerProc(ISO.env, name=f"server-{ISO.prefix}") as proc:
-        yield proc
+def server(own_server: OwnServers) -> ServerProc:
+    return own_server(ISO.env, name="server-e2e")
 
 
 async def _walk(client: httpx.AsyncClient, room: str, headers: dict) -> list[dict]:
