@@ -14,20 +14,11 @@ import httpx
 import orjson
 import pytest
 
+from tests.checks import assert_error
 from tests.factories import TestUser, make_room, make_user, unique
 
 BIG = "100000000000000000000"  # 10**20: far past 2**63-1
 BIGINT_MAX = 2**63 - 1
-
-
-def assert_error(resp: httpx.Response, status: int, code: str, field: str | None = None) -> dict:
-    assert resp.status_code == status, (resp.status_code, resp.text)
-    err = resp.json()["error"]
-    assert set(err) == {"code", "message", "details"}
-    assert err["code"] == code, err
-    if field is not None:
-        assert field in err["details"]["fields"], err
-    return err
 
 
 @pytest.fixture

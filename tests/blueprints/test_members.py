@@ -13,7 +13,7 @@ from app.realtime import events
 from app.store import member_sets
 from app.store.keys import Keys
 from app.serialize import loads
-from tests.blueprints.test_rooms import MEMBERSHIP_KEYS, error_code, walk
+from tests.checks import MEMBERSHIP_KEYS, error_code, walk
 from tests.factories import TestUser, make_room, make_user
 
 

@@ -9,31 +9,10 @@ import httpx
 import pytest
 
 from app.pagination import encode_cursor
+from tests.checks import MEMBERSHIP_KEYS, error_code, walk
 from tests.factories import TestUser, make_room, make_user, unique
 
 ROOM_KEYS = {"id", "name", "topic", "is_private", "owner_id", "created_at", "member_count", "my_role"}
-MEMBERSHIP_KEYS = {"room_id", "user_id", "username", "role", "joined_at"}
-
-
-def error_code(resp: httpx.Response, status: int) -> str:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    return body["error"]["code"]
-
-
-def walk(api: httpx.Client, user: TestUser, path: str, **params: str) -> list[dict]:
-    """Every item of a list, one page of `limit` at a time."""
-    items: list[dict] = []
-    cursor = None
-    for _ in range(1000):
-        resp = api.get(path, params={**params, **({"cursor": cursor} if cursor else {})}, headers=user.headers)
-        assert resp.status_code == 200, resp.text
-        items += resp.json()["items"]
-        cursor = resp.json()["next_cursor"]
-        if cursor is None:
-            return items
-    raise AssertionError("pagination never ended")
 
 
 def test_create_room_and_read_it_back(api: httpx.Client) -> None:

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from tests.blueprints.test_auth import assert_error
+from tests.checks import assert_error
 from tests.factories import TestUser, make_user
 
 
