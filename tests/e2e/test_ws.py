@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.env import TEST_ENV
-from tests.factories import TestUser, make_room, make_user, unique
-from tests.support import ServerProc
+from tests.factories import TestUser, make_room, make_user
+from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS, RawWS
 
 
@@ -24,14 +23,6 @@ def alice(api: httpx.Client) -> TestUser:
 @pytest.fixture
 def bob(api: httpx.Client) -> TestUser:
     return make_user(api)
-
-
-def own_server(name: str, **env: str) -> Iterator[ServerProc]:
-    proc = ServerProc({**TEST_ENV, **env}, name=f"{name}-{unique('')}")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
 
 
 # -- handshake ---------------------------------------------------------------------------
@@ -253,13 +244,13 @@ async def test_oversized_frame_closes_with_1009(server: ServerProc, alice: TestU
 # -- close codes with their own servers -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def short_tokens() -> Iterator[ServerProc]:
-    yield from own_server("short-tokens", ACCESS_TOKEN_TTL_S="2")
+def short_tokens(own_server: OwnServers) -> ServerProc:
+    return own_server(name="short-tokens", ACCESS_TOKEN_TTL_S="2")
 
 
 @pytest.fixture(scope="module")
-def strict() -> Iterator[ServerProc]:
-    yield from own_server("strict", RATE_MESSAGES="3", RATE_MESSAGES_WINDOW_S="60", RATE_LIMIT_STRIKES="2")
+def strict(own_server: OwnServers) -> ServerProc:
+    return own_server(name="strict", RATE_MESSAGES="3", RATE_MESSAGES_WINDOW_S="60", RATE_LIMIT_STRIKES="2")
 
 
 async def test_expired_token_closes_with_4401(short_tokens: ServerProc) -> None:
@@ -382,9 +373,9 @@ async def test_sync_and_typing_stop_at_once_for_a_kicked_member(server: ServerPr
 
 
 @pytest.fixture(scope="module")
-def limited() -> Iterator[ServerProc]:
-    yield from own_server("limited", RATE_ROOMS="2", RATE_ROOMS_WINDOW_S="60", RATE_JOINS="2",
-                          RATE_JOINS_WINDOW_S="60")
+def limited(own_server: OwnServers) -> ServerProc:
+    return own_server(name="limited", RATE_ROOMS="2", RATE_ROOMS_WINDOW_S="60", RATE_JOINS="2",
+                      RATE_JOINS_WINDOW_S="60")
 
 
 async def test_room_creation_and_joins_are_limited_per_user_over_http_and_ws(limited: ServerProc) -> None:

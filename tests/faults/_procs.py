@@ -324,23 +324,31 @@ class AppProc(Proc):
     """server / worker / scheduler of the project."""
 
 
-def start_server(env: dict[str, str], log_dir: Path, name: str = "server", port: int | None = None,
-                 timeout: float = 30.0) -> tuple[AppProc, str]:
-    port = port or free_port()
-    proc = AppProc(name, [sys.executable, "-m", "app.server"],
-                   {**env, "HOST": "127.0.0.1", "PORT": str(port)}, log_dir)
-    base = f"http://127.0.0.1:{port}"
+class AppServer(AppProc):
+    """`python -m app.server` on a loopback port; ready once /readyz answers 200."""
 
-    def ready() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"{name} exited early:\n{proc.log_tail()}")
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "server", port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(name, [sys.executable, "-m", "app.server"],
+                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, log_dir)
+
+    def is_ready(self) -> bool:
         try:
-            return httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+            return httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, timeout, f"{name} /readyz", 0.1)
-    return proc, base
+
+def start_server(env: dict[str, str], log_dir: Path, name: str = "server", port: int | None = None,
+                 timeout: float = 30.0) -> tuple[AppProc, str]:
+    proc = AppServer(env, log_dir, name=name, port=port)
+    try:
+        proc.wait_ready(timeout)
+    except RuntimeError as exc:
+        proc.stop()
+        raise AssertionError(str(exc)) from None
+    return proc, proc.base_url
 
 
 WORKER_ARGV = [sys.executable, "-m", "dramatiq", "tasks.worker", "--processes", "1", "--threads", "4"]

@@ -20,7 +20,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from tests.env import TEST_ENV
 from tests.factories import TestUser, make_room, make_user, unique
-from tests.support import ServerProc
+from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -39,15 +39,9 @@ MAX_DELAY_S = 0.006  # the second request leaves 0-6 ms after the first
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[ServerProc, ServerProc]]:
+def servers(own_server: OwnServers) -> tuple[ServerProc, ServerProc]:
     """Two server processes sharing the session's PostgreSQL and Redis."""
-    one = ServerProc(TEST_ENV, name=f"races-1-{unique('')}")
-    two = ServerProc(TEST_ENV, name=f"races-2-{unique('')}")
-    try:
-        yield one.wait_ready(), two.wait_ready()
-    finally:
-        one.stop()
-        two.stop()
+    return own_server(name="races-1"), own_server(name="races-2")
 
 
 @dataclass
