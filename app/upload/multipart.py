@@ -100,7 +100,7 @@ def _extended_filename(disposition: str) -> str | None:
 
 
 class _Events:
-    """python-multipart's callbacks collected as ("part", Part) / ("data", bytes) / ("end", None).
+    """python-multipart's callbacks collected as ("part", Part) / ("data", memoryview) / ("end", None).
 
     The callbacks are synchronous and run inside `parser.write()`; receive() works through
     what one chunk produced afterwards, where it can await the disk.
