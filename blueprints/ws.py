@@ -90,8 +90,8 @@ def _field(frame: dict[str, Any], name: str, kind: type, required: bool = True) 
 class Session:
     """One connected client: reads frames in order, answers through its Connection."""
 
-    __slots__ = ("settings", "redis", "keys", "registry", "claims", "user_id", "conn", "ws", "inbox", "strikes",
-                 "typing_at")
+    __slots__ = ("settings", "resources", "redis", "keys", "registry", "claims", "user_id", "conn", "ws", "inbox",
+                 "strikes", "typing_at")
 
     def __init__(self, request: Request, ws: Any) -> None:
         app = request.app
