@@ -7,7 +7,7 @@ import time
 from app import file_links
 from app.settings import Settings
 from tests import samples
-from tests.browser.conftest import WebStack
+from tests.browser.stack import WebStack
 from tests.env import TEST_ENV
 from tests.factories import make_room, make_user
 

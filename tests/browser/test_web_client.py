@@ -19,7 +19,7 @@ import redis as redis_sync
 from PIL import Image, ImageDraw
 
 from app.store.keys import Keys
-from tests.browser.conftest import SCREENSHOTS, Person, WebStack
+from tests.browser.stack import SCREENSHOTS, Person, WebStack
 from tests.env import REDIS_PREFIX, REDIS_URL, RUN_ID, TEST_DB_URL
 from tests.factories import make_room, make_user, unique
 from tests.support import ROOT, ServerProc
