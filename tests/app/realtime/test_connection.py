@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from app.realtime import connection
-from app.realtime.connection import MESSAGE_HEAD, Connection
+from app.realtime.connection import Connection
+from app.realtime.events import MESSAGE_HEAD
 from app.realtime.registry import Registry
 from app.realtime.fanout import dispatch
 from app.serialize import dumps
