@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app.glue import RawSocket, bind
+from app.realtime.events import message_of_frame
 from app.serialize import dumps
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.ws")
 
-MESSAGE_HEAD = '{"type":"message","message":'
 ACK_FALLBACK_S = 1.0  # an ack normally rides the ordered event stream; check on it after this long
 ACK_GIVE_UP_S = 10.0  # a stream this late is broken: tell the client to resync and ack directly
 CLOSE_GRACE_S = 5.0  # after sending a close frame, how long the client may take to answer
@@ -249,7 +249,7 @@ class Connection:
     # -- acks in event order ----------------------------------------------------
     def own_message(self, text: str) -> None:
         """Our own message came back through the event stream: the ack goes out in its place."""
-        body = text[len(MESSAGE_HEAD):-1]
+        body = message_of_frame(text)
         mid, client_id = _id_and_client_id(body)
         if self._sent_direct and self._sent_direct.pop(mid, None) is not None:
             return
