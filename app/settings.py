@@ -204,8 +204,9 @@ class Settings(BaseSettings):
         """Build settings from `env` (default os.environ) over the `.env.local` defaults."""
         source: dict[str, str] = {}
         if env_file is not None and env_file.exists():
-            # python-dotenv, the parser pydantic-settings' own .env source uses
-            source.update((k, v) for k, v in dotenv_values(env_file).items() if v is not None)
+            # python-dotenv, the parser pydantic-settings' own .env source uses; no ${VAR}
+            # expansion (the file's values are taken as written, as they always were)
+            source.update((k, v) for k, v in dotenv_values(env_file, interpolate=False).items() if v is not None)
         source.update(os.environ if env is None else env)
         return cls._build(_MappingEnvSource(cls, source)())
 
@@ -230,7 +231,10 @@ class Settings(BaseSettings):
 
 
 class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping (os.environ, or a test's dict)."""
+    """pydantic-settings' environment source over a given mapping (os.environ, or a test's dict).
+
+    `_load_env_vars` is the hook pydantic-settings' own DotEnvSettingsSource overrides the same
+    way; tests/app/test_settings.py fails if it stops being called (a given mapping ignored)."""
 
     def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
         self._env = env

@@ -43,9 +43,11 @@ def test_booleans_read_the_usual_words(raw: str, expected: bool) -> None:
 
 def test_env_local_is_read_and_the_environment_wins_over_it(tmp_path: Path) -> None:
     f = tmp_path / ".env.local"
-    f.write_text("# a comment\n\nexport PORT=\"9100\"\nHOST='0.0.0.0'\nWORKERS=3\nport=5\nNOT_A_SETTING=1\n")
+    f.write_text("# a comment\n\nexport PORT=\"9100\"\nHOST='0.0.0.0'\nWORKERS=3\nport=5\nNOT_A_SETTING=1\n"
+                 "REDIS_PREFIX=${HOME}x\n")
     s = load({"WORKERS": "4"}, f)
     assert (s.port, s.host, s.workers) == (9100, "0.0.0.0", 4)
+    assert s.redis_prefix == "${HOME}x"  # taken as written, no expansion
     assert load({}, tmp_path / "missing").port == 8000  # no file: the defaults
 
 
