@@ -99,3 +99,15 @@ def test_replace_makes_a_validated_variant_and_leaves_the_original() -> None:
         base.replace(no_such=1)
     with pytest.raises(Exception):  # frozen: a Settings object is shared, never changed in place
         base.port = 1  # type: ignore[misc]
+
+
+def test_nothing_but_settings_reads_the_environment() -> None:
+    """Every module receives a Settings; only the process tooling hands os.environ to children."""
+    allowed = {"app/settings.py", "app/ops/launcher.py", "app/ops/procs.py"}
+    readers = sorted(
+        str(path.relative_to(ROOT)) for package in ("app", "blueprints", "tasks", "models")
+        for path in (ROOT / package).rglob("*.py")
+        if str(path.relative_to(ROOT)) not in allowed
+        and any(word in path.read_text("utf-8") for word in ("os.environ", "os.getenv", "environ.get("))
+    )
+    assert readers == []
