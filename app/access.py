@@ -16,7 +16,7 @@ from tortoise.transactions import in_transaction
 from app.store import member_sets
 from app.errors import NotMember, RoomNotFound
 from app.store.keys import Keys
-from app.rooms import parse_id
+from app.ids import parse_uuid
 from models.room import Membership
 
 
@@ -75,7 +75,7 @@ async def check_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> 
 async def authorize(redis: Redis, keys: Keys, room_id: str, user_id: str) -> str:
     """The canonical room id when the user is a member, by the Redis set (one round trip);
     PostgreSQL only when Redis does not know or says no (capped, see check_member)."""
-    rid = parse_id(room_id, RoomNotFound)
+    rid = parse_uuid(room_id, RoomNotFound)
     state = await member_sets.is_member(redis, keys, rid, user_id)
     if state is None:
         await rebuild_members(redis, keys, rid)
