@@ -48,7 +48,7 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import IO, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from app.ops.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -242,7 +242,7 @@ class Child(Proc):
         self._pump = threading.Thread(target=self._echo, args=(self.popen.stdout,), daemon=True)
         self._pump.start()
 
-    def _echo(self, stream) -> None:  # noqa: ANN001 - a binary pipe
+    def _echo(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             say(raw.decode("utf-8", "replace"), self.name)
 
