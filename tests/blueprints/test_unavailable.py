@@ -21,7 +21,7 @@ import redis as redis_sync
 
 from tests.env import RUN_ID, TEST_ENV
 from tests.factories import TestUser, make_room, make_user
-from tests.support import Proc, ServerProc, free_port
+from tests.support import OwnServers, Proc, ServerProc, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +114,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(own_server: OwnServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from urllib.parse import urlsplit
 
     db = urlsplit(TEST_ENV["DATABASE_URL"])
@@ -143,14 +143,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                "DATABASE_URL": db._replace(netloc=netloc).geturl(),
                "REDIS_SOCKET_TIMEOUT_S": str(SOCKET_TIMEOUT_S), "REDIS_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S),
                "MEDIA_ROOT": str(tmp_path_factory.mktemp("media"))}
-        server = ServerProc(env, name=f"unavail-server-{RUN_ID}").wait_ready()
+        server = own_server(env, name="unavail-server")
         s = Stack(server, redis_proc, redis_port, relay)
         yield s
         s.api.close()
         s.redis.close()
     finally:
         if server is not None:
-            server.stop()
+            server.stop()  # before its Redis and database go
         redis_proc.kill(signal.SIGCONT)
         redis_proc.stop()
         relay.stop()
