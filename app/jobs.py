@@ -9,6 +9,7 @@ agree on namespace, heartbeat and maintenance.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from functools import partial
 from typing import Any
@@ -18,6 +19,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from app.store.keys import Keys
 from app.settings import Settings
+
+log = logging.getLogger("chat.jobs")
 
 DEFAULT_QUEUE = "default"
 # Every actor of the project consumes DEFAULT_QUEUE unless listed here (the queue a job is
@@ -84,6 +87,7 @@ class Producer:
         self.settings = settings
         self._broker: RedisBroker | None = None
         self._lock = threading.Lock()  # enqueues run in executor threads
+        self._soon: set[asyncio.Task[None]] = set()  # enqueue_soon's tasks, referenced until done
 
     def broker(self) -> RedisBroker:
         with self._lock:
@@ -99,6 +103,25 @@ class Producer:
         """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, partial(self.enqueue_sync, actor_name, *args))
+
+    def enqueue_soon(self, actor_name: str, *args: Any) -> None:
+        """Enqueue in the background, never awaited by the caller (the accept path's backlog
+        trigger); a failure is only logged, since a periodic job does the same work later."""
+        async def run() -> None:
+            try:
+                await self.enqueue(actor_name, *args)
+            except Exception:  # noqa: BLE001 - see above
+                log.warning("could not enqueue %s%r", actor_name, args, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._soon.add(task)
+        task.add_done_callback(self._soon.discard)
+
+    async def aclose(self) -> None:
+        """Let background enqueues finish (a send's trigger is not dropped at shutdown), then close."""
+        if self._soon:
+            await asyncio.gather(*self._soon, return_exceptions=True)
+        self.close()
 
     def close(self) -> None:
         with self._lock:

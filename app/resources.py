@@ -61,7 +61,7 @@ class Resources:
     async def close(self) -> None:
         """Release what `build` made (the Redis client itself is closed by its opener)."""
         await self.batcher.close()
-        self.jobs.close()
+        await self.jobs.aclose()
 
 
 def setup_resources(app: Sanic) -> None:

@@ -117,9 +117,6 @@ async def _after_gap(registry: Registry) -> None:
         log.warning("could not re-read rooms after a fan-out gap", exc_info=True)
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
 async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None) -> None:
     """Receive events and dispatch them; reconnect with backoff when Redis goes away.
 
@@ -131,6 +128,7 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
     channel = keys.events_channel()
     pool = redis.connection_pool
     lost = False  # a subscription existed and dropped: the next one starts after a gap
+    repairs: set[asyncio.Task[None]] = set()  # the re-reads after a gap, referenced until done
     while True:
         conn = None
         try:
@@ -145,8 +143,8 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
                 log.warning("fan-out subscription restored; %d connection(s) told to resync", len(registry.conns))
                 registry.fanout_gap()
                 task = asyncio.create_task(_after_gap(registry))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+                repairs.add(task)
+                task.add_done_callback(repairs.discard)
             lost = True
             backoff = BACKOFF_MIN_S
             if ready is not None:

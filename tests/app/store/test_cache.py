@@ -28,8 +28,8 @@ async def batcher(redis: Redis) -> AsyncIterator[cache.Batcher]:
     await b.close()
 
 
-async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str = "u1", client_id: str | None = None,
-                 rate_limit: int = 0, threshold: int = 1000) -> cache.AcceptResult:
+async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str = "u1",
+                 client_id: str | None = None, rate_limit: int = 0, threshold: int = 1000) -> cache.AcceptResult:
     policy = cache.AcceptPolicy(rate_limit=rate_limit, rate_window_ms=60_000, idempotency_ttl_s=60,
                                 backlog_threshold=threshold, flush_queued_ttl_s=30)
     return await cache.accept(
@@ -38,7 +38,8 @@ async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str =
         rate_limited=True)
 
 
-async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
+async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(redis: Redis, batcher: cache.Batcher,
+                                                                                keys: Keys) -> None:
     rid = room()
     assert (await accept(batcher, keys, rid)).code == cache.MEMBERS_MISSING
     await member_sets.load(redis, keys, rid, ["u1"])
@@ -51,7 +52,8 @@ async def test_accept_checks_members_then_counter_and_writes_nothing_on_refusal(
     assert await redis.xrange(keys.room_log(rid)) == [("1-0", {"m": res.message})]
 
 
-async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
+async def test_accept_publishes_the_event_and_dedups_client_ids(redis: Redis, batcher: cache.Batcher,
+                                                                keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -87,7 +89,8 @@ async def test_rate_limit_and_backlog_trigger(redis: Redis, batcher: cache.Batch
     assert (await accept(batcher, keys, rid, rate_limit=2, threshold=2)).backlog == 1
 
 
-async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
+async def test_seed_takes_the_stream_last_generated_id_even_after_trimming(redis: Redis, batcher: cache.Batcher,
+                                                                           keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     for _ in range(4):
@@ -124,7 +127,8 @@ async def test_batched_calls_load_a_missing_script_and_share_round_trips(redis: 
     assert results == [i * 2 for i in range(50)]
 
 
-async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
+async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redis: Redis, batcher: cache.Batcher,
+                                                                            keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     assert (await accept(batcher, keys, rid)).code == cache.OK
@@ -142,7 +146,8 @@ async def test_a_lost_connection_fails_the_send_and_the_next_one_reconnects(redi
     assert seqs == list(range(1, len(seqs) + 1))  # a failed send left no gap
 
 
-async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redis: Redis, batcher: cache.Batcher, keys: Keys,
+async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redis: Redis, batcher: cache.Batcher,
+                                                                            keys: Keys,
                                                                             monkeypatch) -> None:
     from redis.exceptions import OutOfMemoryError
 
@@ -168,7 +173,8 @@ async def test_one_error_reply_in_a_pipelined_batch_fails_only_its_own_send(redi
     assert await redis.get(key) == "8"
 
 
-async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redis, batcher: cache.Batcher, keys: Keys, monkeypatch) -> None:
+async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redis, batcher: cache.Batcher,
+                                                                     keys: Keys, monkeypatch) -> None:
     key = f"{keys.prefix}:test:batch:{uuid.uuid4().hex}"
     incr = Script.of("test", "return redis.call('INCR', KEYS[1])")
     batcher = batcher
@@ -191,7 +197,8 @@ async def test_a_reply_lost_mid_batch_keeps_the_answers_already_read(redis: Redi
     assert await batcher.call(incr, [key], []) == 8  # reconnected; the 4 unanswered ones did run
 
 
-async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, batcher: cache.Batcher, keys: Keys) -> None:
+async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(redis: Redis, batcher: cache.Batcher,
+                                                                                keys: Keys) -> None:
     rid = room()
     await member_sets.room_created(redis, keys, rid, ["u1"])
     first = await accept(batcher, keys, rid, client_id="a")
