@@ -14,6 +14,8 @@ from sanic import Sanic, Request
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
+from app.body_limits import allow_drain
+
 log = logging.getLogger("chat.errors")
 
 
@@ -261,6 +263,5 @@ def register_error_handlers(app: Sanic) -> None:
             allow = allowed_methods(request)
             if allow:
                 err.headers = {**err.headers, "Allow": allow}
-        from app.door import allow_drain
         allow_drain(request)  # refused with body unread: read it away so the client sees this answer
         return error_response(err)

@@ -10,7 +10,7 @@ from sanic.response import HTTPResponse, ResponseStream, empty, file_stream, jso
 from app import files, rooms
 from app.upload import images, names
 from app.store import ratelimit
-from app.door import upload_body_cap
+from app.body_limits import upload_body_cap
 from app.errors import PayloadTooLarge, RateLimited
 from app.schemas import FileMetaOut, UploadForm, file_meta_out
 from blueprints.deps import BINARY, authenticated, doc

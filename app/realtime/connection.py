@@ -18,16 +18,13 @@ import logging
 import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from app.glue import RawSocket, bind
 from app.realtime.events import message_of_frame
 from app.serialize import dumps
-
-if TYPE_CHECKING:
-    from app.realtime.registry import Registry
 
 log = logging.getLogger("chat.ws")
 
@@ -57,6 +54,13 @@ class Frame:
         self.data = header + payload
 
 
+class Generations(Protocol):
+    """What a connection reads of its registry (app/realtime/registry.py, which imports this
+    module): the fan-out generation, bumped each time the process's subscription is re-made."""
+
+    gen: int
+
+
 class _Close:
     __slots__ = ("code", "reason")
 
@@ -76,7 +80,7 @@ class Connection:
                  "_handler", "_sock", "_idle", "_pending_acks", "_early", "_sent_direct", "ping_out")
 
     def __init__(self, ws: Any, user_id: str, max_queue: int = 1000, family: str = "",
-                 registry: Registry | None = None, sock: RawSocket | None = None) -> None:
+                 registry: Generations | None = None, sock: RawSocket | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
         self.family = family  # the login (refresh family) whose access token opened this socket
