@@ -1,8 +1,8 @@
 """Every Lua script of the project: read from app/store/lua/ once, called one way.
 
 Each `<name>.lua` opens with named locals for its KEYS and ARGV; `lib.lua` holds the
-functions several scripts share (stream_top_seq, rate_hit) and is prepended to each, since
-Redis scripts cannot include one another. `SCRIPTS` is read at import (immutable: the
+functions several scripts share (stream_top_seq, rate_hit); each script gets the ones it
+calls prepended, since Redis scripts cannot include one another. `SCRIPTS` is read at import (immutable: the
 sources and their SHA1s); `register` loads them all into a Redis at start-up (server and
 worker), and a call runs EVALSHA, loading the script again on NOSCRIPT (Redis restarted,
 SCRIPT FLUSH). The accept pipeline (app/store/cache.py) packs the same EVALSHAs by hand.
@@ -11,6 +11,7 @@ SCRIPT FLUSH). The accept pipeline (app/store/cache.py) packs the same EVALSHAs 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -53,12 +54,23 @@ class Script:
         await redis.script_load(self.source)
 
 
+def _lib_functions(lib: str) -> dict[str, str]:
+    """lib.lua's functions by name, each with the comment block above it."""
+    starts = [m for m in re.finditer(r"(?m)^(?:--.*\n)*local function (\w+)\(", lib)]
+    ends = [m.start() for m in starts[1:]] + [len(lib)]
+    return {m.group(1): lib[m.start():end].rstrip() + "\n" for m, end in zip(starts, ends)}
+
+
 def _read_all(folder: Path = LUA_DIR) -> Mapping[str, Script]:
-    lib = (folder / f"{LIB}.lua").read_text()
+    # Only the functions a script calls are prepended: Lua builds a closure for each `local
+    # function` on every run, and the accept script runs once per message.
+    lib = _lib_functions((folder / f"{LIB}.lua").read_text())
     out = {}
     for path in sorted(folder.glob("*.lua")):
         if path.stem != LIB:
-            out[path.stem] = Script.of(path.stem, lib + "\n" + path.read_text())
+            body = path.read_text()
+            used = "".join(text for name, text in lib.items() if re.search(rf"\b{name}\(", body))
+            out[path.stem] = Script.of(path.stem, used + body)
     return MappingProxyType(out)
 
 

@@ -1,5 +1,5 @@
--- Shared functions, prepended by app/store/scripts.py to every script of this folder
--- (Redis scripts cannot require one another). Each is a pure function of its arguments.
+-- Shared functions: app/store/scripts.py prepends each (with the comment right above it)
+-- to the scripts of this folder that call it (Redis scripts cannot require one another).
 
 -- The seq of a stream's last generated id (kept by Redis even after trimming), 0 for no
 -- stream: scripts that must stay above every seq a stream ever held start from it.
