@@ -1,6 +1,6 @@
 """Files and images: upload bookkeeping, processing, downloads, expiry.
 
-`file_object` is the API's `file` object of a message, used by every reader of messages.
+The API's file objects are rendered by app/schemas.py (file_out, file_meta_out).
 Bytes live under MEDIA_ROOT (see app/upload/names.py for the layout); rows in models/file.py.
 Life of a file: processing (bytes in incoming/) -> ready (re-encoded copy in a per-day
 folder, a message in the room) | rejected (bytes deleted) -> expired (bytes deleted).
@@ -20,12 +20,16 @@ from typing import Any, AsyncIterator
 from redis.asyncio import Redis
 
 from app.realtime import events
-from app import jobs, rooms
+from app import jobs, messages
+from app.rooms import role_in
 from app.upload import Rejected, images, multipart, names, sniff
 from app.errors import (ChatError, FileExpired, FileNotFound, FileNotReady, PayloadTooLarge,
                         ServiceUnavailable, ValidationFailed)
+from app.resources import Resources
 from app.store.keys import Keys
-from app.serialize import iso, utcnow
+from app.serialize import utcnow
+from app.ids import canonical_uuid, parse_uuid
+from app.schemas import file_meta_out, file_out
 from app.settings import Settings
 from models.file import File
 
@@ -36,44 +40,15 @@ STALE_PROCESSING = timedelta(days=1)  # a job this old was lost: give up on it i
 ORPHAN_GRACE = timedelta(days=2)  # stray bytes older than this (beyond any TTL) are removed
 
 
-def file_object(f: File) -> dict[str, Any]:
-    """The `file` object of API.md: {id, name, mime, size, url, thumbnail_url, expires_at, expired}."""
-    fid = str(f.id)
-    is_image = bool(f.mime and f.mime.startswith("image/"))
-    return {
-        "id": fid,
-        "name": f.name,
-        "mime": f.mime,
-        "size": f.size,
-        "url": f"/files/{fid}",
-        "thumbnail_url": f"/files/{fid}/thumbnail" if is_image and f.thumbnail_path else None,
-        "expires_at": iso(f.expires_at),
-        "expired": f.expired,
-    }
-
-
-def meta_object(f: File, *, viewer_id: str | None) -> dict[str, Any]:
-    """`GET /files/{id}/meta` and `file_status`: the file object plus its processing state.
-
-    The rejection `reason` is the uploader's business (it can echo what they sent): other
-    members see null.
-    """
-    own = viewer_id is not None and f.uploader_id is not None and str(f.uploader_id) == str(viewer_id)
-    return {**file_object(f), "room_id": str(f.room_id), "status": f.status, "reason": f.reason if own else None,
-            "client_id": f.client_id, "seq": f.message_seq, "created_at": iso(f.created_at)}
-
-
 # -- upload ------------------------------------------------------------------------
 
-async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_type: str,
+async def upload(*, settings: Settings, producer: jobs.Producer, room_id: str, uploader_id: str, content_type: str,
                  content_length: int | None, chunks: AsyncIterator[bytes]) -> tuple[dict[str, Any], bool]:
     """Receive a member's upload, record it and queue its processing; (meta, created).
 
     The caller has checked membership before reading a byte. A retried `client_id`
     returns the first upload's file (created=False) and keeps no second copy.
     """
-    from app.messages import validate_send
-
     if content_length is not None and content_length > settings.max_upload_bytes + multipart.MAX_FIELDS_BYTES:
         raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.",
                               details={"max_bytes": settings.max_upload_bytes})
@@ -84,7 +59,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
     try:
         body = got.fields.get("body", "")
         client_id = got.fields.get("client_id") or None
-        validate_send(settings, kind="file", body=body, client_id=client_id)
+        messages.validate_send(settings, kind="file", body=body, client_id=client_id)
         # PostgreSQL refuses NUL in text: a 422 here, not a 500 at the insert.
         bad = {k: "must not contain NUL characters" for k, v in (("body", body), ("client_id", client_id))
                if v and "\x00" in v}
@@ -94,7 +69,7 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
             first = await File.filter(room_id=room_id, uploader_id=uploader_id, client_id=client_id).first()
             if first is not None:
                 incoming.unlink(missing_ok=True)
-                return meta_object(first, viewer_id=uploader_id), False
+                return file_meta_out(first, viewer_id=uploader_id), False
         f = await File.create(
             id=file_id, room_id=room_id, uploader_id=uploader_id, name=names.display_name(got.filename),
             mime=got.prefix_mime if got.prefix_mime in settings.allowed_mime else None,
@@ -104,13 +79,13 @@ async def upload(*, settings: Settings, room_id: str, uploader_id: str, content_
         incoming.unlink(missing_ok=True)
         raise
     try:
-        await jobs.enqueue(settings, PROCESS_ACTOR, file_id)
+        await producer.enqueue(PROCESS_ACTOR, file_id)
     except Exception as exc:  # noqa: BLE001 - without the job the upload would wait forever
         log.error("could not queue processing of file %s: %s", file_id, exc)
         incoming.unlink(missing_ok=True)
         await f.delete()
         raise ServiceUnavailable("The file processing queue is unavailable.") from None
-    return meta_object(f, viewer_id=uploader_id), True
+    return file_meta_out(f, viewer_id=uploader_id), True
 
 
 def _printable(value: str | None) -> str | None:
@@ -124,9 +99,9 @@ def _printable(value: str | None) -> str | None:
 
 async def for_member(*, file_id: str, user_id: str) -> File:
     """The file when the user is a member of its room; 404 file_not_found otherwise (no leak)."""
-    fid = rooms.parse_id(file_id, FileNotFound)
+    fid = parse_uuid(file_id, FileNotFound)
     f = await File.get_or_none(id=fid)
-    if f is None or await rooms.role_in(str(f.room_id), user_id) is None:
+    if f is None or await role_in(str(f.room_id), user_id) is None:
         raise FileNotFound()
     return f
 
@@ -152,16 +127,16 @@ def servable(f: File, settings: Settings, *, thumbnail: bool = False) -> tuple[P
 
 # -- processing (the process_upload actor) -------------------------------------------
 
-async def process(*, redis: Redis, keys: Keys, settings: Settings, file_id: str) -> str:
+async def process(res: Resources, *, file_id: str) -> str:
     """Sniff, check and convert one upload, then post its message; idempotent. Returns the outcome.
 
     Bad input never raises: it becomes a rejection the uploader is told about. Only
     infrastructure failures (Redis, PostgreSQL) raise, so the job is retried; the
     row stays `processing` until then and a retry redoes the work from incoming/.
     """
-    try:
-        fid = str(uuid.UUID(str(file_id)))
-    except ValueError:
+    redis, keys, settings = res.redis, res.keys, res.settings
+    fid = canonical_uuid(file_id)
+    if fid is None:
         return "missing"
     f = await File.get_or_none(id=fid)
     if f is None or f.status != "processing":
@@ -179,14 +154,12 @@ async def process(*, redis: Redis, keys: Keys, settings: Settings, file_id: str)
     await f.save(update_fields=["mime", "size", "name", "storage_path", "thumbnail_path", "expires_at"])
     if f.uploader_id is None:
         return await _reject(redis, keys, settings, f, "The uploader no longer exists.")
-    from app.messages import accept_message
-
     try:
         # Without a client_id of the uploader's, the file's own id keeps a retried job
         # from posting the message twice.
-        message, created = await accept_message(
-            redis=redis, keys=keys, settings=settings, room_id=str(f.room_id), sender_id=str(f.uploader_id),
-            body=f.body, kind=kind, file=file_object(f), client_id=f.client_id or f"file-{fid}",
+        message, created = await messages.accept_message(
+            res, room_id=str(f.room_id), sender_id=str(f.uploader_id),
+            body=f.body, kind=kind, file=file_out(f), client_id=f.client_id or f"file-{fid}",
             rate_limit=False)
     except ChatError as exc:
         if exc.status >= 500:
@@ -250,7 +223,7 @@ async def _notify(redis: Redis, keys: Keys, f: File) -> None:
         return
     try:
         await events.to_user(redis, keys, str(f.uploader_id), {"type": "file_status",
-                                                                   "file": meta_object(f, viewer_id=str(f.uploader_id))})
+                                                                   "file": file_meta_out(f, viewer_id=str(f.uploader_id))})
     except Exception:  # noqa: BLE001
         log.warning("file_status for file %s not published", f.id, exc_info=True)
 
@@ -297,7 +270,7 @@ async def _prune_orphans(settings: Settings, batch: int) -> None:
     """Bytes no row accounts for: uploads cut off by a crash, files of deleted rooms (rows cascade)."""
     old_incoming = await asyncio.to_thread(_old_incoming, settings, batch)
     if old_incoming:
-        ids = [n for n in old_incoming if _is_uuid(n)]
+        ids = [n for n in old_incoming if canonical_uuid(n) == n]
         alive = {str(i) for i in await File.filter(id__in=ids, status="processing").values_list("id", flat=True)}
         names.remove(settings.media_root, *(names.incoming_rel(n) for n in old_incoming if n not in alive))
     # A day folder older than the longest TTL holds nothing servable unless a row still says so.
@@ -305,13 +278,6 @@ async def _prune_orphans(settings: Settings, batch: int) -> None:
     for day in await asyncio.to_thread(_old_day_folders, settings, utcnow() - timedelta(days=days)):
         if not await File.filter(status="ready", storage_path__startswith=f"{day}/").exists():
             await asyncio.to_thread(shutil.rmtree, names.media_path(settings.media_root, day), True)
-
-
-def _is_uuid(name: str) -> bool:
-    try:
-        return str(uuid.UUID(name)) == name
-    except ValueError:
-        return False
 
 
 def _old_incoming(settings: Settings, batch: int) -> list[str]:

@@ -19,7 +19,6 @@ in PostgreSQL: no gap and no duplicate, even while a flush runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,23 +28,22 @@ from redis.asyncio import Redis
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app.store import cache, member_sets
-from app import rooms
+from app.store import cache, ratelimit
+from app import access, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
-from app.realtime.events import encode
-from app.files import file_object
-from app.ids import uuid7
+from app.realtime import events
+from app.resources import Resources
+from app.ids import parse_uuid, uuid7
 from app.store.keys import Keys
 from app.serialize import dumps, iso, now_iso, utcnow
+from app.schemas import CLIENT_ID_MAX, message_out
 from app.settings import Settings
 from models.file import File
 
 log = logging.getLogger("chat.messages")
 
 KINDS = ("text", "image", "file", "system")
-CLIENT_ID_MAX = 64
 _ATTEMPTS = 3  # a lost member set and a lost counter may each need one rebuild
-_background: set[asyncio.Task[Any]] = set()
 
 
 # -- validation ------------------------------------------------------------------
@@ -72,50 +70,49 @@ def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any) -
 
 # -- accept ------------------------------------------------------------------------
 
-async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, sender_id: str | None,
-                         body: str, kind: str = "text", file: dict[str, Any] | None = None,
-                         client_id: str | None = None, conn_id: str = "",
+async def accept_message(res: Resources, *, room_id: str, sender_id: str | None, body: str, kind: str = "text",
+                         file: dict[str, Any] | None = None, client_id: str | None = None, conn_id: str = "",
                          rate_limit: bool = True) -> tuple[dict[str, Any], bool]:
-    """Accept a message into the room; (message, created). created=False: a retried client_id."""
+    """Accept a message into the room; (message, created). created=False: a retried client_id.
+
+    `res` is the process's Resources (settings, Redis, the accept policy and pipeline);
+    the rest is this message. `conn_id`: the sending connection, which gets an ack instead."""
+    redis, keys, settings = res.redis, res.keys, res.settings
     validate_send(settings, kind=kind, body=body, client_id=client_id)
-    room_id = rooms.parse_id(room_id, RoomNotFound)
+    room_id = parse_uuid(room_id, RoomNotFound)
     if settings.write_mode == "direct":
-        return await _accept_direct(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                                    sender_id=sender_id, body=body, kind=kind, file=file,
+        return await _accept_direct(res, room_id=room_id, sender_id=sender_id, body=body, kind=kind, file=file,
                                     client_id=client_id, conn_id=conn_id, rate_limit=rate_limit)
     mid = uuid7()  # time-ordered: flushed batches append to the primary-key index
-    prefix = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
-    suffix = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
-                          "client_id": client_id, "created_at": now_iso()})[1:]
-    event_head = f'r:{room_id}|{conn_id}|{{"type":"message","message":'
+    before_seq = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
+    after_seq = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
+                             "client_id": client_id, "created_at": now_iso()})[1:]
+    event = events.message_payload_parts(room_id, conn_id)
     for _ in range(_ATTEMPTS):
-        res = await cache.accept(
-            redis, keys, room_id=room_id, sender_id=sender_id, client_id=client_id, prefix=prefix,
-            suffix=suffix, event_head=event_head,
-            rate_limit=settings.rate_messages if rate_limit and sender_id else 0,
-            rate_window_s=settings.rate_messages_window_s, idempotency_ttl_s=settings.idempotency_ttl_s,
-            backlog_threshold=settings.flush_backlog_threshold, flush_queued_ttl_s=max(settings.flush_lease_s, 10))
-        if res.code == cache.OK:
-            if res.flush_queued:
-                _trigger_flush(settings, room_id)
-            return orjson.loads(res.message), True
-        if res.code == cache.DUPLICATE:
-            if res.message:
-                return orjson.loads(res.message), False
+        got = await cache.accept(res.batcher, keys, res.policy, room_id=room_id, sender_id=sender_id,
+                                 client_id=client_id, before_seq=before_seq, after_seq=after_seq, event=event,
+                                 rate_limited=rate_limit)
+        if got.code == cache.OK:
+            if got.flush_queued:
+                _trigger_flush(res, room_id)
+            return orjson.loads(got.message), True
+        if got.code == cache.DUPLICATE:
+            if got.message:
+                return orjson.loads(got.message), False
             # Trimmed from the stream: every trimmed entry is in PostgreSQL (or set aside in
             # dead_letters, then it was never stored and the send is accepted anew).
-            prev = await get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=res.seq)
+            prev = await get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=got.seq)
             if prev is not None:
                 return prev, False
-            await cache.forget_client_id(redis, keys, room_id, sender_id, client_id, res.seq)
+            await cache.forget_client_id(redis, keys, room_id, sender_id, client_id, got.seq)
             continue
-        if res.code == cache.RATE_LIMITED:
-            raise RateLimited(-(-res.retry_ms // 1000))
-        if res.code == cache.MEMBERS_MISSING:
+        if got.code == cache.RATE_LIMITED:
+            raise RateLimited(-(-got.retry_ms // 1000))
+        if got.code == cache.MEMBERS_MISSING:
             await _rebuild_members(redis, keys, room_id)
-        elif res.code == cache.NOT_MEMBER:
+        elif got.code == cache.NOT_MEMBER:
             await _recheck_member(redis, keys, room_id, sender_id or "")
-        elif res.code == cache.SEQ_MISSING:
+        elif got.code == cache.SEQ_MISSING:
             await cache.seed_seq(redis, keys, room_id, await _pg_max_seq(room_id))
     raise RoomNotFound()  # the room vanished while we were rebuilding its cache
 
@@ -123,16 +120,12 @@ async def accept_message(*, redis: Redis, keys: Keys, settings: Settings, room_i
 async def _rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
     """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send), from a
     snapshot taken under the room row's share lock, so a removal meanwhile is not undone."""
-    from app import access  # imported here: app.access builds on app.rooms, like this module
-
     await access.rebuild_members(redis, keys, room_id)
 
 
 async def _recheck_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
     """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set).
     The answer "not a member" is cached for a few seconds, so repeating costs no query."""
-    from app import access
-
     await access.check_member(redis, keys, room_id, user_id)
 
 
@@ -145,19 +138,10 @@ async def _pg_max_seq(room_id: str) -> int:
     return int(rows[0]["m"])
 
 
-def _trigger_flush(settings: Settings, room_id: str) -> None:
-    """Backlog over the threshold: ask the worker to flush this room now (never awaited by the send)."""
-    async def run() -> None:
-        try:
-            from app.jobs import enqueue_flush_room  # lazily: the broker is not needed to send
-
-            await enqueue_flush_room(settings, room_id)
-        except Exception:  # noqa: BLE001 - the periodic flush picks the room up anyway
-            log.warning("could not enqueue flush_room(%s)", room_id, exc_info=True)
-
-    task = asyncio.create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+def _trigger_flush(res: Resources, room_id: str) -> None:
+    """Backlog over the threshold: ask the worker to flush this room now (never awaited by the
+    send; if the enqueue fails, the periodic flush picks the room up anyway)."""
+    res.jobs.enqueue_soon("flush_room", room_id)
 
 
 # -- direct mode -------------------------------------------------------------------
@@ -171,12 +155,12 @@ class _NotMember(Exception):
     pass
 
 
-async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, sender_id: str | None,
-                         body: str, kind: str, file: dict[str, Any] | None, client_id: str | None,
-                         conn_id: str, rate_limit: bool) -> tuple[dict[str, Any], bool]:
+async def _accept_direct(res: Resources, *, room_id: str, sender_id: str | None, body: str, kind: str,
+                         file: dict[str, Any] | None, client_id: str | None, conn_id: str,
+                         rate_limit: bool) -> tuple[dict[str, Any], bool]:
     """Database-only accept: seq from rooms.last_seq under the row lock, INSERT, then publish."""
+    redis, keys, settings = res.redis, res.keys, res.settings
     if rate_limit and sender_id:
-        from app.store import ratelimit
         wait = await ratelimit.hit(redis, keys.rate("msg", sender_id), settings.rate_messages,
                                    settings.rate_messages_window_s)
         if wait:
@@ -209,8 +193,7 @@ async def _accept_direct(*, redis: Redis, keys: Keys, settings: Settings, room_i
                 [msg["id"], room_id, seq, sender_id, kind, body, file["id"] if file else None, client_id, now])
             # Published while the room row is still locked: the next send of this room waits for
             # our commit, so events leave in seq order (a publish after commit could overtake).
-            frame = '{"type":"message","message":' + dumps(msg) + "}"
-            await redis.publish(keys.events_channel(), encode(f"r:{room_id}", frame, conn_id))
+            await redis.publish(keys.events_channel(), events.message_payload(room_id, dumps(msg), conn_id))
     except _Duplicate as dup:
         return dup.message, False
     except _NotMember:
@@ -233,16 +216,7 @@ async def _render_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PostgreSQL rows -> the API's message objects (the same JSON the cache holds)."""
     file_ids = {r["file_id"] for r in rows if r["file_id"] is not None}
     files = {f.id: f for f in await File.filter(id__in=list(file_ids))} if file_ids else {}
-    out = []
-    for r in rows:
-        f = files.get(r["file_id"]) if r["file_id"] is not None else None
-        out.append({
-            "id": str(r["id"]), "room_id": str(r["room_id"]), "seq": int(r["seq"]),
-            "sender_id": str(r["sender_id"]) if r["sender_id"] is not None else None,
-            "kind": r["kind"], "body": r["body"], "file": file_object(f) if f is not None else None,
-            "client_id": r["client_id"], "created_at": iso(r["created_at"]),
-        })
-    return out
+    return [message_out(r, files.get(r["file_id"]) if r["file_id"] is not None else None) for r in rows]
 
 
 async def _pg_range(room_id: str, *, lo: int, hi: int, ascending: bool, count: int,
@@ -286,31 +260,11 @@ async def _overlay_files(items: list[dict[str, Any]]) -> None:
             m["file"] = {**m["file"], "expired": True}
 
 
-def parse_seq_arg(raw: str | None, name: str, minimum: int, maximum: int | None = None) -> int | None:
-    """A `before`/`after`/`after_seq` value: None when absent, else an int in [minimum, maximum] (422 otherwise).
-
-    Seqs are PostgreSQL bigints: the default maximum is 2^63-1, as a larger one fails the query.
-    """
-    from app.validation import BIGINT_MAX
-    maximum = BIGINT_MAX if maximum is None else maximum
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValidationFailed({name: "must be an integer"}) from None
-    if value < minimum:
-        raise ValidationFailed({name: f"must be at least {minimum}"})
-    if value > maximum:
-        raise ValidationFailed({name: f"must be at most {maximum}"})
-    return value
-
-
 async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, before: int | None,
                   after: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """(items ascending by seq, has_more). Newest `limit` by default; with `after` the oldest after it;
     with both, strictly between. has_more: more exist in the paging direction."""
-    room_id = rooms.parse_id(room_id, RoomNotFound)
+    room_id = parse_uuid(room_id, RoomNotFound)
     ascending = after is not None
     lo = (after or 0) + 1
     hi = before - 1 if before is not None else None

@@ -15,9 +15,11 @@ import pytest
 from redis.asyncio import Redis
 
 from app import files
+from app.schemas import file_out
 from app.upload import names
 from app.store.keys import Keys
 from app.serialize import utcnow
+from app.resources import Resources
 from app.settings import Settings
 from models.file import File
 from models.room import Room
@@ -64,7 +66,7 @@ async def test_sweep_expires_in_batches_and_deletes_bytes(media_settings: Settin
     for f in old:
         row = await File.get(id=f.id)
         assert row.status == "expired" and row.expired is True
-        assert files.file_object(row)["expired"] is True
+        assert file_out(row)["expired"] is True
         assert not (Path(media_settings.media_root) / f.storage_path).exists()
         assert not (Path(media_settings.media_root) / f.thumbnail_path).exists()
     assert (await File.get(id=fresh.id)).status == "ready"
@@ -122,7 +124,7 @@ async def test_process_rejects_bad_input_and_tells_the_uploader(media_settings: 
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.events_channel())
     try:
-        outcome = await files.process(redis=redis, keys=keys, settings=media_settings, file_id=fid)
+        outcome = await files.process(Resources.build(media_settings, redis, keys), file_id=fid)
         assert outcome == "rejected"
         frame = None
         for _ in range(50):
@@ -137,15 +139,15 @@ async def test_process_rejects_bad_input_and_tells_the_uploader(media_settings: 
     row = await File.get(id=fid)
     assert row.status == "rejected" and not incoming.exists()
     # Idempotent: a second delivery of the same job does nothing.
-    assert await files.process(redis=redis, keys=keys, settings=media_settings, file_id=fid) == "skipped"
-    assert await files.process(redis=redis, keys=keys, settings=media_settings, file_id="nope") == "missing"
-    assert await files.process(redis=redis, keys=keys, settings=media_settings, file_id=str(uuid.uuid4())) == "skipped"
+    assert await files.process(Resources.build(media_settings, redis, keys), file_id=fid) == "skipped"
+    assert await files.process(Resources.build(media_settings, redis, keys), file_id="nope") == "missing"
+    assert await files.process(Resources.build(media_settings, redis, keys), file_id=str(uuid.uuid4())) == "skipped"
 
 
 async def test_missing_upload_bytes_become_a_rejection(media_settings: Settings, owner_room: Any,
                                                        redis: Redis, keys: Keys) -> None:
     user, room = owner_room
     f = await File.create(room=room, uploader=user, name="a.txt", storage_path="incoming/x")
-    assert await files.process(redis=redis, keys=keys, settings=media_settings, file_id=str(f.id)) == "rejected"
+    assert await files.process(Resources.build(media_settings, redis, keys), file_id=str(f.id)) == "rejected"
     assert "missing" in (await File.get(id=f.id)).reason
     await asyncio.sleep(0)

@@ -14,7 +14,8 @@ from redis.asyncio.client import PubSub
 from app.realtime import events
 from app import messages, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
-from app.files import file_object
+from app.resources import Resources
+from app.schemas import file_out
 from app.store.keys import Keys
 from app.rooms import CreateRoom
 from app.serialize import dumps, loads
@@ -67,8 +68,11 @@ async def feed(redis: Redis, keys: Keys) -> AsyncIterator[PubSub]:
 
 async def send(redis: Redis, keys: Keys, settings: Settings, room_id: str, sender: str | None, body: str = "hi",
                **kw: Any) -> tuple[dict[str, Any], bool]:
-    return await messages.accept_message(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                                         sender_id=sender, body=body, **kw)
+    res = Resources.build(settings, redis, keys)  # one per send: its batcher's connection goes back after
+    try:
+        return await messages.accept_message(res, room_id=room_id, sender_id=sender, body=body, **kw)
+    finally:
+        await res.close()
 
 
 async def room_events(pubsub: PubSub, room_id: str, seconds: float = 0.3) -> list[dict[str, Any]]:
@@ -256,7 +260,7 @@ async def test_cached_file_messages_show_the_files_current_expiry(redis: Redis, 
     expires = datetime.now(timezone.utc) + timedelta(days=7)
     f = await File.create(room_id=room_id, uploader_id=owner, name="a.pdf", mime="application/pdf", size=10,
                           status="ready", expires_at=expires)
-    msg, _ = await send(redis, keys, settings, room_id, owner, "", kind="file", file=file_object(f),
+    msg, _ = await send(redis, keys, settings, room_id, owner, "", kind="file", file=file_out(f),
                         rate_limit=False)
     assert msg["file"]["expired"] is False and msg["kind"] == "file" and msg["body"] == ""
     f.expired = True
@@ -364,7 +368,7 @@ async def test_a_cached_message_whose_file_row_is_gone_shows_it_expired(
     room_id, owner = room
     f = await File.create(room_id=room_id, uploader_id=owner, name="a.pdf", mime="application/pdf", size=10,
                           status="ready", expires_at=datetime.now(timezone.utc) + timedelta(days=7))
-    await send(redis, keys, settings, room_id, owner, "", kind="file", file=file_object(f), rate_limit=False)
+    await send(redis, keys, settings, room_id, owner, "", kind="file", file=file_out(f), rate_limit=False)
     await File.filter(id=f.id).delete()  # purged with its retention period
 
     cached = await messages.get_message(redis=redis, keys=keys, settings=settings, room_id=room_id, seq=1)
