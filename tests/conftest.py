@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 
 from app.store.keys import Keys
 from app.settings import Settings
+from tests import markers
 from tests.env import (ADMIN_DB_URL, MEDIA_ROOT, REDIS_PREFIX, REDIS_URL, REPO_MEDIA, RUN_ID, TEST_DB_NAME,
                        TEST_DB_URL, TEST_ENV, Isolated, isolated_env)
 from tests.support import OwnServers, ServerProc, stop_all
@@ -82,36 +83,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # -- the e2e marker -------------------------------------------------------------------------
 
-# A test module that starts processes itself (real servers, workers, CLIs, redis-servers).
-_STARTS_PROCESSES = ("subprocess.", "Proc(", "ServerProc(", "start_worker(", "Launcher(", "start_server(",
-                     "own_server")
-_module_starts: dict[str, bool] = {}
-
-
-def _starts_processes(path: Path) -> bool:
-    key = str(path)
-    if key not in _module_starts:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            text = ""
-        _module_starts[key] = any(s in text for s in _STARTS_PROCESSES)
-    return _module_starts[key]
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that starts a process, or uses the session's server, is `e2e`.
+    """Every test that starts a process, or uses one, is `e2e` (the rule: tests/markers.py).
 
     So `-m 'not e2e'` is the fast inner loop: in-process tests only, no server boot.
     """
-    e2e = pytest.mark.e2e
+    fixtures = markers.process_fixtures()
+    sources: dict[Path, str] = {}
     for item in items:
         if item.get_closest_marker("e2e"):
             continue
         path = Path(str(item.fspath))
-        if ("e2e" in path.parts or "server" in getattr(item, "fixturenames", ())
-                or _starts_processes(path)):
-            item.add_marker(e2e)
+        if path not in sources:
+            sources[path] = path.read_text(errors="replace") if path.is_file() else ""
+        if markers.e2e_reason(path, getattr(item, "fixturenames", ()), sources[path], fixtures):
+            item.add_marker(pytest.mark.e2e)
 
 
 # -- timeouts ------------------------------------------------------------------------------

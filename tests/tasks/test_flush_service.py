@@ -173,7 +173,10 @@ async def test_a_flush_clears_the_backlog_trigger_flag(settings, keys, redis, po
     assert await redis.exists(keys.room_flush_queued(room)) == 0
 
 
-async def test_flush_all_pending_drains_every_pending_room(settings, keys, redis, pool):
+async def test_flush_all_pending_drains_every_pending_room(isolated, redis, pool):
+    # A prefix of its own: under the session's, flush_all_pending would also drain every room
+    # the earlier tests left pending (30 s of the inner loop instead of a fraction of one).
+    settings, keys = isolated.settings, isolated.keys
     rooms = []
     for n in (10, 700, 1):
         sender, room = await make_room()
