@@ -145,25 +145,14 @@ class RedisProc(Proc):
         return self
 
 
-class ChatServerProc(Proc):
-    """`python -m app.server` on a free loopback port, pinned beside Redis."""
+class ChatServerProc(procs.ServerProc):
+    """`python -m app.server` for the benchmark (app.ops.procs.ServerProc), pinned to `core`."""
 
     def __init__(self, env: dict[str, str], run_id: str, name: str = "server",
                  core: int | None = SERVER_CORE) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        super().__init__(name, [sys.executable, "-m", "app.server"],
-                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, core=core, run_id=run_id)
-
-    def is_ready(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        super().__init__(env, name, log_path=LOG_DIR / f"{run_id or 'bench'}-{name}.log", core=core)
 
     def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> "ChatServerProc":
         super().wait_ready(timeout, interval)
         return self
+

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-import httpx
 
 from app.ops import procs
 from app.ops.procs import free_port  # noqa: F401 - the one free_port, re-exported for tests
@@ -53,25 +52,11 @@ def stop_all(timeout: float = 5.0) -> list[str]:
     return _SESSION.stop_all(timeout)
 
 
-class ServerProc(Proc):
-    """`python -m app.server` on a free loopback port; ready once /readyz answers 200."""
+class ServerProc(procs.ServerProc):
+    """app.ops.procs.ServerProc with the session's log directory and registry."""
 
     def __init__(self, env: Mapping[str, str], name: str = "server", port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        super().__init__(name, [sys.executable, "-m", "app.server"],
-                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)})
-
-    def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def wait_ready(self, timeout: float = 30.0, interval: float = 0.1) -> "ServerProc":
-        super().wait_ready(timeout, interval)
-        return self
+        super().__init__(env, name, port, log_path=LOG_DIR / f"{name}.log", registry=_SESSION)
 
 
 class OwnServers:

@@ -45,13 +45,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import IO, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from app.ops.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.ops import procs
 from app.ops.procs import Proc, set_pdeathsig
 from app.settings import Settings
 
@@ -327,11 +327,7 @@ class Launcher:
         return f"http://{host}:{self.settings.port}"
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url(True)}/readyz", timeout=1.0) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return procs.serves(self.base_url(True))
 
     def supervise(self) -> int:
         """Wait for a signal (exit 0) or for a child to die (exit 1)."""

@@ -24,8 +24,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Callable, Mapping, Protocol
 
@@ -317,3 +319,30 @@ class Proc:
             self._log.close()
         if self._registry is not None:
             self._registry.discard(self)
+
+
+def serves(base_url: str, timeout: float = 1.0) -> bool:
+    """Whether a chat server at `base_url` answers /readyz with 200: the one readiness probe."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:  # refused, timed out, or an HTTP error status (URLError is an OSError)
+        return False
+
+
+class ServerProc(Proc):
+    """`python -m app.server` on loopback (`port`, or a free one); ready once /readyz answers 200.
+
+    The tests and the bench subclass it only for their log directory, registry and pinning.
+    """
+
+    def __init__(self, env: Mapping[str, str], name: str = "server", port: int | None = None,
+                 **options: object) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        super().__init__(name, [sys.executable, "-m", "app.server"],
+                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, **options)  # type: ignore[arg-type]
+
+    def is_ready(self) -> bool:
+        return serves(self.base_url)
