@@ -239,6 +239,16 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+async def feed(redis: Redis, keys: Keys) -> AsyncIterator[Any]:
+    """A subscription to the events channel: what every server process's fan-out receives."""
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.events_channel())
+    await pubsub.get_message(timeout=5)
+    yield pubsub
+    await pubsub.aclose()
+
+
+@pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[None]:
     """Tortoise initialised on the session database, in the test's event loop."""
     from app.db import close_db, init_db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -55,15 +55,6 @@ async def room(redis: Redis, keys: Keys, db: None) -> tuple[str, str]:
     """(room_id, owner_id) of a fresh public room."""
     owner = await new_user()
     return await new_room(redis, keys, owner), owner
-
-
-@pytest.fixture
-async def feed(redis: Redis, keys: Keys) -> AsyncIterator[PubSub]:
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(keys.events_channel())
-    await pubsub.get_message(timeout=5)
-    yield pubsub
-    await pubsub.aclose()
 
 
 async def send(redis: Redis, keys: Keys, settings: Settings, room_id: str, sender: str | None, body: str = "hi",

@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -76,15 +76,6 @@ def forged(room_id: str, seq: int, sender: str, **fields: Any) -> str:
 async def pg_rows(pg: Any, room_id: str) -> list[tuple[int, str, str]]:
     rows = await pg.fetch("SELECT seq, id, body FROM messages WHERE room_id = $1 ORDER BY seq", uuid.UUID(room_id))
     return [(r["seq"], str(r["id"]), r["body"]) for r in rows]
-
-
-@pytest.fixture
-async def feed(redis: Redis, keys: Keys) -> AsyncIterator[PubSub]:
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(keys.events_channel())
-    await pubsub.get_message(timeout=5)
-    yield pubsub
-    await pubsub.aclose()
 
 
 async def drain_events(pubsub: PubSub, room_id: str, until_type: str, timeout: float = 5.0) -> list[dict[str, Any]]:
