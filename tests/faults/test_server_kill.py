@@ -8,16 +8,14 @@ and Redis both."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.faults._kit import Clock, Load, report, users_and_rooms
 from tests.faults._procs import start_server
+from tests.wsclient import WS
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -47,25 +45,24 @@ class Client:
             n += 1
         return n
 
-    async def _sync(self, ws: Any, room: str) -> None:
+    async def _sync(self, ws: WS, room: str) -> None:
         self.syncs += 1
-        await ws.send(json.dumps({"type": "sync", "room_id": room, "after_seq": self.contiguous(room),
-                                  "limit": 100}))
+        await ws.send({"type": "sync", "room_id": room, "after_seq": self.contiguous(room), "limit": 100})
 
     async def run(self) -> None:
         while not self.stop.is_set():
             try:
-                async with websockets.connect(self.url, open_timeout=5, max_size=None) as ws:
+                ws = await WS.open(self.url)
+                try:
                     self.connects += 1
-                    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                    assert hello["type"] == "hello", hello
+                    hello = ws.hello
                     self.connected.set()
                     for r in hello["rooms"]:
                         if r["last_seq"] > self.contiguous(r["room_id"]):
                             await self._sync(ws, r["room_id"])
                     while not self.stop.is_set():
                         try:
-                            frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                            frame = await ws.recv(0.5)
                         except asyncio.TimeoutError:
                             continue
                         kind = frame.get("type")
@@ -83,6 +80,8 @@ class Client:
                         elif kind == "resync":
                             for room in ([frame["room_id"]] if frame.get("room_id") else list(self.seen)):
                                 await self._sync(ws, room)
+                finally:
+                    await ws.close()
             except (ConnectionClosed, InvalidStatus, OSError, asyncio.TimeoutError):
                 self.connected.clear()
                 self.closed_by_server += 1
