@@ -109,24 +109,16 @@ async def accept_message(res: Resources, *, room_id: str, sender_id: str | None,
         if got.code == cache.RATE_LIMITED:
             raise RateLimited(-(-got.retry_ms // 1000))
         if got.code == cache.MEMBERS_MISSING:
-            await _rebuild_members(redis, keys, room_id)
+            # Redis lost the member set: reloaded from PostgreSQL (the only PG touch of a send)
+            # under the room row's share lock, so a removal meanwhile is not undone.
+            await access.rebuild_members(redis, keys, room_id)
         elif got.code == cache.NOT_MEMBER:
-            await _recheck_member(redis, keys, room_id, sender_id or "")
+            # PostgreSQL decides between 404 and 403 (or heals a stale set); "not a member" is
+            # cached for a few seconds, so repeating costs no query.
+            await access.check_member(redis, keys, room_id, sender_id or "")
         elif got.code == cache.SEQ_MISSING:
             await cache.seed_seq(redis, keys, room_id, await _pg_max_seq(room_id))
     raise RoomNotFound()  # the room vanished while we were rebuilding its cache
-
-
-async def _rebuild_members(redis: Redis, keys: Keys, room_id: str) -> None:
-    """Redis lost the member set: reload it from PostgreSQL (the only PG touch of a send), from a
-    snapshot taken under the room row's share lock, so a removal meanwhile is not undone."""
-    await access.rebuild_members(redis, keys, room_id)
-
-
-async def _recheck_member(redis: Redis, keys: Keys, room_id: str, user_id: str) -> None:
-    """Redis says not a member: PostgreSQL decides between 404 and 403 (or heals a stale set).
-    The answer "not a member" is cached for a few seconds, so repeating costs no query."""
-    await access.check_member(redis, keys, room_id, user_id)
 
 
 async def _pg_max_seq(room_id: str) -> int:
