@@ -229,7 +229,7 @@ class Session:
             return  # a client repeating typing on each keystroke: one event per interval is enough
         self.typing_at[room_id] = now
         out = {"type": "typing", "room_id": room_id, "user_id": self.user_id}
-        await self.redis.publish(self.keys.events_channel(), events.encode(f"r:{room_id}", out, f"~{self.user_id}"))
+        await events.to_room(self.redis, self.keys, room_id, out, exclude_conn=f"~{self.user_id}")
 
     async def on_create_room(self, frame: dict[str, Any]) -> None:
         data = parse(CreateRoom, frame)
