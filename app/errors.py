@@ -125,6 +125,14 @@ class FileNotReady(Conflict):
     code, message = "file_not_ready", "The file is still being processed."
 
 
+class MessageDeleted(Conflict):
+    code, message = "message_deleted", "This message was deleted."
+
+
+class ReactionLimit(Conflict):
+    code, message = "reaction_limit", "This message has as many different reactions as it may."
+
+
 class Gone(ChatError):
     status, code, message = 410, "gone", "Gone."
 

@@ -249,6 +249,25 @@ class UploadForm(BaseModel):
 # A message. The accept path (app/messages.py) renders it from the same keys, in this order,
 # as JSON text; `message_out` renders a PostgreSQL row. (Comments, not docstrings, on the
 # response models that had none: a docstring is the schema's description in /docs.)
+class ReplyQuote(BaseModel):
+    """The original a reply answers, as it is now (deleted: excerpt is "")."""
+
+    seq: int
+    sender_id: str | None
+    excerpt: str
+    deleted: bool
+
+
+class ReactionOut(BaseModel):
+    """One emoji on a message: who reacted (first-reacted order) and whether the viewer did
+    (`me` is absent in live events, which every member shares: compare user_ids)."""
+
+    emoji: str
+    count: int
+    user_ids: list[str]
+    me: bool = False
+
+
 class MessageOut(BaseModel):
 
     id: str
@@ -260,6 +279,37 @@ class MessageOut(BaseModel):
     file: FileOut | None
     client_id: str | None
     created_at: str
+    edited_at: str | None = None
+    deleted: bool = False
+    version: int = Field(0, description="the room's change counter at this message's last change (0: never changed)")
+    reply_to: ReplyQuote | None = None
+    mentions: list[str] = Field(default_factory=list, description="lowercased usernames @mentioned in the body")
+    reactions: list[ReactionOut] = Field(default_factory=list)
+
+
+def message_view(msg: dict[str, Any], viewer_id: str | None = None) -> dict[str, Any]:
+    """A message as stored (Redis JSON, a live event, a rendered row) as the API shows it.
+
+    Fills the lifecycle fields that stored JSON may lack (entries written before them;
+    Lua's cjson cannot encode an empty array, so scripts drop empty `reactions` and
+    `mentions`), and marks the viewer's own reactions (`me`). Mutates and returns `msg`."""
+    if "version" not in msg:
+        msg["version"] = 0
+    if "deleted" not in msg:
+        msg["deleted"] = False
+    if "edited_at" not in msg:
+        msg["edited_at"] = None
+    if "reply_to" not in msg:
+        msg["reply_to"] = None
+    if not isinstance(msg.get("mentions"), list):
+        msg["mentions"] = []
+    reactions = msg.get("reactions")
+    if not isinstance(reactions, list):
+        msg["reactions"] = []
+    elif viewer_id is not None:
+        for r in reactions:
+            r["me"] = viewer_id in r.get("user_ids", ())
+    return msg
 
 
 def message_out(row: dict[str, Any], f: File | None) -> dict[str, Any]:

@@ -116,12 +116,20 @@ class Settings(BaseSettings):
     rate_rooms_window_s: Positive = 60
     rate_joins: Positive = 30  # joins and member adds
     rate_joins_window_s: Positive = 60
+    rate_changes: Positive = 60  # edits, deletes and reactions
+    rate_changes_window_s: Positive = 10
 
     ws_allowed_origins: CSV = ("http://localhost:8000", "http://127.0.0.1:8000")
     ws_max_frame_bytes: Positive = 64 * 1024
     ws_heartbeat_s: Positive = 20
     ws_outbox_frames: Positive = 1000  # frames queued for one slow client before it is closed (1013)
     message_max_chars: Positive = 4000
+    # Message lifecycle (app/lifecycle.py, app/reads.py, app/search.py).
+    reactions_max_emoji: Positive = 20  # distinct emoji on one message
+    mentions_max: Positive = 20  # @mentions of one message that are tracked (counted, highlighted)
+    reply_excerpt_chars: Positive = 120  # the quote of the original a reply shows
+    search_max_query_chars: Positive = 200
+    search_candidates: Positive = 500  # PostgreSQL ranks at most this many newest matches per search
     idempotency_ttl_s: Positive = 24 * 3600
     # A room whose cache is fully flushed and that stays idle this long loses its Redis
     # keys (log tail, counters, member set); they are rebuilt from PostgreSQL on next use.

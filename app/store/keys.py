@@ -20,6 +20,15 @@ Cache layout of a room (the write-behind message cache):
                       from the stream, or from PostgreSQL once trimmed)
   flush_queued string  set while a flush_room job is queued (backlog trigger dedup)
   flush_lease  string  held by the worker flushing the room
+Message lifecycle (edits, deletes, reactions) and read state (docs/api.md, app/lifecycle.py,
+app/reads.py):
+  version    string   the room's change counter (INCR per change; gap-free); missing = lost,
+                      re-seeded from PostgreSQL (rooms.last_version, messages.version)
+  state      hash     seq -> latest message JSON of a changed message (the overlay readers apply)
+  changed    zset     seq -> version of its latest change not yet in PostgreSQL (the flush's to-do)
+  reads      hash     user id -> last_read_seq (only moves forward)
+  rdirty     set      user ids whose `reads` value PostgreSQL does not hold yet
+  mnt:<username>  zset  seqs of messages @mentioning that user after their marker (score = seq)
 A drained room's log, seq, flushed and members get a TTL (ROOM_CACHE_IDLE_TTL_S), removed
 by the next accepted message; anything lost that way is rebuilt from PostgreSQL.
 """
@@ -69,6 +78,28 @@ class Keys:
 
     def room_flush_lease(self, room_id: str) -> str:
         return f"{self._room(room_id)}:flush_lease"
+
+    def room_version(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:version"
+
+    def room_state(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:state"
+
+    def room_changed(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:changed"
+
+    def room_reads(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:reads"
+
+    def room_reads_dirty(self, room_id: str) -> str:
+        return f"{self._room(room_id)}:rdirty"
+
+    def room_mentions_prefix(self, room_id: str) -> str:
+        """Scripts that find old mentions in a stored message build their keys from this."""
+        return f"{self._room(room_id)}:mnt:"
+
+    def room_mentions(self, room_id: str, username: str) -> str:
+        return f"{self.room_mentions_prefix(room_id)}{username.lower()}"
 
     # -- global ------------------------------------------------------------
     def pending_rooms(self) -> str:
