@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tortoise import fields
+from tortoise.contrib.postgres.fields import ArrayField
 from tortoise.models import Model
 
 
@@ -17,6 +18,14 @@ class Message(Model):
     file = fields.ForeignKeyField("models.File", related_name="messages", null=True, on_delete=fields.SET_NULL)
     client_id = fields.CharField(max_length=64, null=True)
     created_at = fields.DatetimeField(db_index=True)
+    # The lifecycle (app/lifecycle.py): written by the flush from the Redis overlay, in batches.
+    edited_at = fields.DatetimeField(null=True)
+    deleted = fields.BooleanField(default=False)  # a tombstone: body "" and file NULL, seq kept
+    # The room's change counter at the last change (0: never changed); sync asks "version > V".
+    version = fields.BigIntField(default=0)
+    reply_to = fields.BigIntField(null=True)  # seq of the original in the same room
+    mentions = ArrayField("text", null=True)  # lowercased usernames @mentioned (app/mentions.py)
+    reactions = fields.JSONField(null=True)  # [{emoji, count, user_ids}] in first-reacted order
 
     class Meta:
         table = "messages"

@@ -25,6 +25,8 @@ class Room(Model):
     # here; in cache mode the flush raises it to every batch's top, so a counter re-seeded
     # from PostgreSQL stays above seqs the retention prune deleted.
     last_seq = fields.BigIntField(default=0)
+    # Likewise for the change counter (messages.version): a re-seeded counter stays above it.
+    last_version = fields.BigIntField(default=0)
 
     class Meta:
         table = "rooms"
@@ -39,6 +41,8 @@ class Membership(Model):
     role = fields.CharEnumField(Role, max_length=8, default=Role.MEMBER)
     banned = fields.BooleanField(default=False)
     joined_at = fields.DatetimeField(auto_now_add=True)
+    # The read marker as the flush last wrote it; Redis (`reads`) holds the newer one.
+    last_read_seq = fields.BigIntField(default=0)
 
     class Meta:
         table = "memberships"
