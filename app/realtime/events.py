@@ -77,6 +77,22 @@ def message_payload(room_id: str, message_json: str, exclude_conn: str = "") -> 
     return encode(room_route(room_id), message_frame(message_json), exclude_conn)
 
 
+# -- message_updated (app/lifecycle.py: edits, deletes, reactions) ----------------------
+
+CHANGE_KINDS = ("edit", "delete", "reaction")
+
+
+def change_payload_parts(room_id: str, change_kind: str) -> tuple[str, str]:
+    """(prefix, suffix) of a `message_updated` event to the whole room (the actor's connections
+    too: there is no ack for a change): prefix + message JSON + suffix is
+    encode(room route, {"type":"message_updated","room_id","change","message"}). The change
+    script builds the new message JSON itself and only concatenates."""
+    if change_kind not in CHANGE_KINDS:
+        raise ValueError(f"unknown change kind {change_kind!r}")
+    head = dumps({"type": "message_updated", "room_id": room_id, "change": change_kind})[:-1] + ',"message":'
+    return encode(room_route(room_id), head), "}"
+
+
 def is_message_frame(frame_json: str) -> bool:
     return frame_json.startswith(MESSAGE_HEAD)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError, DataError, NoScriptError, ResponseError
@@ -41,12 +41,13 @@ class AcceptPolicy:
     idempotency_ttl_s: int  # how long a client_id is remembered
     backlog_threshold: int  # unflushed messages that ask the worker for a flush now
     flush_queued_ttl_s: int  # how long that request blocks the next one
+    mention_ttl_s: int = 30 * 86400  # a mention key's life: RETENTION_DAYS, its message's own
 
     @classmethod
     def from_settings(cls, s: Settings) -> "AcceptPolicy":
         return cls(rate_limit=s.rate_messages, rate_window_ms=s.rate_messages_window_s * 1000,
                    idempotency_ttl_s=s.idempotency_ttl_s, backlog_threshold=s.flush_backlog_threshold,
-                   flush_queued_ttl_s=max(s.flush_lease_s, 10))
+                   flush_queued_ttl_s=max(s.flush_lease_s, 10), mention_ttl_s=s.retention_days * 86400)
 
 
 def _seq_of(entry_id: str) -> int:
@@ -212,21 +213,25 @@ class CacheRange:
 
 async def accept(batcher: Batcher, keys: Keys, policy: AcceptPolicy, *, room_id: str, sender_id: str | None,
                  client_id: str | None, before_seq: str, after_seq: str, event: tuple[str, str],
-                 rate_limited: bool) -> AcceptResult:
+                 rate_limited: bool, mentions: Sequence[str] = ()) -> AcceptResult:
     """Run the accept script once, in the batcher's next pipelined write.
 
     The message JSON is before_seq + seq + after_seq; the published payload is
-    event[0] + message JSON + event[1] (app/realtime/events.message_payload_parts)."""
+    event[0] + message JSON + event[1] (app/realtime/events.message_payload_parts).
+    `mentions`: the lowercased usernames the message @mentions (app/mentions.py), counted
+    per reader in their `mnt:<name>` keys; the sender's read marker moves to the new seq."""
     sender = sender_id or ""
     script_keys = [
         keys.room_members(room_id), keys.rate("msg", sender or "-"),
         keys.room_client_id(room_id, sender or "-", client_id or "-"),
         keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
         keys.pending_rooms(), keys.room_flush_queued(room_id),
+        keys.room_reads(room_id), keys.room_reads_dirty(room_id),
+        *(keys.room_mentions(room_id, name) for name in mentions),
     ]
     args = [sender, policy.rate_limit if rate_limited and sender else 0, policy.rate_window_ms,
             policy.idempotency_ttl_s, before_seq, after_seq, event[0], event[1], room_id, keys.events_channel(),
-            policy.backlog_threshold, policy.flush_queued_ttl_s, "1" if client_id else ""]
+            policy.backlog_threshold, policy.flush_queued_ttl_s, "1" if client_id else "", policy.mention_ttl_s]
     res: list[Any] = await batcher.call(scripts.ACCEPT, script_keys, args)
     code = int(res[0])
     if code == OK:

@@ -91,6 +91,8 @@ FLUSH_COMMIT = SCRIPTS["flush_commit"]
 FLUSH_RELEASE = SCRIPTS["flush_release"]
 RESEQ = SCRIPTS["reseq"]
 RAISE_SEQ = SCRIPTS["raise_seq"]
+CHANGE = SCRIPTS["change"]
+SEED_VERSION = SCRIPTS["seed_version"]
 
 
 async def register(redis: Redis) -> None:

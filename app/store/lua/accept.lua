@@ -11,6 +11,9 @@ local log_key = KEYS[5]
 local flushed_key = KEYS[6]
 local pending_key = KEYS[7]
 local flush_queued_key = KEYS[8]
+local reads_key = KEYS[9]
+local rdirty_key = KEYS[10]
+-- KEYS[11..]: the mnt:<name> key of each user the message @mentions (names parsed in Python)
 
 local sender = ARGV[1]                      -- "" = system message: no member check
 local rate_limit = tonumber(ARGV[2])        -- 0 = off
@@ -25,6 +28,7 @@ local events_channel = ARGV[10]
 local backlog_threshold = tonumber(ARGV[11])
 local flush_queued_ttl_s = ARGV[12]
 local has_cid = ARGV[13] == '1'
+local mention_ttl_s = ARGV[14]              -- a mention counts for as long as its message lives
 
 if sender ~= '' then
   if redis.call('EXISTS', members_key) == 0 then return {2} end
@@ -61,6 +65,16 @@ local msg = msg_before_seq .. sseq .. msg_after_seq
 redis.call('XADD', log_key, sseq .. '-0', 'm', msg)
 if has_cid then redis.call('SET', cid_key, sseq, 'EX', idempotency_ttl_s) end
 redis.call('SADD', pending_key, room_id)
+-- Your own message is read by you: the sender's marker moves to it (system messages have no
+-- sender). The flush writes the marker to PostgreSQL (rdirty); the room is pending anyway.
+if sender ~= '' then
+  redis.call('HSET', reads_key, sender, sseq)
+  redis.call('SADD', rdirty_key, sender)
+end
+for i = 11, #KEYS do
+  redis.call('ZADD', KEYS[i], seq, sseq)
+  redis.call('EXPIRE', KEYS[i], mention_ttl_s)
+end
 redis.call('PUBLISH', events_channel, event_prefix .. msg .. event_suffix)
 local backlog = seq - tonumber(redis.call('GET', flushed_key) or '0')
 local queued = 0
