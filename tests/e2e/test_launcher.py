@@ -34,7 +34,7 @@ START_TIMEOUT_S = 90.0  # initdb + migrations + three processes on a busy 2-core
 STOP_TIMEOUT_S = 60.0
 
 
-KILLED_GONE_S = 10.0  # a SIGKILLed launcher's children: PDEATHSIG, then the watchdog's group kill
+KILLED_GONE_S = 15.0  # a SIGKILLed launcher's children: PDEATHSIG, then the watchdog's group kill
 CHILDREN = {"server", "worker", "scheduler"}
 
 
@@ -219,28 +219,80 @@ def test_an_unreachable_configured_server_is_an_error_not_an_embedded_one(tmp_pa
         launcher.kill_all()
 
 
-@pytest.mark.timeout(START_TIMEOUT_S + KILLED_GONE_S + 60)
-def test_a_sigkilled_launcher_takes_server_worker_and_scheduler_with_it() -> None:
-    """No handler runs on SIGKILL: PDEATHSIG and the watchdog must stop every child, by PID."""
-    dbname = f"chat_test_{RUN_ID}_launcher_kill"
-    env = {"DATABASE_URL": with_database(ADMIN_DB_URL, dbname), "REDIS_URL": REDIS_URL,
-           "REDIS_PREFIX": f"{REDIS_PREFIX}.launch3", "EMBEDDED_SERVERS": "never"}
-    launcher = Launcher("launcher-sigkill", env)
+@pytest.fixture(scope="module")
+def kill_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One VAR_DIR for the embedded kill runs: initdb is paid once, and the second run starts
+    on the data directory the first one's watchdog shut down."""
+    return tmp_path_factory.mktemp("launcher-kill") / "var"
+
+
+def _cmd(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:  # a short-lived one seen earlier (initdb, pg_ctl)
+        return ""
+
+
+def _tree(root: int) -> list[psutil.Process]:
+    """Every descendant of `root` (read from /proc by psutil), the watchdog excluded: it must
+    outlive the launcher to clean up, and is checked on its own."""
+    return [p for p in psutil.Process(root).children(recursive=True) if "--watchdog" not in _cmd(p)]
+
+
+@pytest.mark.parametrize(("mode", "sig"), [("configured", signal.SIGKILL), ("configured", signal.SIGHUP),
+                                           ("embedded", signal.SIGKILL), ("embedded", signal.SIGHUP)],
+                         ids=["configured-sigkill", "configured-sighup", "embedded-sigkill", "embedded-sighup"])
+@pytest.mark.timeout(START_TIMEOUT_S + STOP_TIMEOUT_S + 60)
+def test_a_killed_or_hung_up_launcher_leaves_no_process_behind(mode: str, sig: int, kill_var_dir: Path) -> None:
+    """SIGKILL runs no handler: PDEATHSIG and the watchdog must stop the whole tree, and the
+    embedded servers (PostgreSQL with a fast shutdown). SIGHUP (the terminal closed) is a stop."""
+    dbname = f"chat_test_{RUN_ID}_launcher_{mode}_{sig}"
+    if mode == "embedded":
+        env = {"VAR_DIR": str(kill_var_dir), "MEDIA_ROOT": str(kill_var_dir.parent / "media"),
+               "REDIS_PREFIX": f"launch-kill-{RUN_ID}"}
+        args = ["--embedded"]
+    else:
+        env = {"DATABASE_URL": with_database(ADMIN_DB_URL, dbname), "REDIS_URL": REDIS_URL,
+               "REDIS_PREFIX": f"{REDIS_PREFIX}.launch3", "EMBEDDED_SERVERS": "never"}
+        args = []
+    launcher = Launcher(f"launcher-{mode}-{signal.Signals(sig).name.lower()}", env, args)
+    extra: list[psutil.Process] = []
     try:
         launcher.wait_ready()
         children = launcher.children()
         assert set(children) == CHILDREN and all(p.is_running() for p in children.values())
-        launcher.track()  # Sanic's and Dramatiq's worker processes too
-        tree = [p for p in launcher.seen if "--watchdog" not in " ".join(p.cmdline())]
-        assert len(tree) > len(children)
-        os.kill(launcher.pid, signal.SIGKILL)
-        assert launcher.wait(10) == -signal.SIGKILL
-        assert _all_gone(list(children.values()), KILLED_GONE_S) == [], launcher.output()[-4000:]
-        assert _all_gone(tree, KILLED_GONE_S) == []
-        assert _all_gone(list(launcher.seen), KILLED_GONE_S) == []  # the watchdog exits when done
+        tree = _tree(launcher.pid)
+        names = " ".join(_cmd(p) for p in tree)
+        assert len(tree) > len(children)  # Sanic's and Dramatiq's worker processes too
+        if mode == "embedded":
+            assert "redis-server" in names
+            # pg_ctl daemonizes the postmaster (not a descendant): found by its pid file.
+            extra = [_postmaster(kill_var_dir / "pg")]
+            extra += extra[0].children(recursive=True)
+        watchdog = [p for p in launcher.seen if "--watchdog" in _cmd(p)]
+        assert len(watchdog) == 1
+        pg_log_before = (kill_var_dir / "pg" / "log").stat().st_size if mode == "embedded" else 0
+
+        os.kill(launcher.pid, sig)
+        code = launcher.wait(STOP_TIMEOUT_S)
+        if sig == signal.SIGKILL:
+            assert code == -signal.SIGKILL
+        else:
+            assert code == 0, launcher.output()[-4000:]
+            assert "stopped" in launcher.output().splitlines()[-1]
+        assert _all_gone([*tree, *extra], KILLED_GONE_S) == [], launcher.output()[-4000:]
+        assert _all_gone(watchdog, KILLED_GONE_S) == []  # the watchdog exits once all is stopped
+        if mode == "embedded":
+            log = (kill_var_dir / "pg" / "log").read_bytes()[pg_log_before:].decode(errors="replace")
+            assert "fast shutdown request" in log, log[-2000:]  # stopped cleanly, not SIGKILLed
+            assert not (kill_var_dir / "pg" / "postmaster.pid").exists()
     finally:
         launcher.kill_all()
-        asyncio.run(_drop(dbname))
+        for proc in extra:
+            if proc.is_running():
+                proc.send_signal(signal.SIGINT if proc is extra[0] else signal.SIGKILL)
+        if mode == "configured":
+            asyncio.run(_drop(dbname))
 
 
 async def _drop(dbname: str) -> None:
