@@ -29,7 +29,7 @@ from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from app.store import cache, ratelimit
-from app import access, rooms
+from app import access, mentions, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.realtime import events
 from app.resources import Resources
@@ -48,9 +48,11 @@ _ATTEMPTS = 3  # a lost member set and a lost counter may each need one rebuild
 
 # -- validation ------------------------------------------------------------------
 
-def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any) -> None:
+def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any, reply_to: Any = None) -> None:
     """422 with per-field reasons; a rejected send never reaches Redis, so it consumes no seq."""
     fields: dict[str, str] = {}
+    if reply_to is not None and (type(reply_to) is not int or not 1 <= reply_to <= _SEQ_MAX):
+        fields["reply_to"] = "must be the seq of a message in this room"
     if kind not in KINDS:
         fields["kind"] = f"must be one of {', '.join(KINDS)}"
     if not isinstance(body, str):
@@ -70,28 +72,55 @@ def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any) -
 
 # -- accept ------------------------------------------------------------------------
 
+_SEQ_MAX = 2**63 - 1  # a seq is a PostgreSQL bigint
+
+
+async def _reply_quote(res: Resources, room_id: str, sender_id: str | None, reply_to: int) -> dict[str, Any]:
+    """The quote of the original a reply answers, as it is at send time (the live event carries
+    this snapshot; reads render it again from the original's current state).
+
+    No such message (or a deleted one) is a 422; but a sender who may not post here learns
+    nothing from that: the member check (Redis set first) answers 404/403 before it."""
+    orig = await get_message(redis=res.redis, keys=res.keys, settings=res.settings, room_id=room_id, seq=reply_to)
+    if orig is None or orig.get("deleted"):
+        if sender_id:
+            await access.authorize(res.redis, res.keys, room_id, sender_id)
+        raise ValidationFailed({"reply_to": "no such message in this room"})
+    body = orig.get("body") or ""
+    excerpt = body[:res.settings.reply_excerpt_chars] if body else str((orig.get("file") or {}).get("name") or "")
+    return {"seq": reply_to, "sender_id": orig.get("sender_id"), "excerpt": excerpt, "deleted": False}
+
+
 async def accept_message(res: Resources, *, room_id: str, sender_id: str | None, body: str, kind: str = "text",
                          file: dict[str, Any] | None = None, client_id: str | None = None, conn_id: str = "",
-                         rate_limit: bool = True) -> tuple[dict[str, Any], bool]:
+                         rate_limit: bool = True, reply_to: int | None = None) -> tuple[dict[str, Any], bool]:
     """Accept a message into the room; (message, created). created=False: a retried client_id.
 
     `res` is the process's Resources (settings, Redis, the accept policy and pipeline);
-    the rest is this message. `conn_id`: the sending connection, which gets an ack instead."""
+    the rest is this message. `conn_id`: the sending connection, which gets an ack instead.
+    `reply_to`: the seq of the message this one answers (its quote goes into the message)."""
     redis, keys, settings = res.redis, res.keys, res.settings
-    validate_send(settings, kind=kind, body=body, client_id=client_id)
+    validate_send(settings, kind=kind, body=body, client_id=client_id, reply_to=reply_to)
     room_id = parse_uuid(room_id, RoomNotFound)
+    names = mentions.parse(body, settings.mentions_max)
+    quote = await _reply_quote(res, room_id, sender_id, reply_to) if reply_to is not None else None
     if settings.write_mode == "direct":
         return await _accept_direct(res, room_id=room_id, sender_id=sender_id, body=body, kind=kind, file=file,
-                                    client_id=client_id, conn_id=conn_id, rate_limit=rate_limit)
+                                    client_id=client_id, conn_id=conn_id, rate_limit=rate_limit, quote=quote,
+                                    names=names)
     mid = uuid7()  # time-ordered: flushed batches append to the primary-key index
     before_seq = dumps({"id": mid, "room_id": room_id})[:-1] + ',"seq":'
+    # The lifecycle fields start at their defaults (docs/api.md); empty arrays are fine here:
+    # Python's encoder writes them (only Lua's cjson cannot, see change.lua).
     after_seq = "," + dumps({"sender_id": sender_id, "kind": kind, "body": body, "file": file,
-                             "client_id": client_id, "created_at": now_iso()})[1:]
+                             "client_id": client_id, "created_at": now_iso(), "edited_at": None,
+                             "deleted": False, "version": 0, "reply_to": quote, "mentions": names,
+                             "reactions": []})[1:]
     event = events.message_payload_parts(room_id, conn_id)
     for _ in range(_ATTEMPTS):
         got = await cache.accept(res.batcher, keys, res.policy, room_id=room_id, sender_id=sender_id,
                                  client_id=client_id, before_seq=before_seq, after_seq=after_seq, event=event,
-                                 rate_limited=rate_limit)
+                                 rate_limited=rate_limit, mentions=names)
         if got.code == cache.OK:
             if got.flush_queued:
                 _trigger_flush(res, room_id)
@@ -149,8 +178,12 @@ class _NotMember(Exception):
 
 async def _accept_direct(res: Resources, *, room_id: str, sender_id: str | None, body: str, kind: str,
                          file: dict[str, Any] | None, client_id: str | None, conn_id: str,
-                         rate_limit: bool) -> tuple[dict[str, Any], bool]:
-    """Database-only accept: seq from rooms.last_seq under the row lock, INSERT, then publish."""
+                         rate_limit: bool, quote: dict[str, Any] | None = None,
+                         names: list[str] | None = None) -> tuple[dict[str, Any], bool]:
+    """Database-only accept: seq from rooms.last_seq under the row lock, INSERT, then publish.
+
+    The sender's read marker moves to the new seq in the same transaction (as the accept
+    script does in Redis); mentions are stored in the row only (no Redis mention keys)."""
     redis, keys, settings = res.redis, res.keys, res.settings
     if rate_limit and sender_id:
         wait = await ratelimit.hit(redis, keys.rate("msg", sender_id), settings.rate_messages,
@@ -178,11 +211,18 @@ async def _accept_direct(res: Resources, *, room_id: str, sender_id: str | None,
                     raise _Duplicate((await _render_rows(prev))[0])
             now = utcnow()
             msg = {"id": uuid7(), "room_id": room_id, "seq": seq, "sender_id": sender_id, "kind": kind,
-                   "body": body, "file": file, "client_id": client_id, "created_at": iso(now)}
+                   "body": body, "file": file, "client_id": client_id, "created_at": iso(now),
+                   "edited_at": None, "deleted": False, "version": 0, "reply_to": quote, "mentions": names or [],
+                   "reactions": []}
             await conn.execute_query(
-                "INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                [msg["id"], room_id, seq, sender_id, kind, body, file["id"] if file else None, client_id, now])
+                "INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at,"
+                " reply_to, mentions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                [msg["id"], room_id, seq, sender_id, kind, body, file["id"] if file else None, client_id, now,
+                 quote["seq"] if quote else None, names or None])
+            if sender_id:
+                await conn.execute_query(
+                    "UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, $3)"
+                    " WHERE room_id = $1 AND user_id = $2", [room_id, sender_id, seq])
             # Published while the room row is still locked: the next send of this room waits for
             # our commit, so events leave in seq order (a publish after commit could overtake).
             await redis.publish(keys.events_channel(), events.message_payload(room_id, dumps(msg), conn_id))

@@ -84,7 +84,10 @@ async def test_concurrent_sends_get_gap_free_seqs_and_the_api_shape(redis: Redis
     assert sorted(m["seq"] for m, _ in results) == list(range(1, 61))
     assert all(created for _, created in results)
     msg = results[0][0]
-    assert set(msg) == {"id", "room_id", "seq", "sender_id", "kind", "body", "file", "client_id", "created_at"}
+    assert set(msg) == {"id", "room_id", "seq", "sender_id", "kind", "body", "file", "client_id", "created_at",
+                        "edited_at", "deleted", "version", "reply_to", "mentions", "reactions"}  # issue 12
+    assert (msg["edited_at"], msg["deleted"], msg["version"], msg["reply_to"], msg["mentions"],
+            msg["reactions"]) == (None, False, 0, None, [], [])
     assert msg["room_id"] == room_id and msg["sender_id"] == owner and msg["kind"] == "text"
     assert msg["file"] is None and msg["client_id"] is None
     assert datetime.strptime(msg["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ") and len(msg["created_at"]) == 24
