@@ -3,13 +3,15 @@
 
 import { Api, ApiError } from "./api.js";
 import { Socket } from "./socket.js";
-import { $, h, debounce, formatSize, timeOf, dayKey, dayLabel, colourClass, initial } from "./dom.js";
-import { Timeline } from "./timeline.js";
+import { $, h, debounce, formatSize, timeOf, dayKey, dayLabel, colourClass, initial, highlightNodes, excerptOf } from "./dom.js";
+import { Timeline, reactedByMe } from "./timeline.js";
 
 const PAGE = 50;
 const SEND_TIMEOUT_MS = 15000;
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
+const SEARCH_PAGE = 20;
+const JUMP_MAX_PAGES = 20; // a search hit or a quote loads at most this many older pages to reach its message
 
 const api = new Api();
 const S = {
@@ -24,6 +26,8 @@ const S = {
   syncing: new Set(),    // room ids with a sync in flight
   links: new Map(),      // file id -> signed links {url, thumbnail_url, expires_at}
   lastTypingSent: 0,
+  replyTo: null,         // {room_id, seq, sender_id, excerpt}: the quote above the composer
+  search: { q: "", cursor: null, token: 0 },
 };
 
 const socket = new Socket(api, {
@@ -38,6 +42,14 @@ const timeline = new Timeline({
   onRetry: (cid) => retrySend(cid), onDiscard: (cid) => discardSend(cid),
   onDiscardUpload: (id) => { S.uploads.delete(id); renderTimeline(); },
   onNearTop: () => loadOlder(),
+  onScrolled: () => maybeMarkRead(),
+  onAction: (name, m) => messageAction(name, m),
+  onReact: (m, emoji, add) => react(m, emoji, add),
+  onQuote: (seq) => jumpTo(S.current, seq),
+  onEditSave: (m, body) => saveEdit(m, body),
+  onEditCancel: () => cancelEdit(),
+  original: (seq) => { const rs = S.rooms.get(S.current); return rs ? rs.msgs.get(seq) || null : null; },
+  canModerate: () => { const rs = S.rooms.get(S.current); return !!rs && (rs.room.my_role === "owner" || rs.room.my_role === "admin"); },
 });
 
 api.onAuthLost = (message) => {
@@ -46,15 +58,46 @@ api.onAuthLost = (message) => {
   showAuth(message);
 };
 
+// Read state: topSeq is the newest seq known (hello, room list, live events), lastReadSeq the
+// marker; unread = topSeq - lastReadSeq, as the server counts it. lastVersion is the room's
+// change counter this client has caught up to (sync's after_version); null until first known.
 function roomState(room) {
   return {
     room, msgs: new Map(), loaded: false, loading: false, hasOlder: true, lastSeq: 0,
-    lastActivity: room.created_at, preview: "", unread: 0, members: null,
+    lastActivity: room.created_at, preview: "", members: null,
+    topSeq: 0, lastReadSeq: 0, mentionCount: 0, lastVersion: null, readSent: 0, dividerAfter: null,
   };
 }
 
+function unreadOf(rs) { return Math.max(0, rs.topSeq - rs.lastReadSeq); }
+
+// Stored-form messages (live events, Lua's JSON) may lack the lifecycle fields, or carry {}
+// for an empty list: every message gets them here, once, whatever path it came by.
+function normalize(m) {
+  if (!Array.isArray(m.reactions)) m.reactions = [];
+  if (!Array.isArray(m.mentions)) m.mentions = [];
+  if (m.reply_to === undefined) m.reply_to = null;
+  if (m.edited_at === undefined) m.edited_at = null;
+  m.deleted = !!m.deleted;
+  m.version = Number(m.version) || 0;
+  return m;
+}
+
+function myName() { return S.me ? S.me.username.toLowerCase() : ""; }
+
+function mentionsMe(m) { return !!S.me && m.sender_id !== S.me.id && !m.deleted && m.mentions.includes(myName()); }
+
+// Counts as a room listing or hello gives them (fields absent on an older server: unchanged).
+function applyReadState(rs, r, authoritative) {
+  if (Number.isFinite(r.last_seq)) rs.topSeq = Math.max(rs.topSeq, r.last_seq);
+  if (Number.isFinite(r.last_read_seq)) {
+    rs.lastReadSeq = authoritative ? r.last_read_seq : Math.max(rs.lastReadSeq, r.last_read_seq);
+  }
+  if (Number.isFinite(r.mention_count)) rs.mentionCount = r.mention_count;
+}
+
 function resetState() {
-  S.me = null; S.current = null;
+  S.me = null; S.current = null; S.replyTo = null;
   for (const m of [S.rooms, S.pending, S.uploads, S.fileStatus, S.users, S.typing, S.links]) m.clear();
   S.syncing.clear();
   timeline.clear();
@@ -178,6 +221,7 @@ function addRoom(room) {
   let rs = S.rooms.get(room.id);
   if (rs) rs.room = room;
   else { rs = roomState(room); S.rooms.set(room.id, rs); }
+  applyReadState(rs, room, false);
   return rs;
 }
 
@@ -208,7 +252,8 @@ function noteActivity(rs, m) {
   if (!rs.lastActivity || m.created_at > rs.lastActivity) rs.lastActivity = m.created_at;
   if (m.seq >= (rs.previewSeq || 0)) {
     rs.previewSeq = m.seq;
-    rs.preview = m.kind === "text" ? `${nameOf(m.sender_id)}: ${m.body}`
+    rs.preview = m.deleted ? `${nameOf(m.sender_id)}: message deleted`
+      : m.kind === "text" ? `${nameOf(m.sender_id)}: ${m.body}`
       : m.kind === "system" ? m.body : `${nameOf(m.sender_id)} sent ${m.file ? m.file.name : "a file"}`;
   }
 }
@@ -218,13 +263,15 @@ function renderSidebar() {
   const rooms = [...S.rooms.values()].sort((a, b) => (b.lastActivity || "").localeCompare(a.lastActivity || ""));
   list.replaceChildren(...rooms.map((rs) => {
     const r = rs.room;
+    const unread = unreadOf(rs);
     const btn = h("button.room-item", {
-      type: "button", dataset: { roomId: r.id }, onclick: () => openRoom(r.id),
-      "aria-current": S.current === r.id ? "page" : null,
+      type: "button", onclick: () => openRoom(r.id),
+      "aria-current": S.current === r.id ? "page" : null, dataset: { roomId: r.id, unread: String(unread) },
     },
     h(`span.room-icon.${colourClass(r.id)}`, { "aria-hidden": "true" }, r.is_private ? "\u{1F512}" : "#"),
     h("span.room-text", {}, h("span.room-item-name", { text: r.name }), h("span.room-preview", { text: rs.preview || r.topic || "" })),
-    rs.unread ? h("span.badge", { "aria-label": `${rs.unread} unread` }, String(rs.unread > 99 ? "99+" : rs.unread)) : null);
+    rs.mentionCount > 0 ? h("span.badge.mention-badge", { title: `${rs.mentionCount} mention${rs.mentionCount === 1 ? "" : "s"}`, "aria-label": `${rs.mentionCount} mentions` }, "@") : null,
+    unread ? h("span.badge.unread-badge", { "aria-label": `${unread} unread` }, String(unread > 99 ? "99+" : unread)) : null);
     return h("li", {}, btn);
   }));
   $("#no-rooms").hidden = rooms.length > 0;
@@ -261,15 +308,20 @@ function renderHeader() {
 async function openRoom(id) {
   const rs = S.rooms.get(id);
   if (!rs) return;
-  rs.unread = 0;
   sessionStorage.setItem("chat.room", id); // a reload comes back to this room
+  if (S.replyTo && S.replyTo.room_id !== id) setReply(null);
   showRoom(id);
+  // The "new messages" line stays where the marker was when the room was opened.
+  timeline.dividerAfter = unreadOf(rs) > 0 ? rs.lastReadSeq : null;
   timeline.stickToBottom();
   renderTimeline();
   $("#message-input").focus();
   if (!rs.members) loadMembers(rs);
   if (!rs.loaded) await loadNewest(rs);
+  if (S.current !== id) return;
   renderTimeline();
+  timeline.toDivider();
+  maybeMarkRead();
 }
 
 async function loadNewest(rs) {
@@ -281,6 +333,7 @@ async function loadNewest(rs) {
     rs.hasOlder = page.has_more;
     // The contiguous high-water mark restarts from this page; a sync then fills the rest.
     rs.lastSeq = page.items.length ? page.items[0].seq - 1 : 0;
+    if (rs.lastVersion === null && Number.isFinite(page.last_version)) rs.lastVersion = page.last_version;
     addMessages(rs, page.items, false);
     // Anything that arrived live beyond the page is joined up by a sync (no banner: routine).
     if (socket.online) syncRoom(rs, true);
@@ -365,19 +418,27 @@ function rememberUsers(users) {
 function addMessages(rs, messages, live) {
   let added = 0;
   for (const m of messages) {
-    if (S.pending.has(m.client_id) && m.sender_id === (S.me && S.me.id)) { S.pending.delete(m.client_id); savePending(); }
+    normalize(m);
+    const mine = !!S.me && m.sender_id === S.me.id;
+    if (m.seq > rs.topSeq) {
+      // New to this client: counts once, whichever path (live, sync, page) brought it first.
+      if (live && m.seq > rs.lastReadSeq && mentionsMe(m)) rs.mentionCount += 1;
+      rs.topSeq = m.seq;
+    }
+    // Sending moves the sender's own marker to the message (the server does the same).
+    if (mine && m.seq > rs.lastReadSeq) { rs.lastReadSeq = m.seq; if (m.seq >= rs.topSeq) rs.mentionCount = 0; }
+    if (S.pending.has(m.client_id) && mine) { S.pending.delete(m.client_id); savePending(); }
     if (m.file) {
       for (const [lid, u] of S.uploads) if (u.fileId === m.file.id) S.uploads.delete(lid);
     }
     const typing = S.typing.get(rs.room.id);
     if (typing && live) typing.delete(m.sender_id);
     noteActivity(rs, m);
-    if (!rs.loaded) { rs.lastSeq = Math.max(rs.lastSeq, m.seq); if (live) rs.unread += 1; continue; }
-    if (rs.msgs.has(m.seq)) continue; // seq is the identity: shown once, whatever the path
+    if (!rs.loaded) { rs.lastSeq = Math.max(rs.lastSeq, m.seq); continue; }
+    if (rs.msgs.has(m.seq)) { replaceMessage(rs, m); continue; } // seq is the identity: shown once
     rs.msgs.set(m.seq, m);
     added += 1;
-    if (live && S.current !== rs.room.id && m.sender_id !== S.me.id) rs.unread += 1;
-    if (live && S.current === rs.room.id && m.sender_id !== S.me.id) announce(m);
+    if (live && S.current === rs.room.id && !mine) announce(m);
   }
   if (rs.loaded) {
     while (rs.msgs.has(rs.lastSeq + 1)) rs.lastSeq += 1;
@@ -412,8 +473,51 @@ function onLiveMessage(m) {
   addMessages(rs, [m], true);
   // A seq beyond the next one means something was missed: fetch the gap.
   if (rs.loaded && m.seq > before + 1 && rs.lastSeq < m.seq) syncRoom(rs);
-  if (S.current === m.room_id) renderTimeline();
+  if (S.current === m.room_id) { renderTimeline(); maybeMarkRead(); }
   renderSidebar();
+}
+
+// A newer state of a message held (edit, delete, reaction): replaced by seq, never by an older one.
+function replaceMessage(rs, m) {
+  const old = rs.msgs.get(m.seq);
+  // Same version = same state (an event and the HTTP answer of one change; a page and a sync).
+  if (!old || m.version <= old.version) return false;
+  rs.msgs.set(m.seq, m);
+  timeline.invalidate(m.seq);
+  // Replies quoting it show its new text (or that it is gone).
+  for (const other of rs.msgs.values()) if (other.reply_to && other.reply_to.seq === m.seq) timeline.invalidate(other.seq);
+  const shown = S.current === rs.room.id;
+  if (shown && m.deleted && timeline.editing && timeline.editing.seq === m.seq) timeline.editing = null;
+  if (shown && m.deleted && timeline.picking === m.seq) timeline.picking = null;
+  if (m.deleted && S.replyTo && S.replyTo.room_id === rs.room.id && S.replyTo.seq === m.seq) setReply(null);
+  if (m.seq === rs.previewSeq) noteActivity(rs, m);
+  return true;
+}
+
+// Apply one changed message (a message_updated event, a sync change, an HTTP answer).
+function applyChange(roomId, msg) {
+  const rs = S.rooms.get(roomId);
+  if (!rs || !msg) return;
+  normalize(msg);
+  if (msg.deleted && msg.seq > rs.lastReadSeq && rs.loaded && rs.msgs.has(msg.seq) && mentionsMe(rs.msgs.get(msg.seq))) {
+    rs.mentionCount = Math.max(0, rs.mentionCount - 1); // a deleted mention no longer counts
+  }
+  if (rs.loaded) replaceMessage(rs, msg);
+  else if (msg.seq === rs.previewSeq) noteActivity(rs, msg);
+  if (S.current === roomId) renderTimeline();
+  renderSidebar();
+}
+
+// Live change events: the room's change counter is gap-free, so a jump means changes were
+// missed (a dropped event): a sync with after_version fetches their latest states.
+function onMessageUpdated(f) {
+  const rs = S.rooms.get(f.room_id);
+  if (!rs || !f.message) return;
+  const v = Number(f.message.version) || 0;
+  applyChange(f.room_id, f.message);
+  if (rs.lastVersion === null || !rs.loaded) { rs.lastVersion = Math.max(rs.lastVersion || 0, v); return; }
+  if (v === rs.lastVersion + 1) rs.lastVersion = v;
+  else if (v > rs.lastVersion + 1) syncRoom(rs, true);
 }
 
 // ---------------------------------------------------------------- sending
@@ -422,6 +526,11 @@ function sendText(body) {
   const rs = S.rooms.get(S.current);
   if (!rs || !body.trim()) return;
   const p = { client_id: crypto.randomUUID(), room_id: rs.room.id, body, state: "pending", created: Date.now() };
+  if (S.replyTo && S.replyTo.room_id === rs.room.id) {
+    const { seq, sender_id, excerpt } = S.replyTo;
+    p.reply = { seq, sender_id, excerpt, deleted: false };
+    setReply(null);
+  }
   S.pending.set(p.client_id, p);
   savePending();
   timeline.stickToBottom();
@@ -435,7 +544,9 @@ function transmit(p) {
   p.state = "pending";
   p.error = null;
   clearTimeout(p.timer);
-  if (socket.send({ type: "send", room_id: p.room_id, body: p.body, client_id: p.client_id })) {
+  const frame = { type: "send", room_id: p.room_id, body: p.body, client_id: p.client_id };
+  if (p.reply) frame.reply_to = p.reply.seq;
+  if (socket.send(frame)) {
     p.timer = setTimeout(() => {
       if (S.pending.get(p.client_id) === p && p.state === "pending" && socket.online) {
         p.state = "failed"; p.error = "No answer from the server.";
@@ -462,7 +573,7 @@ function pendingKey() { return S.me ? `chat.pending.${S.me.id}` : null; }
 function savePending() {
   const key = pendingKey();
   if (!key) return;
-  const rows = [...S.pending.values()].map(({ client_id, room_id, body, created }) => ({ client_id, room_id, body, created }));
+  const rows = [...S.pending.values()].map(({ client_id, room_id, body, created, reply }) => ({ client_id, room_id, body, created, reply }));
   if (rows.length) sessionStorage.setItem(key, JSON.stringify(rows)); else sessionStorage.removeItem(key);
 }
 
@@ -489,6 +600,8 @@ function onFrame(f) {
       return onLiveMessage(f.message);
     }
     case "sync": return onSync(f);
+    case "message_updated": return onMessageUpdated(f);
+    case "read": return onRead(f);
     case "typing": return onTyping(f);
     case "member_joined": return onMemberJoined(f.membership);
     case "member_left": return onMemberLeft(f.room_id, f.user_id);
@@ -510,8 +623,12 @@ function onHello(f) {
   for (const r of f.rooms) {
     const rs = S.rooms.get(r.room_id);
     if (!rs) { unknown = true; continue; }
+    // The server's marker is the truth on each connection (a read sent just before a drop may be lost).
+    applyReadState(rs, r, true);
+    rs.readSent = 0;
+    // A room not loaded is fetched fresh when opened: its change cursor can start at the present.
+    if (Number.isFinite(r.last_version) && (rs.lastVersion === null || !rs.loaded)) rs.lastVersion = r.last_version;
     if (!rs.loaded && r.last_seq > rs.lastSeq) {
-      if (rs.lastSeq) rs.unread += r.last_seq - rs.lastSeq;
       rs.lastSeq = r.last_seq;
       rs.previewLoaded = false;
       loadPreview(rs).then(renderSidebar);
@@ -524,11 +641,14 @@ function onHello(f) {
   resendPending();
   renderSidebar();
   renderBanner();
+  maybeMarkRead();
 }
 
 function syncRoom(rs, quiet = false) {
   if (!rs.loaded) return;
-  if (socket.send({ type: "sync", room_id: rs.room.id, after_seq: rs.lastSeq, limit: 200 }) && !quiet) {
+  const frame = { type: "sync", room_id: rs.room.id, after_seq: rs.lastSeq, limit: 200 };
+  if (rs.lastVersion !== null) frame.after_version = rs.lastVersion;
+  if (socket.send(frame) && !quiet) {
     S.syncing.add(rs.room.id);
     renderBanner();
   }
@@ -539,9 +659,18 @@ function onSync(f) {
   S.syncing.delete(f.room_id);
   if (rs) {
     const before = rs.lastSeq;
+    const beforeVersion = rs.lastVersion;
     addMessages(rs, f.messages || [], true);
-    if (f.has_more && rs.lastSeq > before) syncRoom(rs);
-    if (S.current === rs.room.id) renderTimeline();
+    // Older messages changed while away: their latest states, replaced by seq, paged by version.
+    const changes = Array.isArray(f.changes) ? f.changes : [];
+    for (const c of changes) applyChange(rs.room.id, c);
+    if (f.changes_has_more && changes.length) {
+      rs.lastVersion = Math.max(rs.lastVersion || 0, ...changes.map((c) => c.version));
+    } else if (Number.isFinite(f.last_version)) {
+      rs.lastVersion = Math.max(rs.lastVersion || 0, f.last_version);
+    }
+    if ((f.has_more && rs.lastSeq > before) || (f.changes_has_more && rs.lastVersion > (beforeVersion || 0))) syncRoom(rs);
+    if (S.current === rs.room.id) { renderTimeline(); maybeMarkRead(); }
     renderSidebar();
   }
   renderBanner();
@@ -611,6 +740,200 @@ function onMemberLeft(roomId, userId) {
   if (rs.members) rs.members.delete(userId);
   fetchRoom(roomId);
   if ($("#members-dialog").open && S.current === roomId) renderMembers();
+}
+
+// ---------------------------------------------------------------- read markers
+
+// Read = the newest messages are on screen in a focused window: then the marker moves there
+// (a `read` frame; the server tells every tab of this user, this one included).
+function maybeMarkRead() {
+  const rs = S.rooms.get(S.current);
+  if (!rs || !rs.loaded || !S.me) return;
+  if (document.hidden || !document.hasFocus() || !timeline.atBottom()) return;
+  const seq = rs.lastSeq;
+  if (seq <= rs.lastReadSeq || seq <= rs.readSent) return;
+  if (!socket.send({ type: "read", room_id: rs.room.id, seq })) return;
+  rs.readSent = seq;
+  // Shown at once; the server's `read` event brings the exact counts.
+  rs.lastReadSeq = seq;
+  if (seq >= rs.topSeq) rs.mentionCount = 0;
+  renderSidebar();
+}
+
+function onRead(f) {
+  const rs = S.rooms.get(f.room_id);
+  if (!rs) return;
+  if (Number.isFinite(f.last_read_seq)) {
+    rs.lastReadSeq = Math.max(rs.lastReadSeq, f.last_read_seq);
+    if (Number.isFinite(f.unread_count)) rs.topSeq = Math.max(rs.topSeq, f.last_read_seq + f.unread_count);
+  }
+  if (Number.isFinite(f.mention_count)) rs.mentionCount = f.mention_count;
+  renderSidebar();
+}
+
+// ---------------------------------------------------------------- edits, deletes, reactions, replies
+
+function toast(text) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 5000);
+}
+
+function messageAction(name, m) {
+  const rs = S.rooms.get(S.current);
+  if (!rs) return;
+  if (name === "edit") {
+    timeline.picking = null;
+    timeline.editing = { seq: m.seq, draft: m.body, saving: false, error: null };
+    timeline.invalidate(m.seq);
+    renderTimeline();
+    const box = $(`#messages li[data-seq="${m.seq}"] .edit-input`);
+    if (box) { box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
+  } else if (name === "delete") {
+    if (!confirm(m.sender_id === S.me.id ? "Delete this message?" : `Delete this message by ${nameOf(m.sender_id)}?`)) return;
+    change(rs, "DELETE", `/rooms/${rs.room.id}/messages/${m.seq}`);
+  } else if (name === "react") {
+    const open = timeline.picking === m.seq;
+    if (timeline.picking !== null) timeline.invalidate(timeline.picking);
+    timeline.picking = open ? null : m.seq;
+    timeline.invalidate(m.seq);
+    renderTimeline();
+    if (!open) { const first = $(`#messages li[data-seq="${m.seq}"] .picker-emoji`); if (first) first.focus(); }
+  } else if (name === "reply") {
+    setReply({ room_id: rs.room.id, seq: m.seq, sender_id: m.sender_id, excerpt: excerptOf(m) });
+    $("#message-input").focus();
+  }
+}
+
+// One change over HTTP: its answer is the message as it is now (the live event follows too).
+async function change(rs, method, path, body) {
+  try {
+    const msg = await api.req(method, path, body);
+    applyChange(rs.room.id, msg);
+    return msg;
+  } catch (err) {
+    toast(errorText(err));
+    throw err;
+  }
+}
+
+async function react(m, emoji, add) {
+  const rs = S.rooms.get(S.current);
+  if (!rs) return;
+  if (timeline.picking === m.seq) { timeline.picking = null; timeline.invalidate(m.seq); renderTimeline(); }
+  const path = `/rooms/${rs.room.id}/messages/${m.seq}/reactions/${encodeURIComponent(emoji)}`;
+  try { await change(rs, add ? "PUT" : "DELETE", path); } catch { /* told in the toast */ }
+}
+
+async function saveEdit(m, body) {
+  const rs = S.rooms.get(S.current);
+  const ed = timeline.editing;
+  if (!rs || !ed || ed.seq !== m.seq || ed.saving) return;
+  if (!body.trim() || body === m.body) { cancelEdit(); return; }
+  ed.saving = true; ed.error = null; ed.draft = body;
+  timeline.invalidate(m.seq); renderTimeline();
+  try {
+    const msg = await api.req("PATCH", `/rooms/${rs.room.id}/messages/${m.seq}`, { body });
+    if (timeline.editing === ed) timeline.editing = null;
+    timeline.invalidate(m.seq);
+    applyChange(rs.room.id, msg);
+    $("#message-input").focus();
+  } catch (err) {
+    ed.saving = false; ed.error = errorText(err);
+    if (err.code === "message_deleted" && timeline.editing === ed) { timeline.editing = null; toast(errorText(err)); }
+    timeline.invalidate(m.seq); renderTimeline();
+  }
+}
+
+function cancelEdit() {
+  const ed = timeline.editing;
+  if (!ed) return;
+  timeline.editing = null;
+  timeline.invalidate(ed.seq);
+  renderTimeline();
+  $("#message-input").focus();
+}
+
+// Arrow up in an empty composer edits your newest text message (as in most chat apps).
+function editLastOwn() {
+  const rs = S.rooms.get(S.current);
+  if (!rs || !S.me) return false;
+  const own = [...rs.msgs.values()].filter((m) => m.sender_id === S.me.id && m.kind === "text" && !m.deleted);
+  if (!own.length) return false;
+  messageAction("edit", own.reduce((a, b) => (b.seq > a.seq ? b : a)));
+  return true;
+}
+
+function setReply(reply) {
+  S.replyTo = reply;
+  $("#reply-bar").hidden = !reply;
+  $("#reply-name").textContent = reply ? nameOf(reply.sender_id) : "";
+  $("#reply-excerpt").textContent = reply ? reply.excerpt : "";
+}
+
+// Show one message of a room: opened if needed, older pages loaded until it is there.
+async function jumpTo(roomId, seq) {
+  if (!S.rooms.has(roomId)) { toast("You are not in that room any more."); return; }
+  if (S.current !== roomId) await openRoom(roomId);
+  const rs = S.rooms.get(roomId);
+  if (!rs || S.current !== roomId) return;
+  for (let i = 0; i < JUMP_MAX_PAGES && !rs.msgs.has(seq) && rs.hasOlder; i += 1) {
+    const oldest = Math.min(...rs.msgs.keys());
+    if (Number.isFinite(oldest) && oldest <= seq) break;
+    await loadOlder();
+    if (S.current !== roomId) return;
+  }
+  renderTimeline();
+  if (!timeline.focusMessage(seq)) toast("That message is not available any more.");
+}
+
+// ---------------------------------------------------------------- search
+
+async function runSearch(more = false) {
+  const q = $("#search-q").value.trim();
+  const sr = S.search;
+  const token = ++sr.token;
+  $("#search-panel").hidden = !q;
+  $("#rooms-panel").hidden = !!q;
+  if (!q) { $("#search-results").replaceChildren(); sr.q = ""; sr.cursor = null; return; }
+  const params = new URLSearchParams({ q, limit: String(SEARCH_PAGE) });
+  if (more && sr.cursor) params.set("cursor", sr.cursor);
+  $("#search-status").textContent = "Searching\u2026";
+  $("#search-more").hidden = true;
+  try {
+    const page = await api.req("GET", `/search?${params}`);
+    if (token !== sr.token) return; // a newer query was typed meanwhile
+    sr.q = q; sr.cursor = page.next_cursor || null;
+    const list = $("#search-results");
+    const rows = page.items.map(searchItem);
+    if (more) list.append(...rows); else list.replaceChildren(...rows);
+    $("#search-status").textContent = list.childNodes.length ? "" : "No messages match.";
+    $("#search-more").hidden = !sr.cursor;
+  } catch (err) {
+    if (token !== sr.token) return;
+    $("#search-status").textContent = errorText(err);
+  }
+}
+
+function searchItem(item) {
+  const m = normalize(item.message);
+  const rs = S.rooms.get(item.room_id);
+  const snippet = typeof item.snippet === "string" ? item.snippet : m.body;
+  return h("li", {}, h("button.search-hit", {
+    type: "button", dataset: { roomId: item.room_id, seq: m.seq },
+    onclick: () => jumpTo(item.room_id, m.seq),
+  },
+  h("span.hit-meta", {},
+    h("span.hit-room", { text: `# ${rs ? rs.room.name : "a room"}` }),
+    h("span.hit-who", { text: ` \u00b7 ${nameOf(m.sender_id)} \u00b7 ${dayLabel(m.created_at)} ${timeOf(m.created_at)}` })),
+  h("span.hit-snippet", {}, ...highlightNodes(snippet, item.highlights))));
+}
+
+function clearSearch() {
+  $("#search-q").value = "";
+  runSearch();
 }
 
 // ---------------------------------------------------------------- banner
@@ -940,6 +1263,14 @@ function wire() {
   $("#delete-room-btn").addEventListener("click", deleteRoom);
   $("#leave-btn").addEventListener("click", leaveRoom);
   $("#back-btn").addEventListener("click", () => showRoom(null));
+  $("#reply-cancel").addEventListener("click", () => { setReply(null); $("#message-input").focus(); });
+  const search = debounce(() => runSearch(), 300);
+  $("#search-q").addEventListener("input", search);
+  $("#search-q").addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); clearSearch(); } });
+  $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("#search-more").addEventListener("click", () => runSearch(true));
+  window.addEventListener("focus", () => maybeMarkRead());
+  document.addEventListener("visibilitychange", () => maybeMarkRead());
   for (const btn of document.querySelectorAll("dialog [data-close]")) {
     btn.addEventListener("click", () => btn.closest("dialog").close());
   }
@@ -950,6 +1281,11 @@ function wire() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $("#composer").requestSubmit();
+    } else if (e.key === "Escape" && S.replyTo) {
+      e.preventDefault();
+      setReply(null);
+    } else if (e.key === "ArrowUp" && !input.value && editLastOwn()) {
+      e.preventDefault();
     }
   });
   input.addEventListener("input", () => {

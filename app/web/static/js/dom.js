@@ -63,3 +63,53 @@ export function initial(name) {
   const ch = (name || "?").trim().charAt(0);
   return ch ? ch.toUpperCase() : "?";
 }
+
+// A body as text nodes with each @mention in a span (the rule of app/mentions.py: not after a
+// word character, 3-32 username characters, trailing . and - are punctuation, not the name).
+const MENTION = /(?<![\p{L}\p{N}_@])@([A-Za-z0-9_.-]{3,32})/gu;
+
+export function bodyNodes(text, myName) {
+  const out = [];
+  let at = 0;
+  for (const m of text.matchAll(MENTION)) {
+    const name = m[1].replace(/[.-]+$/, "");
+    if (name.length < 3) continue;
+    if (m.index > at) out.push(document.createTextNode(text.slice(at, m.index)));
+    const mine = !!myName && name.toLowerCase() === myName;
+    out.push(h(`span.mention${mine ? ".me" : ""}`, { text: `@${name}` }));
+    at = m.index + 1 + name.length;
+  }
+  if (at < text.length) out.push(document.createTextNode(text.slice(at)));
+  return out;
+}
+
+// A search snippet with its highlights as <mark> nodes, built from the server's offsets
+// (never from HTML the server sends). Offsets count code points, as Python does; ranges
+// that overlap, run backwards or fall outside the text are clipped or dropped.
+export function highlightNodes(text, ranges) {
+  const chars = Array.from(text);
+  const spans = (Array.isArray(ranges) ? ranges : [])
+    .filter((r) => Array.isArray(r) && Number.isInteger(r[0]) && Number.isInteger(r[1]))
+    .map(([a, b]) => [Math.max(0, a), Math.min(chars.length, b)])
+    .filter(([a, b]) => b > a)
+    .sort((x, y) => x[0] - y[0]);
+  const out = [];
+  let at = 0;
+  for (const [a0, b] of spans) {
+    const a = Math.max(a0, at);
+    if (b <= a) continue;
+    if (a > at) out.push(document.createTextNode(chars.slice(at, a).join("")));
+    out.push(h("mark", { text: chars.slice(a, b).join("") }));
+    at = b;
+  }
+  if (at < chars.length) out.push(document.createTextNode(chars.slice(at).join("")));
+  return out;
+}
+
+// What a quote of a message shows: its text, else its file's name (as the server's excerpt).
+export function excerptOf(m, max = 120) {
+  if (!m || m.deleted) return "";
+  const text = m.body || (m.file ? m.file.name : "");
+  const chars = Array.from(text);
+  return chars.length > max ? chars.slice(0, max).join("") : text;
+}
