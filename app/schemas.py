@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints,
-                      field_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
+                      StringConstraints, field_validator)
 from typing_extensions import TypeAliasType
 
 from app.serialize import iso
@@ -34,6 +34,7 @@ from models.user import User
 MAX_INITIAL_MEMBERS = 1000
 CLIENT_ID_MAX = 64  # a message's (and an upload's) retry key
 DEFAULT_MAX_CHARS = Settings.model_fields["message_max_chars"].default
+BIGINT_MAX = 2**63 - 1  # app.ids.BIGINT_MAX (this module imports no service): seqs are PostgreSQL bigints
 
 
 # == what the OpenAPI document declares about inputs (schemathesis holds us to it) ======
@@ -335,6 +336,7 @@ class SendMessage(BaseModel):
 
     body: str
     client_id: str | None = None
+    reply_to: Any = None  # a seq of the same room: checked by the accept path (422 reply_to)
 
 
 class SendMessageDoc(JsonBody):
@@ -349,6 +351,73 @@ class SendMessageDoc(JsonBody):
     client_id: Optional[str] = Field(None, min_length=1, max_length=CLIENT_ID_MAX,
                                      description="retry key: a resend with the same one returns the original",
                                      json_schema_extra=text_field(STORABLE_PATTERN))
+    reply_to: Optional[int] = Field(None, ge=1, le=BIGINT_MAX,
+                                    description="seq of the message in the same room this one answers; "
+                                                "422 (details.fields.reply_to) when it does not exist or is deleted")
+
+
+# -- lifecycle (issue 12): edits, read markers, search -------------------------------------
+
+class EditMessage(BaseModel):
+    """Body of PATCH /rooms/{id}/messages/{seq} as parsed; the body is checked like a send's by
+    app.lifecycle.edit_message (shared with the WebSocket `edit` frame)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    body: Any = None  # the service names the field when it is missing or not a string
+
+
+class EditMessageDoc(JsonBody):
+    """Body of PATCH /rooms/{id}/messages/{seq} as documented: a text body, as for a send."""
+
+    model_config = ConfigDict(title="EditMessage", json_schema_extra=body_schema)
+
+    body: str = Field(max_length=DEFAULT_MAX_CHARS,
+                      description=f"the new text: 1-MESSAGE_MAX_CHARS (default {DEFAULT_MAX_CHARS}) characters, "
+                                  "not only whitespace; @mentions are parsed again",
+                      json_schema_extra=text_field(NOT_BLANK_PATTERN))
+
+
+class ReadMarker(BaseModel):
+    """Body of POST /rooms/{id}/read as parsed (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: StrictInt = Field(ge=0, le=BIGINT_MAX)
+
+
+class ReadMarkerBody(JsonBody):
+    """Body of POST /rooms/{id}/read: the seq read up to (markers only move forward; a seq past
+    the room's last one is read as the last one)."""
+
+    model_config = ConfigDict(title="ReadMarker", json_schema_extra=body_schema)
+
+    seq: int = Field(ge=0, le=BIGINT_MAX, description="the newest seq the user has seen")
+
+
+class ReadState(BaseModel):
+    """A user's read marker in a room and what is left after it (POST /rooms/{id}/read, and the
+    WebSocket `read` event without its `type`)."""
+
+    room_id: str
+    last_read_seq: int = Field(description="every message up to this seq counts as read")
+    unread_count: int = Field(description="last_seq - last_read_seq (never below 0)")
+    mention_count: int = Field(description="undeleted messages after the marker that @mention the user")
+
+
+class SearchHit(BaseModel):
+    """One search result: the message as the viewer sees it, with where the words matched."""
+
+    message: MessageOut
+    room_id: str
+    snippet: str = Field(description="an excerpt of the body around the matches")
+    highlights: list[list[int]] = Field(description="[start, end) character offsets into snippet")
+    rank: float = Field(description="relevance: higher is better")
+
+
+class SearchPage(BaseModel):
+    items: list[SearchHit]
+    next_cursor: Optional[str]
 
 
 # == rooms and memberships ================================================================

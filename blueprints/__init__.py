@@ -6,7 +6,7 @@ from sanic import Blueprint
 
 
 def all_blueprints() -> list[Blueprint]:
-    from blueprints import auth, files, health, messages, rooms, users, ws
+    from blueprints import auth, files, health, messages, rooms, search, users, ws
     from blueprints import file_links, web
 
-    return [health.bp, auth.bp, users.bp, rooms.bp, messages.bp, files.bp, ws.bp, file_links.bp, web.bp]
+    return [health.bp, auth.bp, users.bp, rooms.bp, messages.bp, search.bp, files.bp, ws.bp, file_links.bp, web.bp]

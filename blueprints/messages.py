@@ -1,19 +1,23 @@
-"""Message routes (API.md "Messages"): send over HTTP (same accept path as the WebSocket) and history."""
+"""Message routes (API.md "Messages"): send over HTTP (same accept path as the WebSocket), history,
+and the lifecycle of a sent message (issue 12): edit, delete, reactions, the read marker."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
+from sanic_ext.extensions.openapi.types import String
 
 from app import messages, rooms
-from app.errors import MessageNotFound, ValidationFailed
+from app.errors import MessageNotFound, ServiceUnavailable, ValidationFailed
 from app.ids import BIGINT_MAX, parse_bigint
 from app.pagination import parse_limit
-from app.schemas import MessageOut, MessagePage, SendMessage, SendMessageDoc
+from app.schemas import (EditMessage, EditMessageDoc, MessageOut, MessagePage, ReadMarker, ReadMarkerBody, ReadState, SendMessage,
+                         SendMessageDoc)
 from app.validation import body
-from blueprints.deps import authenticated, bigint, doc
+from blueprints.deps import authenticated, bigint, doc, query
 
 bp = Blueprint("messages")
 
@@ -21,6 +25,17 @@ _E401 = (401, "invalid_token")
 _E403 = (403, "not_member: a public room the caller is not in")
 _E404 = (404, "room_not_found (also private rooms the caller is not in, malformed ids)")
 _E422 = (422, "validation_failed (details.fields)")
+_E429 = (429, "rate_limited (Retry-After): edits, deletes and reactions share RATE_CHANGES per user")
+_MSG_404 = (404, "room_not_found, or message_not_found (no such seq, or 0, or not a number)")
+_SEQ_422 = (422, "validation_failed: seq past 2^63-1")
+_GONE = (409, "message_deleted: the message was deleted")
+_SEQ = bigint("seq", 0, BIGINT_MAX, "the message's seq (0 and unknown seqs: 404)", location="path")
+# What app.lifecycle.validate_emoji accepts: 1-32 characters, none of them whitespace or a
+# control character (Python's str.isspace and the C0/C1 controls).
+EMOJI_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]{1,32}$"
+_EMOJI = query("emoji", String(minLength=1, maxLength=32, pattern=EMOJI_PATTERN),
+               "the reaction, percent-encoded (👍 is %F0%9F%91%8D): 1-32 characters, no whitespace or controls",
+               location="path")
 
 
 def _svc(request: Request) -> dict[str, Any]:
@@ -28,17 +43,62 @@ def _svc(request: Request) -> dict[str, Any]:
     return {"redis": ctx.redis, "keys": ctx.keys, "settings": ctx.settings}
 
 
+def service(module: str, name: str) -> Any:
+    """A service function written alongside these routes (issue 12), looked up when called, so
+    the app still starts while it is missing; until then its routes answer 503 saying so."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ServiceUnavailable(f"{module}.{name} is not available on this server yet.",
+                                 details={"service": module}) from None
+
+
+def reply_to_field(value: Any) -> int | None:
+    """`reply_to` of a send (HTTP or WebSocket): absent/null, or a seq (a bigint >= 1)."""
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= BIGINT_MAX:
+        raise ValidationFailed({"reply_to": "must be the seq of a message in this room"})
+    return value
+
+
+async def path_seq(request: Request, room_id: str, seq: str) -> int:
+    """The `{seq}` of a path, read like GET .../messages/{seq}: past a bigint is 422; not a
+    number or below 1 is 404 message_not_found (after the room check: no room is confirmed
+    to a caller who may not see it)."""
+    try:
+        n = int(seq)
+    except ValueError:
+        n = 0
+    if n > BIGINT_MAX:  # a seq no bigint can hold: bad input, not a missing message
+        raise ValidationFailed({"seq": f"must be at most {BIGINT_MAX}"})
+    if n < 1:
+        await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
+        raise MessageNotFound()
+    return n
+
+
+def username_of(request: Request) -> str | None:
+    """The caller's lowercased username from the token (`usr`), None for older tokens (the read
+    service then looks it up)."""
+    return getattr(request.ctx.claims, "username", None)
+
+
 @bp.post("/rooms/<room_id>/messages")
 @doc("Send a message (201; 200 with the original for a retried client_id)",
      (201, MessageOut, "the new message"), (200, MessageOut, "the original (retried client_id)"),
-     errors=[(400, "malformed_json"), _E401, _E403, _E404, _E422, (429, "rate_limited (Retry-After)")],
+     errors=[(400, "malformed_json"), _E401, _E403, _E404,
+             (422, "validation_failed (details.fields; reply_to: no such message in this room, or deleted)"),
+             (429, "rate_limited (Retry-After)")],
      body=SendMessageDoc, tag="messages")
 @authenticated
 async def send_message(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, SendMessage)
+    reply = reply_to_field(data.reply_to)
+    extra = {"reply_to": reply} if reply is not None else {}
     msg, created = await messages.accept_message(request.app.ctx.resources, room_id=room_id,
                                                  sender_id=request.ctx.user_id, body=data.body,
-                                                 client_id=data.client_id)
+                                                 client_id=data.client_id, **extra)
     return json(msg, status=201 if created else 200)
 
 
@@ -76,3 +136,77 @@ async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     if msg is None:
         raise MessageNotFound()
     return json(msg)
+
+
+# -- the lifecycle of a sent message (issue 12) ------------------------------------------
+
+@bp.patch("/rooms/<room_id>/messages/<seq>")
+@doc("Edit a text message (its sender only); members get message_updated (change: edit)",
+     (200, MessageOut, "the edited message"), body=EditMessageDoc, tag="messages", params=[_SEQ],
+     errors=[(400, "malformed_json"), _E401,
+             (403, "not_member, or forbidden (not the sender; not a text message)"), _MSG_404, _GONE,
+             (422, "validation_failed: body (as for a send), or seq past 2^63-1"), _E429])
+@authenticated
+async def edit_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
+    data = body(request, EditMessage)
+    n = await path_seq(request, room_id, seq)
+    msg = await service("app.lifecycle", "edit_message")(request.app.ctx.resources, room_id=room_id, seq=n,
+                                                         user_id=request.ctx.user_id, body=data.body)
+    return json(msg)
+
+
+@bp.delete("/rooms/<room_id>/messages/<seq>")
+@doc("Delete a message (its sender, or the room's owner or an admin): it stays as a tombstone; "
+     "deleting again is harmless", (200, MessageOut, "the tombstone (deleted: true, body \"\")"),
+     tag="messages", params=[_SEQ],
+     errors=[_E401, (403, "not_member, or forbidden (not the sender, and not the owner or an admin)"), _MSG_404,
+             _SEQ_422, _E429])
+@authenticated
+async def delete_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
+    n = await path_seq(request, room_id, seq)
+    msg = await service("app.lifecycle", "delete_message")(request.app.ctx.resources, room_id=room_id, seq=n,
+                                                           user_id=request.ctx.user_id)
+    return json(msg)
+
+
+async def _react(request: Request, room_id: str, seq: str, emoji: str, add: bool) -> HTTPResponse:
+    service("app.lifecycle", "validate_emoji")(emoji)
+    n = await path_seq(request, room_id, seq)
+    msg = await service("app.lifecycle", "react")(request.app.ctx.resources, room_id=room_id, seq=n,
+                                                  user_id=request.ctx.user_id, emoji=emoji, add=add)
+    return json(msg)
+
+
+_REACT_ERRORS = [_E401, _E403, _MSG_404, _GONE, (422, "validation_failed: emoji, or seq past 2^63-1"), _E429]
+
+
+@bp.put("/rooms/<room_id>/messages/<seq>/reactions/<emoji>")
+@doc("React with an emoji (idempotent: reacting twice changes nothing and sends no event)",
+     (200, MessageOut, "the message with its reactions"), tag="messages", params=[_SEQ, _EMOJI],
+     errors=[*_REACT_ERRORS, (409, "reaction_limit: REACTIONS_MAX_EMOJI distinct emoji on the message")])
+@authenticated
+async def add_reaction(request: Request, room_id: str, seq: str, emoji: str) -> HTTPResponse:
+    return await _react(request, room_id, seq, emoji, True)
+
+
+@bp.delete("/rooms/<room_id>/messages/<seq>/reactions/<emoji>")
+@doc("Take one's reaction back (idempotent: removing one that is not there changes nothing)",
+     (200, MessageOut, "the message with its reactions"), tag="messages", params=[_SEQ, _EMOJI],
+     errors=_REACT_ERRORS)
+@authenticated
+async def remove_reaction(request: Request, room_id: str, seq: str, emoji: str) -> HTTPResponse:
+    return await _react(request, room_id, seq, emoji, False)
+
+
+@bp.post("/rooms/<room_id>/read")
+@doc("Move the caller's read marker forward to seq (never back; past the last message reads as the last); "
+     "the caller's connections get the read event when it moved", (200, ReadState, "the marker and counts"),
+     body=ReadMarkerBody, tag="messages",
+     errors=[(400, "malformed_json"), _E401, _E403, _E404, (422, "validation_failed: seq must be 0 to 2^63-1")])
+@authenticated
+async def mark_read(request: Request, room_id: str) -> HTTPResponse:
+    data = body(request, ReadMarker)
+    state = await service("app.reads", "mark_read")(request.app.ctx.resources, room_id=room_id,
+                                                    user_id=request.ctx.user_id, username=username_of(request),
+                                                    seq=data.seq)
+    return json(state)

@@ -20,7 +20,7 @@ from app.realtime import events
 from app.realtime.connection import Connection, Frame
 from app.realtime.registry import Registry
 from app.realtime.inbox import Inbox
-from app.errors import (ChatError, Forbidden, InvalidToken, NotMember, RateLimited, RoomNotFound,
+from app.errors import (ChatError, Forbidden, InvalidToken, MessageNotFound, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
 from app.ids import BIGINT_MAX, parse_uuid
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -29,6 +29,7 @@ from app.serialize import dumps
 from app.settings import Settings
 from app.validation import check_object, is_echoable, parse, parse_object
 from blueprints.deps import bearer_token
+from blueprints.messages import reply_to_field, service
 
 log = logging.getLogger("chat.ws")
 
@@ -38,7 +39,8 @@ CLOSE_TOKEN = 4401
 CLOSE_FLOOD = 4429
 TYPING_EVERY_S = 1.0  # at most one typing event per room and connection per interval
 # Frames about a room one is not in cost the abuser a strike, like a rate-limited frame.
-STRIKE_KINDS = frozenset(("send", "sync", "typing"))
+STRIKE_KINDS = frozenset(("send", "sync", "typing", "edit", "delete", "react", "read"))
+REACT_OPS = ("add", "remove")
 
 
 @bp.middleware("request")
@@ -85,6 +87,23 @@ def _field(frame: dict[str, Any], name: str, kind: type, required: bool = True) 
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
         raise ValidationFailed({name: f"required, a {'string' if kind is str else 'number'}"})
     return value
+
+
+def _bounded(frame: dict[str, Any], name: str, lo: int, hi: int, required: bool = True) -> int | None:
+    """An integer field in [lo, hi] (seqs and versions are bigints), or validation_failed naming it."""
+    value = _field(frame, name, int, required)
+    if value is not None and not lo <= value <= hi:
+        raise ValidationFailed({name: f"must be between {lo} and {hi}"})
+    return value
+
+
+def _message_seq(frame: dict[str, Any]) -> int:
+    """`seq` of edit/delete/react: past a bigint is validation_failed; 0 or below names no
+    message (message_not_found, as over HTTP)."""
+    seq = _bounded(frame, "seq", -BIGINT_MAX, BIGINT_MAX)
+    if seq < 1:  # type: ignore[operator]
+        raise MessageNotFound()
+    return seq  # type: ignore[return-value]
 
 
 class Session:
@@ -191,9 +210,11 @@ class Session:
         room_id = _field(frame, "room_id", str)
         body = frame.get("body")
         generation = self.registry.gen  # before the send: tells a lagging stream from a lost event
+        reply = reply_to_field(frame.get("reply_to"))
+        extra = {"reply_to": reply} if reply is not None else {}
         msg, created = await messages.accept_message(
             self.resources, room_id=room_id, sender_id=self.user_id,
-            body=body, client_id=frame.get("client_id"), conn_id=self.conn.id)  # type: ignore[arg-type]
+            body=body, client_id=frame.get("client_id"), conn_id=self.conn.id, **extra)  # type: ignore[arg-type]
         self.strikes = 0
         if created:
             self.conn.expect_ack(msg, generation)  # rides the room's event stream, in seq order
@@ -211,16 +232,56 @@ class Session:
         after = _field(frame, "after_seq", int)
         if not 0 <= after < BIGINT_MAX:  # seqs are bigints; history reads from after_seq + 1
             raise ValidationFailed({"after_seq": f"must be between 0 and {BIGINT_MAX - 1}"})
+        # Versions count changes like seqs count messages: bigints; changes are read after it.
+        after_version = _bounded(frame, "after_version", 0, BIGINT_MAX - 1, required=False)
         room_id = await self._require_member(raw_room)
         limit = _field(frame, "limit", int, required=False)
         if limit is None:
             limit = DEFAULT_LIMIT
         elif limit < 1:
             raise ValidationFailed({"limit": "must be at least 1"})
+        limit = min(limit, MAX_LIMIT)
         items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
-                                                 room_id=room_id, before=None, after=after,
-                                                 limit=min(limit, MAX_LIMIT))
-        self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more})
+                                                 room_id=room_id, before=None, after=after, limit=limit)
+        out: dict[str, Any] = {"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more}
+        if after_version is not None:
+            # The older messages (seq <= after_seq) changed since after_version, latest state
+            # each; newer ones are in `messages` already, as they are now.
+            changes, more, last_version = await service("app.messages", "changes_since")(
+                self.resources, room_id=room_id, after_version=after_version, max_seq=after, limit=limit,
+                viewer_id=self.user_id)
+            out.update(changes=changes, changes_has_more=more, last_version=last_version)
+        self.conn.send(out)
+
+    async def on_edit(self, frame: dict[str, Any]) -> None:
+        # No direct answer: the message_updated event reaches every connection of every member,
+        # this one too, in the room's order.
+        room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
+        await service("app.lifecycle", "edit_message")(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
+                                                       body=frame.get("body"))
+
+    async def on_delete(self, frame: dict[str, Any]) -> None:
+        room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
+        await service("app.lifecycle", "delete_message")(self.resources, room_id=room_id, seq=seq,
+                                                         user_id=self.user_id)
+
+    async def on_react(self, frame: dict[str, Any]) -> None:
+        room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
+        emoji = _field(frame, "emoji", str)
+        op = frame.get("op")
+        if op not in REACT_OPS:
+            raise ValidationFailed({"op": "must be add or remove"})
+        service("app.lifecycle", "validate_emoji")(emoji)
+        # A no-op (adding a reaction one has, removing one one has not) publishes nothing.
+        await service("app.lifecycle", "react")(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
+                                                emoji=emoji, add=op == "add")
+
+    async def on_read(self, frame: dict[str, Any]) -> None:
+        room_id = _field(frame, "room_id", str)
+        seq = _bounded(frame, "seq", 0, BIGINT_MAX)
+        state = await service("app.reads", "mark_read")(self.resources, room_id=room_id, user_id=self.user_id,
+                                                        username=getattr(self.claims, "username", None), seq=seq)
+        self.conn.send({"type": "read", **state})
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         room_id = await self._require_member(_field(frame, "room_id", str))
@@ -266,5 +327,6 @@ class Session:
 HANDLERS: dict[str, Callable[[Session, dict[str, Any]], Awaitable[None]]] = {
     "send": Session.on_send, "sync": Session.on_sync, "typing": Session.on_typing,
     "create_room": Session.on_create_room, "join": Session.on_join, "leave": Session.on_leave,
-    "ping": Session.on_ping,
+    "ping": Session.on_ping, "edit": Session.on_edit, "delete": Session.on_delete, "react": Session.on_react,
+    "read": Session.on_read,
 }
