@@ -33,7 +33,7 @@ from app import access, mentions, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.realtime import events
 from app.resources import Resources
-from app.ids import parse_uuid, uuid7
+from app.ids import is_bigint, parse_uuid, uuid7
 from app.store.keys import Keys
 from app.serialize import dumps, iso, now_iso, utcnow
 from app.schemas import CLIENT_ID_MAX, message_out
@@ -51,7 +51,7 @@ _ATTEMPTS = 3  # a lost member set and a lost counter may each need one rebuild
 def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any, reply_to: Any = None) -> None:
     """422 with per-field reasons; a rejected send never reaches Redis, so it consumes no seq."""
     fields: dict[str, str] = {}
-    if reply_to is not None and (type(reply_to) is not int or not 1 <= reply_to <= _SEQ_MAX):
+    if reply_to is not None and not is_bigint(reply_to, 1):
         fields["reply_to"] = "must be the seq of a message in this room"
     if kind not in KINDS:
         fields["kind"] = f"must be one of {', '.join(KINDS)}"
@@ -71,9 +71,6 @@ def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any, r
 
 
 # -- accept ------------------------------------------------------------------------
-
-_SEQ_MAX = 2**63 - 1  # a seq is a PostgreSQL bigint
-
 
 async def _reply_quote(res: Resources, room_id: str, sender_id: str | None, reply_to: int) -> dict[str, Any]:
     """The quote of the original a reply answers, as it is at send time (the live event carries
