@@ -85,6 +85,8 @@ class CursorShape:
 ROOMS = CursorShape({"c": _time, "i": _uuid})
 MEMBERS = CursorShape({"j": _time, "i": _bigint})
 USERS = CursorShape({"u": _username})
+# search results (app/search.py) by their offset in the merged, ranked list.
+SEARCH = CursorShape({"o": _bigint})
 
 
 def encode_cursor(position: dict[str, Any]) -> str:
