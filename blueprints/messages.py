@@ -4,13 +4,14 @@ and the lifecycle of a sent message (issue 12): edit, delete, reactions, the rea
 from __future__ import annotations
 
 import importlib
+import urllib.parse
 from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext.extensions.openapi.types import String
 
-from app import messages, rooms
+from app import lifecycle, messages, rooms
 from app.errors import MessageNotFound, ServiceUnavailable, ValidationFailed
 from app.ids import BIGINT_MAX, parse_bigint
 from app.pagination import parse_limit
@@ -53,15 +54,6 @@ def service(module: str, name: str) -> Any:
                                  details={"service": module}) from None
 
 
-def reply_to_field(value: Any) -> int | None:
-    """`reply_to` of a send (HTTP or WebSocket): absent/null, or a seq (a bigint >= 1)."""
-    if value is None:
-        return None
-    if type(value) is not int or not 1 <= value <= BIGINT_MAX:
-        raise ValidationFailed({"reply_to": "must be the seq of a message in this room"})
-    return value
-
-
 async def path_seq(request: Request, room_id: str, seq: str) -> int:
     """The `{seq}` of a path, read like GET .../messages/{seq}: past a bigint is 422; not a
     number or below 1 is 404 message_not_found (after the room check: no room is confirmed
@@ -94,11 +86,9 @@ def username_of(request: Request) -> str | None:
 @authenticated
 async def send_message(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, SendMessage)
-    reply = reply_to_field(data.reply_to)
-    extra = {"reply_to": reply} if reply is not None else {}
     msg, created = await messages.accept_message(request.app.ctx.resources, room_id=room_id,
                                                  sender_id=request.ctx.user_id, body=data.body,
-                                                 client_id=data.client_id, **extra)
+                                                 client_id=data.client_id, reply_to=data.reply_to)
     return json(msg, status=201 if created else 200)
 
 
@@ -150,7 +140,7 @@ async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
 async def edit_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     data = body(request, EditMessage)
     n = await path_seq(request, room_id, seq)
-    msg = await service("app.lifecycle", "edit_message")(request.app.ctx.resources, room_id=room_id, seq=n,
+    msg = await lifecycle.edit_message(request.app.ctx.resources, room_id=room_id, seq=n,
                                                          user_id=request.ctx.user_id, body=data.body)
     return json(msg)
 
@@ -164,15 +154,17 @@ async def edit_message(request: Request, room_id: str, seq: str) -> HTTPResponse
 @authenticated
 async def delete_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     n = await path_seq(request, room_id, seq)
-    msg = await service("app.lifecycle", "delete_message")(request.app.ctx.resources, room_id=room_id, seq=n,
+    msg = await lifecycle.delete_message(request.app.ctx.resources, room_id=room_id, seq=n,
                                                            user_id=request.ctx.user_id)
     return json(msg)
 
 
 async def _react(request: Request, room_id: str, seq: str, emoji: str, add: bool) -> HTTPResponse:
-    service("app.lifecycle", "validate_emoji")(emoji)
+    # Sanic passes path parameters still percent-encoded: a browser sends 👍 as %F0%9F%91%8D.
+    emoji = urllib.parse.unquote(emoji)
+    lifecycle.validate_emoji(emoji)
     n = await path_seq(request, room_id, seq)
-    msg = await service("app.lifecycle", "react")(request.app.ctx.resources, room_id=room_id, seq=n,
+    msg = await lifecycle.react(request.app.ctx.resources, room_id=room_id, seq=n,
                                                   user_id=request.ctx.user_id, emoji=emoji, add=add)
     return json(msg)
 

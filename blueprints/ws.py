@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, Request
 
-from app import access, auth, messages, rooms
+from app import access, auth, lifecycle, messages, rooms
 from app.realtime import events
 from app.realtime.connection import Connection, Frame
 from app.realtime.registry import Registry
@@ -29,7 +29,7 @@ from app.serialize import dumps
 from app.settings import Settings
 from app.validation import check_object, is_echoable, parse, parse_object
 from blueprints.deps import bearer_token
-from blueprints.messages import reply_to_field, service
+from blueprints.messages import service
 
 log = logging.getLogger("chat.ws")
 
@@ -210,11 +210,9 @@ class Session:
         room_id = _field(frame, "room_id", str)
         body = frame.get("body")
         generation = self.registry.gen  # before the send: tells a lagging stream from a lost event
-        reply = reply_to_field(frame.get("reply_to"))
-        extra = {"reply_to": reply} if reply is not None else {}
         msg, created = await messages.accept_message(
-            self.resources, room_id=room_id, sender_id=self.user_id,
-            body=body, client_id=frame.get("client_id"), conn_id=self.conn.id, **extra)  # type: ignore[arg-type]
+            self.resources, room_id=room_id, sender_id=self.user_id, body=body, client_id=frame.get("client_id"),
+            conn_id=self.conn.id, reply_to=frame.get("reply_to"))  # type: ignore[arg-type]
         self.strikes = 0
         if created:
             self.conn.expect_ack(msg, generation)  # rides the room's event stream, in seq order
@@ -257,12 +255,12 @@ class Session:
         # No direct answer: the message_updated event reaches every connection of every member,
         # this one too, in the room's order.
         room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
-        await service("app.lifecycle", "edit_message")(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
+        await lifecycle.edit_message(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
                                                        body=frame.get("body"))
 
     async def on_delete(self, frame: dict[str, Any]) -> None:
         room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
-        await service("app.lifecycle", "delete_message")(self.resources, room_id=room_id, seq=seq,
+        await lifecycle.delete_message(self.resources, room_id=room_id, seq=seq,
                                                          user_id=self.user_id)
 
     async def on_react(self, frame: dict[str, Any]) -> None:
@@ -271,9 +269,9 @@ class Session:
         op = frame.get("op")
         if op not in REACT_OPS:
             raise ValidationFailed({"op": "must be add or remove"})
-        service("app.lifecycle", "validate_emoji")(emoji)
+        lifecycle.validate_emoji(emoji)
         # A no-op (adding a reaction one has, removing one one has not) publishes nothing.
-        await service("app.lifecycle", "react")(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
+        await lifecycle.react(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
                                                 emoji=emoji, add=op == "add")
 
     async def on_read(self, frame: dict[str, Any]) -> None:
