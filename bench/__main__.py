@@ -1,4 +1,5 @@
-"""`python -m bench [realtime|direct|flush|history|idle|bare|all|report] [options]` (`make bench` runs `all`).
+"""`python -m bench [realtime|direct|flush|history|idle|bare|reads|lifecycle_micro|search|all|report] [options]`
+(`make bench` runs `all`; `make bench-lifecycle` the lifecycle scenarios of issue 12, bench/lifecycle.py).
 
 Every scenario starts its own Redis, database and server, measures, and removes them
 again; results go to bench/results/<scenario>.json and bench/results/summary.md.
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import procs, report
+from bench import lifecycle, procs, report
 from bench.runner import say
 from bench.scenarios import SCENARIOS
 
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("idle")
     g.add_argument("--idle-connections", type=int, default=10_000)
     g.add_argument("--idle-hold", type=float, default=3.0, help="seconds the connections are held")
+    lifecycle.add_arguments(p)
     p.add_argument("--out", type=Path, default=report.RESULTS, help="directory of the results and summary.md")
     return p
 

@@ -31,6 +31,8 @@ def capacity(cfg: dict[str, Any]) -> int:
     """Upper bound of the number of messages the mode sends (sizes the bookkeeping arrays)."""
     per_step = float(cfg.get("warmup_s", 0)) + float(cfg.get("duration_s", 0))
     total = sum(int(r * per_step) + 2 for r in cfg.get("rates", []))
+    if cfg["mode"] == "reads":
+        total *= 2  # a plain and a marking step per rate
     if cfg["mode"] == "history":
         total += int(cfg["prefill"]) + 2
         total += 2 * (int(cfg["background_rate"] * float(cfg["phase_s"])) + 2)
@@ -79,6 +81,45 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(float(cfg.get("pause_s", 0.5)))
     return {"mode": "realtime", "senders": len(senders), "rooms": len(load.rooms),
             "highest_passing_rate": best, "steps": steps, **_connections_report(load)}
+
+
+async def reads(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per rate, the plain message load and then the same load with every recipient marking its
+    room read after each message it receives: the marker load beside the message load, and
+    what it costs the server per message, measured on the same connections and server."""
+    specs = cfg["conns"]
+    emit("progress", msg=f"connecting {len(specs)} WebSocket clients")
+    conns = await load.connect_all(specs)
+    load.set_fanout(conns, specs)
+    senders = sender_list(conns, specs)
+    if not senders:
+        raise RuntimeError(f"no sender connected; connection failures: {load.connect_failures}")
+    pairs: list[dict[str, Any]] = []
+    k0 = 0
+    for rate in cfg["rates"]:
+        pair: dict[str, Any] = {"rate": rate}
+        for kind in ("plain", "reads"):
+            load.mark_reads = kind == "reads"
+            emit("progress", msg=f"{kind} at {rate:g} msgs/s: {cfg['warmup_s']}s warm-up + {cfg['duration_s']}s")
+            before = load.reads_sent, load.reads_received
+            res = await load.run_step(rate, float(cfg["warmup_s"]), float(cfg["duration_s"]), k0, senders,
+                                      float(cfg.get("drain_s", 5)))
+            # The drain waited for the messages; give the last markers' events the same bound.
+            deadline = time.perf_counter() + float(cfg.get("drain_s", 5))
+            while load.reads_received - before[1] < load.reads_sent - before[0] and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            res["reads_sent_total"] = load.reads_sent - before[0]
+            res["read_events_total"] = load.reads_received - before[1]
+            k0 += res["sent"]
+            pair[kind] = res
+            emit("step", step=res)
+            load.mark_reads = False
+            await asyncio.sleep(float(cfg.get("pause_s", 0.5)))
+        plain, marked = pair["plain"], pair["reads"]
+        pair["server_cpu_ratio"] = round(marked["server_cpu_us_per_msg"] / max(1e-9, plain["server_cpu_us_per_msg"]), 2)
+        pairs.append(pair)
+    return {"mode": "reads", "senders": len(senders), "rooms": len(load.rooms), "pairs": pairs,
+            **_connections_report(load)}
 
 
 async def idle(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +244,7 @@ async def history(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def main_async(cfg: dict[str, Any]) -> dict[str, Any]:
-    modes = {"realtime": realtime, "idle": idle, "history": history}
+    modes = {"realtime": realtime, "idle": idle, "history": history, "reads": reads}
     cfg.setdefault("capacity", capacity(cfg))
     load = Load(cfg)
     try:

@@ -68,6 +68,11 @@ class Load:
         self.connect_failures: dict[str, int] = {}
         self.hello: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.pad = "x" * max(0, int(cfg.get("body_bytes", 100)) - 32)
+        # The `reads` scenario: every delivered message is answered with a `read` frame up to its
+        # seq (a client showing the room marks it read), and the `read` events coming back counted.
+        self.mark_reads = False
+        self.reads_sent = 0
+        self.reads_received = 0
 
     # -- receiving (hot path) --------------------------------------------------
     def on_text(self, conn: WSConn, data: bytes) -> None:
@@ -91,6 +96,8 @@ class Load:
                 self.dups += 1  # a duplicate, or out of seq order: both break the contract
                 return
             conn.last_seq[room] = seq
+            if self.mark_reads and conn.send_text(b'{"type":"read","room_id":"%s","seq":%d}' % (room.encode(), seq)):
+                self.reads_sent += 1
             k = int(body[20:body.index(":", 20)])
             self.deliv[k] += 1
             self.delivered_total += 1
@@ -113,6 +120,8 @@ class Load:
             if ref.isdigit() and self.state[int(ref)] == 0:
                 self.state[int(ref)] = 2
                 self.resolved_total += 1
+        elif kind == "read":
+            self.reads_received += 1
         elif kind == "hello":
             for r in msg.get("rooms", []):
                 conn.last_seq[r["room_id"]] = int(r.get("last_seq") or 0)
@@ -182,7 +191,8 @@ class Load:
                 "server_cpu": procs.tree_cpu_seconds(pid) if pid else 0.0,
                 "redis_cpu": procs.cpu_seconds([rpid]) if rpid else 0.0,
                 # The machine's PostgreSQL is not ours to pin; its backends' CPU is measured apart.
-                "db_cpu": procs.cpu_seconds(procs.pg_backend_pids(db)) if db else 0.0}
+                "db_cpu": procs.cpu_seconds(procs.pg_backend_pids(db)) if db else 0.0,
+                "reads_sent": self.reads_sent, "reads_received": self.reads_received}
 
     async def run_step(self, rate: float, warmup_s: float, duration_s: float, k0: int,
                        senders: list[tuple[WSConn, int]], drain_s: float) -> dict[str, Any]:
@@ -303,6 +313,8 @@ class Load:
             "postgres_cpu_s_per_1000_msgs": round(db_cpu * per_k, 4),
             "postgres_cpu_share": round(db_cpu / wall, 3),
             "server_rss_mb": round(end.get("server_rss", 0) / 2**20, 1),
+            "read_frames_per_s": round((end["reads_sent"] - start["reads_sent"]) / wall, 1),
+            "read_events_per_s": round((end["reads_received"] - start["reads_received"]) / wall, 1),
             "generator_cpu_share": round(gen_share, 3), "generator_saturated": saturated,
             "generator_saturated_by": ", ".join(reasons),
             "passed": passed,

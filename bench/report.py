@@ -18,7 +18,7 @@ from typing import Any
 from bench.procs import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-ORDER = ("realtime", "direct", "flush", "history", "idle", "bare")
+ORDER = ("realtime", "direct", "flush", "history", "idle", "bare", "reads", "lifecycle_micro", "search")
 ALL = ("realtime", "direct", "flush", "history", "idle")  # `all`; `bare` is the optional yardstick
 
 
@@ -263,7 +263,59 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                        f"{res.get('rss_per_connection_marginal_kb')} KiB); "
                        f"{res['connects_per_s']} connects/s; idle server CPU {res['idle_server_cpu_share']:.1%}; "
                        f"{res['still_open']} still open after the hold.")
+        elif name in LIFECYCLE:
+            out += LIFECYCLE[name](res)
     return "\n".join(out) + "\n"
+
+
+def _reads_md(res: dict[str, Any]) -> list[str]:
+    out = [f"{res['connections']} connections, {res['rooms']} rooms of {res['room_size']}, {res['senders']} senders; "
+           "each rate runs plain, then with every recipient sending a `read` frame per message it receives.", "",
+           "| msgs/s | run | acked/s | read frames/s | read events/s | delivery p99 ms | lost | server us/msg "
+           "| Redis us/msg | PostgreSQL us/msg | server CPU vs plain | result |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for pair in res["pairs"]:
+        for kind in ("plain", "reads"):
+            s = pair[kind]
+            ratio = f"{pair['server_cpu_ratio']}x" if kind == "reads" else "1x"
+            out.append(f"| {_n(pair['rate'])} | {kind} | {_n(s['accepted_per_s'])} | {_n(s.get('read_frames_per_s'))} | "
+                       f"{_n(s.get('read_events_per_s'))} | {_n(s['delivery_ms']['p99'], 2)} | {s['lost']} | "
+                       f"{_n(s['server_cpu_us_per_msg'])} | {_n(s['redis_cpu_s_per_1000_msgs'] * 1000)} | "
+                       f"{_n(s.get('postgres_cpu_s_per_1000_msgs', 0) * 1000)} | {ratio} | "
+                       f"{'pass' if s['passed'] else 'FAIL'} |")
+    return out
+
+
+def _micro_md(res: dict[str, Any]) -> list[str]:
+    out = [f"{_n(res['calls'])} sequential calls of each service, in-process (bench/lifecyclerun.py).", "",
+           "| call | wall us/call (p50 / p99) | CPU us/call | Redis round trips/call | Redis commands/call "
+           "| PostgreSQL queries |", "|---|---|---|---|---|---|"]
+    for kind, label in (("send", "accept_message (send)"), ("react", "lifecycle.react (cached message)"),
+                        ("mark_read", "reads.mark_read")):
+        r = res[kind]
+        out.append(f"| {label} | {_n(r['wall_us_per_call'])} ({_n(r['latency_us']['p50'])} / "
+                   f"{_n(r['latency_us']['p99'])}) | {_n(r['cpu_us_per_call'])} | {r['redis_round_trips_per_call']} | "
+                   f"{r['redis_commands_per_call']} | {r['postgres_queries']} |")
+    out += ["", f"react vs send: {res['react_vs_send_wall']}x wall, {res['react_vs_send_cpu']}x CPU; "
+                f"mark_read vs send: {res['mark_read_vs_send_wall']}x wall, {res['mark_read_vs_send_cpu']}x CPU."]
+    return out
+
+
+def _search_md(res: dict[str, Any]) -> list[str]:
+    out = [f"{_n(res['messages'])} messages COPYed into {res['rooms']} rooms ({res['searcher_rooms']} of them the "
+           f"searcher's) in {res['copy_s']} s, full-text index rebuilt in {res['index_build_s']} s "
+           f"({res['index_mb']} MB); `GET /search`, one request at a time.", "",
+           "| words | queries | p50 ms | p99 ms | max ms | items per page | errors |", "|---|---|---|---|---|---|---|"]
+    for kind in ("common", "rare"):
+        r = res[kind]
+        lat = r["latency_ms"]
+        out.append(f"| {kind} | {r['queries']} | {_n(lat['p50'], 2)} | {_n(lat['p99'], 2)} | {_n(lat['max'], 2)} | "
+                   f"{r['mean_items']} | {r['errors']} |")
+    out += ["", f"p99 over both: {_n(res['p99_ms'], 2)} ms (target < 50 ms: {'met' if res['passed'] else 'missed'})."]
+    return out
+
+
+LIFECYCLE = {"reads": _reads_md, "lifecycle_micro": _micro_md, "search": _search_md}
 
 
 def write_summary(out: Path = RESULTS) -> Path:

@@ -280,3 +280,8 @@ async def bare(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
 
 SCENARIOS = {"realtime": realtime, "direct": direct, "flush": flush, "history": history, "idle": idle,
              "bare": bare}
+
+# The message-lifecycle scenarios (issue 12) live in their own module; it imports this one lazily.
+from bench import lifecycle as _lifecycle  # noqa: E402
+
+SCENARIOS.update(_lifecycle.SCENARIOS)
