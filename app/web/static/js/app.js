@@ -92,6 +92,8 @@ function applyReadState(rs, r, authoritative) {
   if (Number.isFinite(r.last_seq)) rs.topSeq = Math.max(rs.topSeq, r.last_seq);
   if (Number.isFinite(r.last_read_seq)) {
     rs.lastReadSeq = authoritative ? r.last_read_seq : Math.max(rs.lastReadSeq, r.last_read_seq);
+  } else if (Number.isFinite(r.last_seq)) {
+    rs.lastReadSeq = Math.max(rs.lastReadSeq, r.last_seq); // a server without markers: history counts as read
   }
   if (Number.isFinite(r.mention_count)) rs.mentionCount = r.mention_count;
 }

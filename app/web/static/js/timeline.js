@@ -75,16 +75,16 @@ export class Timeline {
     const focusKey = active && this.list.contains(active) ? active.dataset.fk : null;
     const sel = focusKey && "selectionStart" in active ? [active.selectionStart, active.selectionEnd] : null;
     for (const m of msgs) {
-      if (!divided && m.seq > this.dividerAfter) {
-        divided = true;
-        items.push(h("li.new-divider", { role: "separator", "aria-label": "New messages" }, h("span", { text: "New messages" })));
-        prev = null;
-      }
       const d = dayKey(m.created_at);
       if (d !== day) {
         day = d;
         prev = null;
         items.push(h("li.day", { role: "separator" }, h("span", { text: dayLabel(m.created_at) })));
+      }
+      if (!divided && m.seq > this.dividerAfter) {
+        divided = true;
+        items.push(h("li.new-divider", { role: "separator", "aria-label": "New messages" }, h("span", { text: "New messages" })));
+        prev = null;
       }
       let el = this.cache.get(`m${m.seq}`);
       if (!el) { el = this.message(m); this.cache.set(`m${m.seq}`, el); }
