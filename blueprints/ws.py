@@ -239,17 +239,19 @@ class Session:
         elif limit < 1:
             raise ValidationFailed({"limit": "must be at least 1"})
         limit = min(limit, MAX_LIMIT)
-        items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
-                                                 room_id=room_id, before=None, after=after, limit=limit)
-        out: dict[str, Any] = {"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more}
+        found: dict[str, Any] = {}
         if after_version is not None:
             # The older messages (seq <= after_seq) changed since after_version, latest state
-            # each; newer ones are in `messages` already, as they are now.
+            # each; newer ones come in `messages`, as they are now. Read BEFORE the messages:
+            # a change made in between then shows in the messages' state or has a version
+            # above last_version (the next sync's), so none falls between the two reads.
             changes, more, last_version = await service("app.messages", "changes_since")(
                 self.resources, room_id=room_id, after_version=after_version, max_seq=after, limit=limit,
                 viewer_id=self.user_id)
-            out.update(changes=changes, changes_has_more=more, last_version=last_version)
-        self.conn.send(out)
+            found = {"changes": changes, "changes_has_more": more, "last_version": last_version}
+        items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
+                                                 room_id=room_id, before=None, after=after, limit=limit)
+        self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more, **found})
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
         # No direct answer: the message_updated event reaches every connection of every member,
