@@ -76,7 +76,7 @@ export function bodyNodes(text, myName) {
     if (name.length < 3) continue;
     if (m.index > at) out.push(document.createTextNode(text.slice(at, m.index)));
     const mine = !!myName && name.toLowerCase() === myName;
-    out.push(h(`span.mention${mine ? ".me" : ""}`, { text: `@${name}` }));
+    out.push(h(`span.mention${mine ? ".mention-self" : ""}`, { text: `@${name}` }));
     at = m.index + 1 + name.length;
   }
   if (at < text.length) out.push(document.createTextNode(text.slice(at)));

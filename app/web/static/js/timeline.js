@@ -128,11 +128,10 @@ export class Timeline {
     this.stick = this.atBottom();
   }
 
-  head(senderId, createdAt, editedAt) {
+  head(senderId, createdAt) {
     return h("div.msg-head", {},
       h("span.sender", { dataset: { uid: senderId }, text: this.o.nameOf(senderId) }),
-      createdAt ? h("time", { datetime: createdAt, title: new Date(createdAt).toLocaleString(), text: timeOf(createdAt) }) : null,
-      editedAt ? h("span.edited", { title: `Edited ${new Date(editedAt).toLocaleString()}`, text: "(edited)" }) : null);
+      createdAt ? h("time", { datetime: createdAt, title: new Date(createdAt).toLocaleString(), text: timeOf(createdAt) }) : null);
   }
 
   avatar(senderId) {
@@ -152,12 +151,16 @@ export class Timeline {
         h("div.msg-content", {}, this.head(m.sender_id, m.created_at),
           h("div.msg-tombstone", { text: "message deleted" })));
     }
-    const body = h("div.msg-content", {}, this.head(m.sender_id, m.created_at, m.edited_at));
+    const body = h("div.msg-content", {}, this.head(m.sender_id, m.created_at));
     if (m.reply_to) body.append(this.quote(m.reply_to));
     if (m.file) body.append(this.attachment(m));
     const editing = this.editing && this.editing.seq === m.seq ? this.editing : null;
     if (editing) body.append(this.editBox(m, editing));
-    else if (m.body) body.append(h("div.msg-body", {}, ...bodyNodes(m.body, myName)));
+    else if (m.body || m.edited_at) {
+      // The mark sits after the text (not in the head, which a grouped message hides).
+      body.append(h("div.msg-text", {}, h("span.msg-body", {}, ...bodyNodes(m.body, myName)),
+        m.edited_at ? h("span.edited", { title: `Edited ${new Date(m.edited_at).toLocaleString()}`, text: " (edited)" }) : null));
+    }
     if (m.reactions.length) body.append(this.reactions(m));
     if (this.picking === m.seq) body.append(this.picker(m));
     const mentioned = !!myName && m.mentions.includes(myName) && m.sender_id !== me.id;
@@ -177,7 +180,7 @@ export class Timeline {
       act("react", "Add a reaction", "\u263A"),
       act("reply", "Reply", "\u21A9"),
       own && m.kind === "text" ? act("edit", "Edit", "\u270E") : null,
-      own || this.o.canModerate() ? act("delete", "Delete", "\u{1F5D1}") : null);
+      own || this.o.canModerate() ? act("delete", "Delete", "\u2715") : null);
   }
 
   quote(q) {
