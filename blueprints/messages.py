@@ -32,8 +32,12 @@ _SEQ_422 = (422, "validation_failed: seq past 2^63-1")
 _GONE = (409, "message_deleted: the message was deleted")
 _SEQ = bigint("seq", 0, BIGINT_MAX, "the message's seq (0 and unknown seqs: 404)", location="path")
 # What app.lifecycle.validate_emoji accepts: 1-32 characters, none of them whitespace or a
-# control character (Python's str.isspace and the C0/C1 controls).
-EMOJI_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]{1,32}$"
+# control character (Python's str.isspace and the C0/C1 controls), except `.` and `..`: as a
+# path segment they are dot segments, which HTTP clients resolve away before sending (no
+# lookahead: Rust's regex has none).
+_EMOJI_CHAR = r"[^\s\x00-\x1f\x7f-\x9f]"
+_EMOJI_NOT_DOT = r"[^\s\x00-\x1f\x7f-\x9f.]"
+EMOJI_PATTERN = rf"^(?:{_EMOJI_NOT_DOT}|{_EMOJI_NOT_DOT}{_EMOJI_CHAR}|{_EMOJI_CHAR}{_EMOJI_NOT_DOT}|{_EMOJI_CHAR}{{3,32}})$"
 _EMOJI = query("emoji", String(minLength=1, maxLength=32, pattern=EMOJI_PATTERN),
                "the reaction, percent-encoded (👍 is %F0%9F%91%8D): 1-32 characters, no whitespace or controls",
                location="path")
