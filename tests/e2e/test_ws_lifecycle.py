@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.factories import TestUser, make_room, make_user
 from tests.support import ServerProc
@@ -104,16 +105,22 @@ async def test_a_stranger_gets_the_rooms_error(server: ServerProc, api: httpx.Cl
     room = make_room(api, alice)
     secret = make_room(api, alice, is_private=True)
     msg = post(api, alice, room["id"], "hi")
-    b = await WS.open(server.ws_url, bob.access_token)
     for rid, code in ((room["id"], "not_member"), (secret["id"], "room_not_found")):
+        b = await WS.open(server.ws_url, bob.access_token)
         for frame in ({"type": "edit", "room_id": rid, "seq": msg["seq"], "body": "x"},
                       {"type": "delete", "room_id": rid, "seq": msg["seq"]},
                       {"type": "react", "room_id": rid, "seq": msg["seq"], "emoji": THUMBS, "op": "add"},
                       {"type": "read", "room_id": rid, "seq": 1}):
             err = await b.request(frame, "nothing")
             assert (err["type"], err["code"]) == ("error", code), (frame, err)
-            await b.request({"type": "ping"}, "pong")  # strikes, but not enough to be closed
-    await b.close()
+        # Each was a strike (RATE_LIMIT_STRIKES = 5 are tolerated): two more and it is closed.
+        for _ in range(2):
+            await b.send({"type": "read", "room_id": rid, "seq": 1})
+        with pytest.raises(ConnectionClosed) as info:
+            for _ in range(3):
+                await b.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+    assert api.get(f"/rooms/{room['id']}/messages/{msg['seq']}", headers=alice.headers).json()["reactions"] == []
 
 
 async def test_read_moves_the_marker_on_every_connection_of_the_user(
