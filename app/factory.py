@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from sanic import Sanic
 
 from app.db import setup_db
 from app.door import setup_request_limits
 from app.errors import register_error_handlers
+from app.logs import configure_logging
+from app.metrics import setup_metrics
 from app.realtime.fanout import setup_fanout
 from app.resources import setup_resources
 from app.serialize import dumps
@@ -17,21 +17,10 @@ from app.web import configure_docs
 from blueprints import all_blueprints
 
 
-def configure_logging(level: str) -> None:
-    """Our loggers ("chat.*") to stderr with the pid, apart from Sanic's own handlers."""
-    log = logging.getLogger("chat")
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(level)
-
-
 def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     """Build the Sanic app; resources open in before_server_start and live on app.ctx."""
     settings = settings or Settings.load()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.chat_log_format)  # app/logs.py: text or JSON
     app = Sanic(name, dumps=dumps)
     app.ctx.settings = settings
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
@@ -55,4 +44,5 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     for bp in all_blueprints():
         app.blueprint(bp)
     setup_fanout(app)
+    setup_metrics(app)  # GET /metrics, request ids, JSON for Sanic's loggers
     return app

@@ -1,9 +1,14 @@
 """Background jobs: the Dramatiq broker's configuration, and enqueueing a job by actor name.
 
 The server never imports actor code (tasks/ imports app/, never the reverse): a job is a
-Dramatiq message naming its actor and queue, put on the Redis broker the worker consumes.
+Dramatiq message naming its actor and queue, put on the broker the worker consumes.
 The broker is configured here once, so producers (server, scheduler, CLI) and the worker
 agree on namespace, heartbeat and maintenance.
+
+BROKER_URL chooses it (empty: REDIS_URL): `redis://...` is Dramatiq's RedisBroker (in the
+deployment's namespace), `amqp://...` Dramatiq's RabbitmqBroker with publisher confirms (an
+enqueue that returned is stored by RabbitMQ). RabbitMQ has no namespace: one vhost per
+deployment (`amqp://user:pass@host:5672/<vhost>`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import threading
 from functools import partial
 from typing import Any
 
-from dramatiq import Message, Middleware
+from urllib.parse import urlsplit
+
+from dramatiq import Broker, Message, Middleware
 from dramatiq.brokers.redis import RedisBroker
 
 from app.store.keys import Keys
@@ -63,17 +70,60 @@ class ForgetProducerHeartbeat(Middleware):
             broker.client.zrem(f"{broker.namespace}:__heartbeats__", broker.broker_id)
 
 
-def build_broker(settings: Settings, middleware: list[Middleware] | None = None) -> RedisBroker:
-    """The project's Redis broker; `middleware=None` means Dramatiq's defaults (the worker)."""
-    broker = RedisBroker(
-        url=settings.redis_url,
-        namespace=Keys(settings.redis_prefix).dramatiq_namespace(),
-        heartbeat_timeout=settings.broker_heartbeat_timeout_s * 1000,
-        maintenance_chance=MAINTENANCE_CHANCE,
-        middleware=middleware,
-    )
+RABBITMQ_SCHEMES = ("amqp", "amqps")
+
+
+def broker_url(settings: Settings) -> str:
+    """The job broker's URL: BROKER_URL, else REDIS_URL."""
+    return settings.broker_url or settings.redis_url
+
+
+def is_rabbitmq(url: str) -> bool:
+    return urlsplit(url).scheme in RABBITMQ_SCHEMES
+
+
+def build_broker(settings: Settings, middleware: list[Middleware] | None = None) -> Broker:
+    """The project's broker (Redis or RabbitMQ, by BROKER_URL); `middleware=None` means
+    Dramatiq's defaults (the worker)."""
+    url = broker_url(settings)
+    broker: Broker
+    if is_rabbitmq(url):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # needs pika; only then imported
+
+        # Confirms: a job the server was told is enqueued survives a RabbitMQ restart
+        # (Dramatiq declares its queues durable and publishes persistent messages).
+        broker = RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+    else:
+        broker = RedisBroker(
+            url=url,
+            namespace=Keys(settings.redis_prefix).dramatiq_namespace(),
+            heartbeat_timeout=settings.broker_heartbeat_timeout_s * 1000,
+            maintenance_chance=MAINTENANCE_CHANCE,
+            middleware=middleware,
+        )
     broker.add_middleware(ForgetProducerHeartbeat())
     return broker
+
+
+def queue_depths(broker: Broker) -> dict[str, dict[str, int]]:
+    """queue -> {"ready", "delayed", "dead"} job counts, on either broker (synchronous)."""
+    out: dict[str, dict[str, int]] = {}
+    if isinstance(broker, RedisBroker):
+        ns = broker.namespace
+        pipe = broker.client.pipeline(transaction=False)
+        for q in queues():
+            # <ns>:<q> lists ready job ids; .DQ is the delay queue (retries), .XQ the dead letters.
+            pipe.llen(f"{ns}:{q}")
+            pipe.hlen(f"{ns}:{q}.DQ.msgs")
+            pipe.zcard(f"{ns}:{q}.XQ")
+        values = pipe.execute()
+        for i, q in enumerate(queues()):
+            out[q] = dict(zip(("ready", "delayed", "dead"), map(int, values[3 * i:3 * i + 3])))
+        return out
+    for q in queues():
+        ready, delayed, dead = broker.get_queue_message_counts(q)  # type: ignore[attr-defined]
+        out[q] = {"ready": ready, "delayed": delayed, "dead": dead}
+    return out
 
 
 class Producer:
@@ -85,19 +135,25 @@ class Producer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._broker: RedisBroker | None = None
+        self._broker: Broker | None = None
         self._lock = threading.Lock()  # enqueues run in executor threads
         self._soon: set[asyncio.Task[None]] = set()  # enqueue_soon's tasks, referenced until done
 
-    def broker(self) -> RedisBroker:
+    def broker(self) -> Broker:
         with self._lock:
             if self._broker is None:
                 self._broker = build_broker(self.settings, middleware=[])
             return self._broker
 
     def enqueue_sync(self, actor_name: str, *args: Any) -> Message:
-        """Enqueue from synchronous code (blocks on one Redis round trip)."""
+        """Enqueue from synchronous code (blocks on one broker round trip)."""
         return self.broker().enqueue(job(actor_name, *args))
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """The job queues' depths (GET /metrics, `make status`); blocks on the broker."""
+        broker = self.broker()
+        with self._lock:  # RabbitMQ: one channel per thread, but declares must not interleave
+            return queue_depths(broker)
 
     async def enqueue(self, actor_name: str, *args: Any) -> None:
         """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
@@ -128,7 +184,8 @@ class Producer:
             broker, self._broker = self._broker, None
         if broker is not None:
             broker.close()
-            broker.client.connection_pool.disconnect()  # RedisBroker.close leaves its sockets open
+            if isinstance(broker, RedisBroker):
+                broker.client.connection_pool.disconnect()  # RedisBroker.close leaves its sockets open
 
 
 def job(actor_name: str, *args: Any) -> Message:

@@ -38,6 +38,7 @@ from app.store.keys import Keys
 from app.serialize import dumps, iso, now_iso, utcnow
 from app.schemas import CLIENT_ID_MAX, message_out
 from app.settings import Settings
+from app.metrics import counted_accept
 from models.file import File
 
 log = logging.getLogger("chat.messages")
@@ -88,6 +89,7 @@ async def _reply_quote(res: Resources, room_id: str, sender_id: str | None, repl
     return {"seq": reply_to, "sender_id": orig.get("sender_id"), "excerpt": excerpt, "deleted": False}
 
 
+@counted_accept  # chat_messages_accepted/rejected_total: every send passes here
 async def accept_message(res: Resources, *, room_id: str, sender_id: str | None, body: str, kind: str = "text",
                          file: dict[str, Any] | None = None, client_id: str | None = None, conn_id: str = "",
                          rate_limit: bool = True, reply_to: int | None = None) -> tuple[dict[str, Any], bool]:

