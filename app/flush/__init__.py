@@ -45,6 +45,7 @@ from redis.asyncio import ConnectionPool, Redis
 from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write)
+from app.metrics import FLUSHED_ROWS
 from app.store import scripts
 from app.store.keys import Keys
 from app.serialize import loads
@@ -241,6 +242,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
     result.ms = (time.perf_counter() - started) * 1000
     if result.rows or result.skipped:
         rate = result.rows / (result.ms / 1000) if result.ms else 0.0
+        FLUSHED_ROWS.inc(result.rows)  # chat_flushed_rows_total (GET /metrics)
         log.info("flush room=%s rows=%d batches=%d ms=%.1f rows_per_s=%.0f flushed=%d dead=%d reseq=%d",
                  room_id, result.rows, result.batches, result.ms, rate, result.flushed, result.skipped,
                  result.reseq)
