@@ -747,8 +747,14 @@ function onMemberLeft(roomId, userId) {
 // ---------------------------------------------------------------- read markers
 
 // Read = the newest messages are on screen in a focused window: then the marker moves there
-// (a `read` frame; the server tells every tab of this user, this one included).
+// (a `read` frame; the server tells every tab of this user, this one included). A burst of
+// messages, or of scroll events, makes one frame, not one each.
 function maybeMarkRead() {
+  if (maybeMarkRead.timer) return;
+  maybeMarkRead.timer = setTimeout(() => { maybeMarkRead.timer = null; markRead(); }, 150);
+}
+
+function markRead() {
   const rs = S.rooms.get(S.current);
   if (!rs || !rs.loaded || !S.me) return;
   if (document.hidden || !document.hasFocus() || !timeline.atBottom()) return;
