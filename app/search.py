@@ -230,6 +230,19 @@ _SEARCH_SQL = (
 )
 
 
+async def _database_hits(res: Resources, args: list[Any]) -> list[dict[str, Any]]:
+    """Run _SEARCH_SQL as an unnamed statement, planned for these very values.
+
+    A cached prepared statement (what asyncpg and Tortoise use) switches to a generic plan
+    after five runs, and the generic plan cannot know how common the words are: it ANDs the
+    full-text bitmap with the rooms' index (measured 140 ms for a word in 70% of 200,000
+    rows, where the custom plan walks created_at backwards and stops after the candidates,
+    ~15 ms). A custom plan picks the GIN index for rare words and that walk for common ones."""
+    async with res.pool().acquire() as conn:
+        stmt = await conn.prepare(_SEARCH_SQL)
+        return [dict(r) for r in await stmt.fetch(*args)]
+
+
 async def _member_rooms(user_id: str) -> list[str]:
     rows = await connections.get("default").execute_query_dict(
         "SELECT room_id FROM memberships WHERE user_id = $1 AND NOT banned", [user_id])
@@ -344,9 +357,8 @@ async def search(res: Resources, *, user_id: str, q: str, room_id: str | None = 
     cached = cached[:settings.search_candidates]
 
     # 2. PostgreSQL: the candidates, and the cache hits' ranks.
-    rows = await connections.get("default").execute_query_dict(
-        _SEARCH_SQL, [query.tsquery(), room_ids, cutoff, settings.search_candidates,
-                      [m["body"] for m in cached]])
+    rows = await _database_hits(res, [query.tsquery(), room_ids, cutoff, settings.search_candidates,
+                                      [m["body"] for m in cached]])
     cache_rank = [0.0] * len(cached)
     newer_in_pg: set[tuple[str, int]] = set()
     db_hits: list[dict[str, Any]] = []
@@ -362,7 +374,7 @@ async def search(res: Resources, *, user_id: str, q: str, room_id: str | None = 
         if known is not None:
             newer_in_pg.add(key)  # changed and flushed after our Redis read: PostgreSQL's row wins
         db_hits.append(r)
-    db_hits.sort(key=lambda r: (float(r["rank"]), r["created_at"], r["id"]), reverse=True)
+    db_hits.sort(key=lambda r: (float(r["rank"]), r["created_at"], str(r["id"])), reverse=True)
 
     merged: list[tuple[str, dict[str, Any], float]] = [
         ("cache", m, rank) for m, rank in zip(cached, cache_rank) if (m["room_id"], m["seq"]) not in newer_in_pg]

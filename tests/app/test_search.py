@@ -1,8 +1,9 @@
 """Message search (app/search.py) at the service level, on the real Redis and PostgreSQL.
 
 Messages are sent through the real accept path and moved with the real flush; changes are
-written into the room's `state` overlay by hand, as the change script leaves them (stored-form
-JSON with a higher `version`), and into PostgreSQL's row as the changes flush leaves them.
+made with the real change path (app/lifecycle.py), or, where a state is hard to reach that
+way, written as the change script leaves it (the `state` overlay and `changed`) or as the
+changes flush leaves PostgreSQL's row.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import orjson
 import pytest
 from tortoise import connections
 
-from app import flush, rooms, search
+from app import flush, lifecycle, rooms, search
 from app.db import raw_pool
 from app.errors import NotMember, RoomNotFound, ValidationFailed
 from app.messages import accept_message
@@ -57,14 +57,10 @@ async def flush_all(res: Resources, room_id: str, cache_tail: int = 0) -> None:
     assert int(await res.redis.get(res.keys.room_flushed(room_id)) or 0) == int(await res.redis.get(res.keys.room_seq(room_id)))
 
 
-async def overlay(res: Resources, msg: dict[str, Any], **change: Any) -> dict[str, Any]:
-    """Write a change into the room's overlay as the change script does (the next version)."""
-    key = res.keys.room_state(msg["room_id"])
-    current = await res.redis.hget(key, str(msg["seq"]))
-    base = dict(msg) if current is None else orjson.loads(current)
-    new = {**base, **change, "version": int(base.get("version") or 0) + 1}
-    await res.redis.hset(key, str(msg["seq"]), dumps(new))
-    return new
+async def pg_body(room_id: str, seq: int) -> str:
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT body FROM messages WHERE room_id = $1 AND seq = $2", [room_id, seq])
+    return str(rows[0]["body"])
 
 
 async def pg_rows(room_id: str) -> int:
@@ -150,23 +146,32 @@ async def test_prefix_search_on_the_last_word_only(resources: Resources, room: t
 async def test_deleted_messages_are_never_found(resources: Resources, room: tuple[str, str]) -> None:
     room_id, owner = room
     w = word()
-    tombstone = {"deleted": True, "body": "", "file": None, "reply_to": None}
     kept = await send(resources, room_id, owner, f"{w} kept")
-    in_cache = await send(resources, room_id, owner, f"{w} deleted while cached")
-    await overlay(resources, in_cache, **tombstone)
-    assert await found(resources, owner, w) == [(room_id, kept["seq"])]
-    # flushed while its delete is still pending: PostgreSQL's row has the old body
+    flushed = await send(resources, room_id, owner, f"{w} deleted after its flush")
     await flush_all(resources, room_id)
+    in_cache = await send(resources, room_id, owner, f"{w} deleted while cached")
+    for msg in (flushed, in_cache):
+        await lifecycle.delete_message(resources, room_id=room_id, seq=msg["seq"], user_id=owner)
+    # PostgreSQL's row of `flushed` still has its body: the overlay's tombstone drops the hit
+    assert await pg_body(room_id, flushed["seq"]) == flushed["body"]
     assert await found(resources, owner, w) == [(room_id, kept["seq"])]
-    # the delete reaches PostgreSQL as the changes flush writes it, and leaves the overlay
-    db = connections.get("default")
-    await db.execute_query("UPDATE messages SET deleted = true, body = '', version = 1 WHERE room_id = $1 AND seq = $2",
-                           [room_id, in_cache["seq"]])
-    await resources.redis.delete(resources.keys.room_state(room_id))
+    await flush_all(resources, room_id)  # the message and (once the changes flush runs) the tombstones
     assert await found(resources, owner, w) == [(room_id, kept["seq"])]
-    # a row marked deleted is never found, even if its body were still there
-    await db.execute_query("UPDATE messages SET deleted = true WHERE room_id = $1 AND seq = $2",
-                           [room_id, kept["seq"]])
+    # a row PostgreSQL holds as deleted is never found, even with its body still there
+    await connections.get("default").execute_query(
+        "UPDATE messages SET deleted = true WHERE room_id = $1 AND seq = $2", [room_id, kept["seq"]])
+    assert await found(resources, owner, w) == []
+
+
+async def test_a_tombstone_in_the_overlay_hides_a_flushed_row(resources: Resources, room: tuple[str, str]) -> None:
+    """The overlay as the change script leaves it, written by hand: state + changed, PostgreSQL untouched."""
+    room_id, owner = room
+    w = word()
+    msg = await send(resources, room_id, owner, f"{w} soon gone")
+    await flush_all(resources, room_id)
+    tombstone = {**msg, "deleted": True, "body": "", "file": None, "reply_to": None, "version": 1}
+    await resources.redis.hset(resources.keys.room_state(room_id), str(msg["seq"]), dumps(tombstone))
+    await resources.redis.zadd(resources.keys.room_changed(room_id), {str(msg["seq"]): 1})
     assert await found(resources, owner, w) == []
 
 
@@ -178,17 +183,15 @@ async def test_an_edited_message_is_found_by_its_new_body_not_its_old(resources:
     await flush_all(resources, room_id)
     cached = await send(resources, room_id, owner, f"{old_w} cached")
     for msg in (flushed, cached):
-        await overlay(resources, msg, body=f"{new_w} now, edited", edited_at=msg["created_at"])
+        await lifecycle.edit_message(resources, room_id=room_id, seq=msg["seq"], user_id=owner,
+                                     body=f"{new_w} now, edited {msg['seq']}")
     assert await found(resources, owner, old_w) == []
     page = await search.search(resources, user_id=owner, q=new_w)
-    assert [(i["message"]["seq"], i["message"]["version"], i["message"]["body"]) for i in page["items"]] == [
-        (cached["seq"], 1, f"{new_w} now, edited"), (flushed["seq"], 1, f"{new_w} now, edited")]
-    assert all(i["snippet"] == f"{new_w} now, edited" for i in page["items"])
-    # the edit flushed (PostgreSQL's row has the new body and version, the overlay is gone)
-    await connections.get("default").execute_query(
-        "UPDATE messages SET body = $3, version = 1 WHERE room_id = $1 AND seq = $2",
-        [room_id, flushed["seq"], f"{new_w} now, edited"])
-    await resources.redis.hdel(resources.keys.room_state(room_id), str(flushed["seq"]))
+    assert [(i["message"]["seq"], i["message"]["body"], i["snippet"]) for i in page["items"]] == [
+        (cached["seq"], f"{new_w} now, edited 2", f"{new_w} now, edited 2"),
+        (flushed["seq"], f"{new_w} now, edited 1", f"{new_w} now, edited 1")]
+    assert all(i["message"]["version"] > 0 and i["message"]["edited_at"] for i in page["items"])
+    await flush_all(resources, room_id)
     assert await found(resources, owner, new_w) == [(room_id, cached["seq"]), (room_id, flushed["seq"])]
     assert await found(resources, owner, old_w) == []
 
