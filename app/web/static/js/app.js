@@ -4,7 +4,7 @@
 import { Api, ApiError } from "./api.js";
 import { Socket } from "./socket.js";
 import { $, h, debounce, formatSize, timeOf, dayKey, dayLabel, colourClass, initial, highlightNodes, excerptOf } from "./dom.js";
-import { Timeline, reactedByMe } from "./timeline.js";
+import { Timeline } from "./timeline.js";
 
 const PAGE = 50;
 const SEND_TIMEOUT_MS = 15000;
