@@ -210,7 +210,7 @@ async def cache_states(redis: Redis, keys: Keys, room_ids: list[str]) -> dict[tu
 # -- the database side ---------------------------------------------------------------
 
 _PG_COLUMNS = ("id", "room_id", "seq", "sender_id", "kind", "body", "file_id", "client_id", "created_at",
-               "edited_at", "version", "reply_to", "mentions", "reactions")
+               "edited_at", "deleted", "version", "reply_to", "mentions", "reactions")
 
 # The database's candidates (the newest matches, then ranked) and, in the same round trip,
 # ts_rank of the cache hits' bodies (the second branch), so both carry the same rank.
@@ -255,7 +255,7 @@ def _stored_form(row: dict[str, Any], f: File | None) -> dict[str, Any]:
     reactions = row.get("reactions")
     if isinstance(reactions, str):
         reactions = orjson.loads(reactions)
-    msg.update(edited_at=iso(row["edited_at"]), deleted=False, version=int(row["version"]),
+    msg.update(edited_at=iso(row["edited_at"]), deleted=bool(row["deleted"]), version=int(row["version"]),
                reply_to=row["reply_to"], mentions=list(row["mentions"] or []),
                reactions=reactions if isinstance(reactions, list) else [])
     return msg

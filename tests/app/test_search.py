@@ -196,6 +196,26 @@ async def test_an_edited_message_is_found_by_its_new_body_not_its_old(resources:
     assert await found(resources, owner, old_w) == []
 
 
+async def test_a_reply_found_shows_its_quote_as_the_original_is_now(resources: Resources,
+                                                                     room: tuple[str, str]) -> None:
+    room_id, owner = room
+    w = word()
+    original = await send(resources, room_id, owner, "the original text")
+    old_reply, _ = await accept_message(resources, room_id=room_id, sender_id=owner, body=f"{w} old reply",
+                                        reply_to=original["seq"], rate_limit=False)
+    await flush_all(resources, room_id)  # PostgreSQL's row holds only the seq it answers
+    new_reply, _ = await accept_message(resources, room_id=room_id, sender_id=owner, body=f"{w} new reply",
+                                        reply_to=original["seq"], rate_limit=False)
+    quote = {"seq": original["seq"], "sender_id": owner, "excerpt": "the original text", "deleted": False}
+    page = await search.search(resources, user_id=owner, q=w)
+    assert [i["message"]["reply_to"] for i in page["items"]] == [quote, quote]
+    await lifecycle.delete_message(resources, room_id=room_id, seq=original["seq"], user_id=owner)
+    page = await search.search(resources, user_id=owner, q=w)
+    gone = {**quote, "excerpt": "", "deleted": True}
+    assert [(i["message"]["seq"], i["message"]["reply_to"]) for i in page["items"]] == [
+        (new_reply["seq"], gone), (old_reply["seq"], gone)]
+
+
 async def test_a_private_room_the_caller_is_not_in_never_leaks(resources: Resources, db: None) -> None:
     w = word()
     insider, outsider = await new_user(), await new_user()
