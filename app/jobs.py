@@ -90,6 +90,8 @@ def build_broker(settings: Settings, middleware: list[Middleware] | None = None)
     if is_rabbitmq(url):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker  # needs pika; only then imported
 
+        logging.getLogger("pika").setLevel(logging.WARNING)  # an INFO line per connection opened/closed
+
         # Confirms: a job the server was told is enqueued survives a RabbitMQ restart
         # (Dramatiq declares its queues durable and publishes persistent messages).
         broker = RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)

@@ -81,12 +81,13 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
 
 @command("status", "backlog per pending room, dead letters and the job queues' depths")
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from app.jobs import queues
+    from app.jobs import Producer, broker_url, is_rabbitmq, queues
     from app.store.keys import Keys
     from app.store.client import connect_redis
 
     keys = Keys(settings.redis_prefix)
     ns = keys.dramatiq_namespace()
+    rabbitmq = is_rabbitmq(broker_url(settings))
 
     async def dead_letters() -> list[Any] | None:
         """(room, count, newest) of the entries the flush set aside; None if PostgreSQL is down."""
@@ -124,25 +125,42 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
                 for j, room in enumerate(chunk):
                     seq, flushed, cached = values[3 * j:3 * j + 3]
                     rows.append((int(seq or 0) - int(flushed or 0), room, int(seq or 0), int(flushed or 0), cached))
-            pipe = redis.pipeline(transaction=False)
-            for q in queues():
-                # <ns>:<q> lists ready job ids; <ns>:<q>.msgs holds ready + fetched (running) jobs;
-                # .DQ is the delay queue (retries), .XQ the dead letters.
-                pipe.llen(f"{ns}:{q}")
-                pipe.hlen(f"{ns}:{q}.msgs")
-                pipe.hlen(f"{ns}:{q}.DQ.msgs")
-                pipe.zcard(f"{ns}:{q}.XQ")
-            depths = await pipe.execute()
-            workers = await redis.zcard(f"{ns}:__heartbeats__")
         finally:
             await redis.aclose()
+        if rabbitmq:
+            # RabbitMQ does not count fetched (unacked) jobs: that column shows 0.
+            producer = Producer(settings)
+            try:
+                counts = producer.queue_depths()
+            finally:
+                producer.close()
+            depths = [n for q in queues() for n in (counts[q]["ready"], counts[q]["ready"],
+                                                     counts[q]["delayed"], counts[q]["dead"])]
+            where, workers = f"RabbitMQ {broker_url(settings).rsplit('@', 1)[-1]}", None
+        else:
+            broker = connect_redis(broker_url(settings))  # BROKER_URL: maybe another Redis
+            try:
+                pipe = broker.pipeline(transaction=False)
+                for q in queues():
+                    # <ns>:<q> lists ready job ids; <ns>:<q>.msgs holds ready + fetched (running) jobs;
+                    # .DQ is the delay queue (retries), .XQ the dead letters.
+                    pipe.llen(f"{ns}:{q}")
+                    pipe.hlen(f"{ns}:{q}.msgs")
+                    pipe.hlen(f"{ns}:{q}.DQ.msgs")
+                    pipe.zcard(f"{ns}:{q}.XQ")
+                depths = await pipe.execute()
+                workers = await broker.zcard(f"{ns}:__heartbeats__")
+            finally:
+                await broker.aclose()
+            where = f"namespace {ns}"
         rows.sort(reverse=True)
         print(f"pending rooms: {len(rows)}, unflushed messages: {sum(r[0] for r in rows)}")
         if rows:
             print(f"{'backlog':>9} {'seq':>9} {'flushed':>9} {'cached':>7}  room")
             for backlog, room, seq, flushed, cached in rows:
                 print(f"{backlog:>9} {seq:>9} {flushed:>9} {cached:>7}  {room}")
-        print(f"job queues (namespace {ns}, {workers} live or recently seen workers):")
+        seen = "" if workers is None else f", {workers} live or recently seen workers"
+        print(f"job queues ({where}{seen}):")
         print(f"{'ready':>7} {'fetched':>7} {'delayed':>7} {'dead':>7}  queue")
         for i, q in enumerate(queues()):
             ready, total, delayed, dead = depths[4 * i:4 * i + 4]
