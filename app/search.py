@@ -353,7 +353,7 @@ async def search(res: Resources, *, user_id: str, q: str, room_id: str | None = 
     cached = [m for m in states.values()
               if not m.get("deleted") and str(m.get("created_at") or "") >= since
               and isinstance(m.get("body"), str) and query.matches(m["body"])]
-    cached.sort(key=lambda m: (str(m.get("created_at") or ""), m["seq"]), reverse=True)
+    cached.sort(key=lambda m: (str(m.get("created_at") or ""), m["seq"], m["room_id"]), reverse=True)
     cached = cached[:settings.search_candidates]
 
     # 2. PostgreSQL: the candidates, and the cache hits' ranks.
