@@ -8,7 +8,9 @@ an idle room's keys expire after ROOM_CACHE_IDLE_TTL_S. The flush keeps rooms.la
 a counter re-seeded after the prune never hands out a deleted seq again.
 
 The file side belongs to the files service (app/files.py): this module calls its
-`purge_files_before` and `sweep_expired`. The cutoff itself is a rule of messages
+`purge_files_before` and `sweep_expired`. A deleted message's file is expired the same way
+(bytes removed, row marked expired) by the changes flush once the tombstone is committed
+(app/flush/changes.expire_files_now); the prune then deletes tombstones like any message. The cutoff itself is a rule of messages
 (app/messages.py, whose history hides what is past it), so retention sits above both
 services and neither imports it.
 """

@@ -196,8 +196,11 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
     """
     await cache_step(redis, keys, room_id, member_sets.room_deleted(redis, keys, room_id))
     try:
+        # The lifecycle keys too: the flush's "log missing" branch keeps a room pending while
+        # `changed` or `rdirty` hold something, so they must not outlive the room.
         await redis.delete(keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
-                           keys.room_flush_queued(room_id))
+                           keys.room_flush_queued(room_id), keys.room_version(room_id), keys.room_state(room_id),
+                           keys.room_changed(room_id), keys.room_reads(room_id), keys.room_reads_dirty(room_id))
         await redis.srem(keys.pending_rooms(), room_id)
     except RedisError:
         log.warning("message cache of deleted room %s not dropped", room_id, exc_info=True)

@@ -16,6 +16,10 @@ No poison: an entry that does not parse, or rows PostgreSQL refuses for their da
 class 22, e.g. a NUL in a body), go to `dead_letters` in the transaction that commits the
 rest of the batch (found by bisecting the batch under savepoints), so `flushed` may pass them.
 
+Then changes to existing messages and moved read markers (app/flush/changes.py), and one
+more commit script call judges the room: it leaves the pending set only when its messages,
+changes (`changed`) and markers (`rdirty`) are all in PostgreSQL.
+
 No silent drop after a Redis rollback: a conflicting (room_id, seq) whose message id is not
 in PostgreSQL is an orphan (Redis re-issued a seq PostgreSQL holds). After the commit, one
 script (app/store/lua/reseq.lua) raises the counter above PostgreSQL's max, re-appends each orphan under a
@@ -42,6 +46,7 @@ import asyncpg
 from redis.asyncio import ConnectionPool, Redis
 
 # Re-exported: callers (the tick, the CLI, tests) know the flush by this module.
+from app.flush.changes import flush_changes, flush_markers
 from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write)
@@ -71,6 +76,10 @@ class FlushResult:
     drained: bool = False  # nothing left to flush when the run ended
     skipped: int = 0  # entries set aside in dead_letters (unparseable, or refused by PostgreSQL)
     reseq: int = 0  # orphans given a new seq (Redis had re-issued seqs PostgreSQL holds)
+    changes: int = 0  # changes (edits, deletes, reactions) written
+    markers: int = 0  # read markers written
+    files: int = 0  # files of deleted messages whose bytes were removed
+    left: bool = False  # changes or markers left over by a stop (deadline, lost lease)
 
 
 @dataclass
@@ -131,9 +140,12 @@ async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) ->
                 js = js.decode("utf-8")
             m = loads(js)
             f = m.get("file")
+            rt = m.get("reply_to")
+            # mentions: a list, absent, or {} (an empty array as Lua's cjson writes it): NULL when empty
             records.append((m["id"], room_id, seq, m.get("sender_id"), m["kind"], m.get("body") or "",
                             f["id"] if f else None, m.get("client_id"),
-                            datetime.fromisoformat(m["created_at"])))
+                            datetime.fromisoformat(m["created_at"]), rt["seq"] if rt else None,
+                            m.get("mentions") or None))
             raws.append(js)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             # Skipping would lose it silently; refusing would block every later message of the
@@ -190,7 +202,8 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         result.busy = True
         return result
     commit_keys = [keys.room_log(room_id), keys.room_flushed(room_id), keys.room_seq(room_id),
-                   keys.pending_rooms(), lease_key, keys.room_members(room_id)]
+                   keys.pending_rooms(), lease_key, keys.room_members(room_id), keys.room_changed(room_id),
+                   keys.room_reads_dirty(room_id), keys.room_version(room_id), keys.room_state(room_id)]
     read_ahead: asyncio.Task[_Batch] | None = None
     try:
         # Re-arm the backlog trigger: what arrives from now on may ask for another run.
@@ -232,6 +245,24 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
             if (batch.entries < size or drained or not held
                     or time.perf_counter() - started > max_run_s):
                 break
+        if not drained:
+            # Not drained with every message written: changes or read markers wait (or, after a
+            # stop, messages too: then the changes of what is written still go now).
+            if held:
+                deadline = started + max_run_s
+                ch = await flush_changes(room_id, redis=redis, keys=keys, settings=settings, pool=pool,
+                                         deadline=deadline)
+                mk = await flush_markers(room_id, redis=redis, keys=keys, settings=settings, pool=pool,
+                                         deadline=deadline)
+                result.changes, result.markers, result.files = ch.changes, mk.markers, ch.files
+                result.skipped += ch.skipped
+                result.left = not (ch.complete and mk.complete)
+                flushed, drained, held = await scripts.FLUSH_COMMIT(
+                    redis, commit_keys, [result.flushed, settings.cache_tail, room_id, token, lease_ms,
+                                         settings.room_cache_idle_ttl_s])
+                result.flushed, result.drained = int(flushed), bool(drained)
+            else:
+                result.left = True
     finally:
         if read_ahead is not None:
             read_ahead.cancel()
@@ -240,6 +271,9 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         # Re-arm again: messages that arrived after our last read may need a new run.
         await redis.delete(keys.room_flush_queued(room_id))
     result.ms = (time.perf_counter() - started) * 1000
+    if result.changes or result.markers:
+        log.info("flush room=%s changes=%d markers=%d files=%d", room_id, result.changes, result.markers,
+                 result.files)
     if result.rows or result.skipped:
         rate = result.rows / (result.ms / 1000) if result.ms else 0.0
         FLUSHED_ROWS.inc(result.rows)  # chat_flushed_rows_total (GET /metrics)
@@ -270,9 +304,14 @@ async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, poo
             total.batches += res.batches
             total.skipped += res.skipped
             total.reseq += res.reseq
+            total.changes += res.changes
+            total.markers += res.markers
+            total.files += res.files
+            total.left = res.left
             total.ms += res.ms
             total.flushed, total.busy = res.flushed, res.busy
-            total.drained = res.drained or (not res.busy and res.flushed >= target)
+            # Changes and markers pending now are written by any run that did not stop early.
+            total.drained = res.drained or (not res.busy and res.flushed >= target and not res.left)
             if total.drained or time.monotonic() > deadline:
                 return total
             if res.busy:

@@ -19,7 +19,12 @@ import asyncpg
 
 log = logging.getLogger("chat.flush")
 
-COLUMNS = ("id", "room_id", "seq", "sender_id", "kind", "body", "file_id", "client_id", "created_at")
+# reply_to (the original's seq) and mentions (text[]) ride along in the same COPY; the other
+# lifecycle columns keep their database defaults until app/flush/changes.py writes a change.
+COLUMNS = ("id", "room_id", "seq", "sender_id", "kind", "body", "file_id", "client_id", "created_at",
+           "reply_to", "mentions")
+# Records without the last two (callers from before issue 12, tests): COPY leaves them NULL.
+BASE_COLUMNS = COLUMNS[:9]
 
 # What PostgreSQL or asyncpg's encoder raise for a row's data: SQLSTATE class 22 (NUL in text,
 # too long, out of range) server side; ValueError (bad UUID, lone surrogate), TypeError and
@@ -31,7 +36,7 @@ DATA_ERRORS = (asyncpg.DataError, ValueError, TypeError, OverflowError)
 BEGIN_SQL = """BEGIN;{skip_fk}
 CREATE TEMP TABLE IF NOT EXISTS chat_flush_stage (
   id uuid, room_id uuid, seq bigint, sender_id uuid, kind text, body text,
-  file_id uuid, client_id text, created_at timestamptz
+  file_id uuid, client_id text, created_at timestamptz, reply_to bigint, mentions text[]
 ) ON COMMIT DELETE ROWS"""
 
 # Per-row foreign-key triggers cost more than the insert itself (about 60% of a batch).
@@ -74,8 +79,10 @@ INSERT_STAGED_SQL = """WITH
   u AS (SELECT id FROM users WHERE id IN (SELECT sender_id FROM chat_flush_stage) FOR KEY SHARE),
   f AS (SELECT id FROM files WHERE id IN (SELECT file_id FROM chat_flush_stage) FOR KEY SHARE),
   ins AS (
-    INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at)
-    SELECT s.id, s.room_id, s.seq, u.id, s.kind, s.body, f.id, s.client_id, s.created_at
+    INSERT INTO messages (id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at,
+                          reply_to, mentions)
+    SELECT s.id, s.room_id, s.seq, u.id, s.kind, s.body, f.id, s.client_id, s.created_at,
+           s.reply_to, s.mentions
     FROM chat_flush_stage s
     JOIN r ON r.id = s.room_id
     LEFT JOIN u ON u.id = s.sender_id
@@ -199,7 +206,7 @@ async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]
         async with pool.acquire() as conn:
             try:
                 await conn.execute("BEGIN;" + SKIP_FK_SQL + _check_refs_sql(room_id, records))
-                await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
+                await conn.copy_records_to_table("messages", records=records, columns=_columns(records))
                 await _finish(conn, room_id, top, dead, False)
                 fk.allowed = True
                 return Written("copy", dead=dead)
@@ -224,7 +231,7 @@ async def _write(pool: asyncpg.Pool, room_id: str, records: list[tuple[Any, ...]
         async with pool.acquire() as conn:
             try:
                 await conn.execute(begin)
-                await conn.copy_records_to_table("chat_flush_stage", records=records, columns=COLUMNS)
+                await conn.copy_records_to_table("chat_flush_stage", records=records, columns=_columns(records))
                 orphan_seqs = [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
                 floor = await _finish(conn, room_id, top, dead, bool(orphan_seqs))
                 return Written("stage", _indexes(records, orphan_seqs), dead, floor)
@@ -250,7 +257,7 @@ async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[A
                 lo, hi = todo.pop()
                 await conn.execute("SAVEPOINT chat_flush_chunk")
                 try:
-                    await conn.copy_records_to_table("chat_flush_stage", records=records[lo:hi], columns=COLUMNS)
+                    await conn.copy_records_to_table("chat_flush_stage", records=records[lo:hi], columns=_columns(records))
                     orphan_seqs += [r[0] for r in await conn.fetch(INSERT_STAGED_SQL)]
                     await conn.execute("RELEASE SAVEPOINT chat_flush_chunk")
                 except DATA_ERRORS as exc:
@@ -265,6 +272,11 @@ async def _write_careful(pool: asyncpg.Pool, room_id: str, records: list[tuple[A
             await _rollback(conn)
             raise
     return Written("careful", _indexes(records, orphan_seqs), dead, floor)
+
+
+def _columns(records: list[tuple[Any, ...]]) -> tuple[str, ...]:
+    """The COPY's columns for these records (one look at the first: every record has the same shape)."""
+    return COLUMNS if len(records[0]) == len(COLUMNS) else BASE_COLUMNS
 
 
 def _indexes(records: list[tuple[Any, ...]], seqs: list[int]) -> list[int]:

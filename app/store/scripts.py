@@ -93,6 +93,8 @@ RESEQ = SCRIPTS["reseq"]
 RAISE_SEQ = SCRIPTS["raise_seq"]
 CHANGE = SCRIPTS["change"]
 SEED_VERSION = SCRIPTS["seed_version"]
+CHANGES_COMMIT = SCRIPTS["changes_commit"]
+READS_COMMIT = SCRIPTS["reads_commit"]
 
 
 async def register(redis: Redis) -> None:

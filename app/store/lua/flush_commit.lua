@@ -1,6 +1,9 @@
 -- After a flush batch committed in PostgreSQL (app/flush/__init__.py): advance `flushed`, trim
 -- the stream below it (keeping the newest cache_tail entries for reads), drop the room from
 -- the pending set once nothing is left (idle TTL on its keys), renew the lease.
+-- Nothing left = every message flushed AND no change (`changed`) AND no read marker (`rdirty`)
+-- waiting for PostgreSQL (app/flush/changes.py writes those after the message batches and
+-- calls this script once more to judge the room).
 -- Returns {flushed, drained, lease_held}.
 local log_key = KEYS[1]
 local flushed_key = KEYS[2]
@@ -8,6 +11,10 @@ local seq_key = KEYS[3]
 local pending_key = KEYS[4]
 local lease_key = KEYS[5]
 local members_key = KEYS[6]
+local changed_key = KEYS[7]
+local rdirty_key = KEYS[8]
+local version_key = KEYS[9]
+local state_key = KEYS[10]
 
 local batch_max = tonumber(ARGV[1])         -- highest seq the batch committed
 local cache_tail = tonumber(ARGV[2])
@@ -17,10 +24,15 @@ local lease_ms = ARGV[5]
 local idle_ttl_s = tonumber(ARGV[6])        -- 0 = keep a drained room's keys
 
 local flushed = tonumber(redis.call('GET', flushed_key) or '0')
+local idle = redis.call('ZCARD', changed_key) == 0 and redis.call('SCARD', rdirty_key) == 0
 if redis.call('EXISTS', log_key) == 0 then
-  -- the room's cache is gone (room deleted): nothing left to flush or to track
-  redis.call('SREM', pending_key, room_id)
-  return {flushed, 1, 1}
+  -- the room's cache is gone (room deleted, or an idle room's stream expired): no message left
+  -- to flush, but a change or a read marker may still be (they outlive the stream)
+  if idle then
+    redis.call('SREM', pending_key, room_id)
+    return {flushed, 1, 1}
+  end
+  return {flushed, 0, 1}
 end
 if batch_max > flushed then
   flushed = batch_max
@@ -42,8 +54,22 @@ if n > 0 then
   local span = tonumber(string.match(hi, '^(%d+)')) - tonumber(string.match(lo, '^(%d+)')) + 1
   if span ~= n then redis.call('XTRIM', log_key, 'MINID', flushed + 1) end
 end
+-- The overlay of a changed message is needed while the stream holds its original entry or
+-- while its change is not in PostgreSQL; entries below the stream's new first id whose change
+-- is written (no longer in `changed`) can go.
+if redis.call('HLEN', state_key) > 0 then
+  local first = nil
+  local head = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)[1]
+  if head then first = tonumber(string.match(head[1], '^(%d+)')) end
+  for _, f in ipairs(redis.call('HKEYS', state_key)) do
+    local seq = tonumber(f)
+    if (not first or (seq and seq < first)) and not redis.call('ZSCORE', changed_key, f) then
+      redis.call('HDEL', state_key, f)
+    end
+  end
+end
 local drained = 0
-if flushed >= last then
+if flushed >= last and idle then
   redis.call('SREM', pending_key, room_id)
   drained = 1
   -- everything is in PostgreSQL: an idle room's keys may go (the accept script PERSISTs them)
@@ -52,6 +78,8 @@ if flushed >= last then
     redis.call('EXPIRE', flushed_key, idle_ttl_s)
     redis.call('EXPIRE', seq_key, idle_ttl_s)
     redis.call('EXPIRE', members_key, idle_ttl_s)
+    redis.call('EXPIRE', version_key, idle_ttl_s)
+    redis.call('EXPIRE', state_key, idle_ttl_s)
   end
 end
 -- renew the lease; re-take it if it lapsed during a slow batch, unless someone else has it
