@@ -15,7 +15,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
 from app.body_limits import allow_drain
-from app import metrics
+from app import counters
 
 log = logging.getLogger("chat.errors")
 
@@ -222,7 +222,7 @@ def to_chat_error(exc: BaseException) -> ChatError:
         return exc
     unavailable = backing_service_error(exc)
     if unavailable is not None:
-        metrics.count_backend_error(unavailable.details.get("service"))  # chat_backend_errors_total
+        counters.count_backend_error(unavailable.details.get("service"))  # chat_backend_errors_total
         return unavailable
     if isinstance(exc, SanicException):
         cls = _SANIC_CODES.get(exc.status_code)

@@ -8,13 +8,13 @@ from app.db import setup_db
 from app.door import setup_request_limits
 from app.errors import register_error_handlers
 from app.logs import configure_logging
-from app.metrics import setup_metrics
 from app.realtime.fanout import setup_fanout
 from app.resources import setup_resources
 from app.serialize import dumps
 from app.settings import Settings
 from app.web import configure_docs
 from blueprints import all_blueprints
+from blueprints.metrics import setup_metrics
 
 
 def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
@@ -44,5 +44,5 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
     for bp in all_blueprints():
         app.blueprint(bp)
     setup_fanout(app)
-    setup_metrics(app)  # GET /metrics, request ids, JSON for Sanic's loggers
+    setup_metrics(app)  # GET /metrics, request ids, JSON for Sanic's loggers (blueprints/metrics.py)
     return app

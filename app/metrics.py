@@ -25,25 +25,20 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterable
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from app.counters import (BACKEND_ERRORS, FLUSHED_ROWS, MESSAGES_ACCEPTED, MESSAGES_REJECTED,  # noqa: F401
+                          WS_CONNECTIONS, count_backend_error)
+from app.errors import ChatError, backing_service_error
+
 log = logging.getLogger("chat.metrics")
 
-MESSAGES_ACCEPTED = Counter("chat_messages_accepted", "Messages accepted (result=new, or duplicate: "
-                            "a retried client_id answered with the original)", ["result"])
-MESSAGES_REJECTED = Counter("chat_messages_rejected", "Messages refused, by the API error code", ["reason"])
-BACKEND_ERRORS = Counter("chat_backend_errors", "Requests answered 503 because Redis or PostgreSQL failed",
-                         ["service"])
-FLUSHED_ROWS = Counter("chat_flushed_rows", "Messages the flush moved from Redis to PostgreSQL")
-# livesum: the sum over the processes still alive (a stopped one is marked dead on its way out).
-WS_CONNECTIONS = Gauge("chat_ws_connections", "Open WebSocket connections", multiprocess_mode="livesum")
-
+# The counters live in app/counters.py (app.errors counts there; it must not import this module).
 WS_GAUGE_INTERVAL_S = 2.0  # how stale chat_ws_connections may be (each process sets its own)
 PING_TIMEOUT_S = 2.0
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -57,8 +52,6 @@ def multiprocess_dir(settings: Any) -> str | None:
 
 def count_rejected(exc: BaseException) -> None:
     """A send failed with `exc`: count it under the code the client is told."""
-    from app.errors import ChatError, backing_service_error
-
     # Not to_chat_error: that one counts backend errors, and the caller's handler calls it too.
     if isinstance(exc, ChatError):
         code = exc.code
@@ -84,10 +77,6 @@ def counted_accept(fn: Any) -> Any:
         return result
 
     return accept
-
-
-def count_backend_error(service: str | None) -> None:
-    BACKEND_ERRORS.labels(service or "unknown").inc()
 
 
 def mark_dead(settings: Any, pid: int | None = None) -> None:
@@ -278,23 +267,14 @@ async def _ws_gauge_forever(app: Any) -> None:
         await asyncio.sleep(WS_GAUGE_INTERVAL_S)
 
 
-def prepare_multiprocess_dir(path: Path) -> Path:
-    """An empty directory for multiprocess mode (files of an earlier run would be summed in)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for entry in path.glob("*.db"):
-        entry.unlink(missing_ok=True)
-    return path
-
-
 def setup_metrics(app: Any) -> None:
-    """GET /metrics, the request ids, JSON logs for Sanic's loggers, the per-process WS gauge."""
+    """The request ids, JSON logs for Sanic's loggers, the per-process WS gauge (blueprints.metrics
+    adds the route)."""
     from app.logs import configure_logging, setup_request_ids
-    from blueprints.metrics import bp
 
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.chat_log_format)  # after Sanic's dictConfig
     setup_request_ids(app)
-    app.blueprint(bp)
 
     @app.after_server_start
     async def _start_ws_gauge(app: Any) -> None:

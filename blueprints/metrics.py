@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from sanic import Blueprint, Request
+from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, raw
 
 from app import metrics
@@ -47,3 +47,10 @@ async def get_metrics(request: Request) -> HTTPResponse:
     """Prometheus metrics of this deployment's processes (text exposition format)."""
     check_scraper(request, request.app.ctx.settings.metrics_token)
     return raw(await metrics.render(request.app), content_type=metrics.CONTENT_TYPE)
+
+
+def setup_metrics(app: Sanic) -> None:
+    """Mount GET /metrics and what goes with it (app.metrics.setup_metrics: request ids, JSON logs,
+    the WebSocket gauge); the factory calls this once per app."""
+    metrics.setup_metrics(app)
+    app.blueprint(bp)

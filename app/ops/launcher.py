@@ -138,6 +138,15 @@ def redis_problem(url: str) -> str | None:
     return None
 
 
+def prepare_multiprocess_dir(path: Path) -> Path:
+    """An empty directory for prometheus-client's multiprocess mode (an earlier run's files
+    would be summed in)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.glob("*.db"):
+        entry.unlink(missing_ok=True)
+    return path
+
+
 # -- dying together ---------------------------------------------------------------------
 
 def _stop_foreign(send: Callable[[int], None], first: int, grace_s: float) -> None:
@@ -324,8 +333,6 @@ class Launcher:
     # -- processes -----------------------------------------------------------------------
 
     def start_children(self, db_url: str, redis_url: str) -> None:
-        from app.metrics import prepare_multiprocess_dir
-
         # One metrics directory for the server's and the worker's processes (prometheus-client's
         # multiprocess mode), emptied first: an earlier run's counters must not be summed in.
         metrics_dir = prepare_multiprocess_dir(Path(self.settings.prometheus_multiproc_dir or self.var_dir / "metrics"))
