@@ -50,7 +50,7 @@ from app.flush.changes import flush_changes, flush_markers
 from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write)
-from app.metrics import FLUSHED_ROWS
+from app.counters import FLUSHED_ROWS
 from app.store import scripts
 from app.store.keys import Keys
 from app.serialize import loads
