@@ -179,7 +179,7 @@ async def flush_changes(room_id: str, *, redis: Redis, keys: Keys, settings: Set
     room = uuid.UUID(room_id)
     size = settings.flush_batch_size
     changed_key, state_key, log_key = keys.room_changed(room_id), keys.room_state(room_id), keys.room_log(room_id)
-    bound = await rows_in_postgres(redis, keys, room_id)
+    bound: int | None = None  # read once there is something to write (most runs have nothing)
     after: float | None = None  # score cursor: versions are unique per room, so it is exact
     while True:
         if time.perf_counter() > deadline:
@@ -190,6 +190,8 @@ async def flush_changes(room_id: str, *, redis: Redis, keys: Keys, settings: Set
         if not entries:
             return result
         after = entries[-1][1]
+        if bound is None:
+            bound = await rows_in_postgres(redis, keys, room_id)
         todo: list[tuple[str, int, int]] = []  # (member, seq, score)
         drop: list[tuple[str, int]] = []  # members that can never be written: only forgotten
         for member, score in entries:
