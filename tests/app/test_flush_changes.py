@@ -368,3 +368,22 @@ async def test_a_deleted_rooms_change_keys_are_forgotten(redis: Redis, keys: Key
                 keys.room_reads_dirty(rid)):
         assert not await redis.exists(key), key
     assert not await pending(redis, keys, rid)
+
+
+async def test_the_staged_path_writes_reply_to_and_mentions_too(redis: Redis, keys: Keys, settings: Settings,
+                                                                 pool: Any, room: tuple[str, str, str]) -> None:
+    rid, owner, member = room
+    await sent(redis, keys, settings, rid, owner, 2)
+    await send(redis, keys, settings, rid, member, "@Someone_Else yes", reply_to=2, rate_limit=False)
+    # A worker wrote seq 1 and died before its Redis step: the batch now conflicts and goes the
+    # staging way (COPY into the temp table, INSERT ... ON CONFLICT DO NOTHING).
+    first = loads((await redis.xrange(keys.room_log(rid), "1-0", "1-0"))[0][1]["m"])
+    await flush._write(pool, rid, [(first["id"], rid, 1, owner, "text", first["body"], None, first["client_id"],
+                                    datetime.fromisoformat(first["created_at"]), None, ["nobody_here"])])
+
+    got = await run(redis, keys, tailless(settings), pool, rid)
+
+    assert got.flushed == 3 and got.drained
+    three = await row(pool, rid, 3)
+    assert (three["reply_to"], three["mentions"], three["body"]) == (2, ["someone_else"], "@Someone_Else yes")
+    assert (await row(pool, rid, 1))["mentions"] == ["nobody_here"]
