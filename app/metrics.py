@@ -7,6 +7,8 @@ Counted where it happens (prometheus-client counters, one set per process):
   chat_flushed_rows_total                              messages the worker's flush moved to PostgreSQL
                                                        (rate() of it is the flush's rows/s)
   chat_ws_connections                                  open WebSocket connections (summed over processes)
+  chat_fanout_lag_seconds                              a message's accept to its dispatch in a server
+                                                       process (histogram, sampled once a second)
 Read at scrape time by the scraping process (one Redis pipeline and one cached query):
   chat_unflushed_rooms, chat_unflushed_messages, chat_unflushed_oldest_seconds   the flush backlog
   chat_dead_letters                                    rows in dead_letters (cached METRICS_DEAD_LETTERS_CACHE_S)
@@ -32,9 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app.counters import (BACKEND_ERRORS, FLUSHED_ROWS, MESSAGES_ACCEPTED, MESSAGES_REJECTED,  # noqa: F401
-                          WS_CONNECTIONS, count_backend_error)
+from app.counters import (BACKEND_ERRORS, FANOUT_LAG, FLUSHED_ROWS, MESSAGES_ACCEPTED,  # noqa: F401
+                          MESSAGES_REJECTED, WS_CONNECTIONS, count_backend_error)
 from app.errors import ChatError, backing_service_error
+from app.realtime.events import MESSAGE_HEAD
 
 log = logging.getLogger("chat.metrics")
 
@@ -77,6 +80,38 @@ def counted_accept(fn: Any) -> Any:
         return result
 
     return accept
+
+
+class LagSampler:
+    """chat_fanout_lag_seconds from the events a process dispatches, at most once per interval:
+    one clock read per event, and the created_at of a message event parsed once a second.
+    The accepting server's clock against this one's (NTP keeps hosts within milliseconds)."""
+
+    _KEY = '"created_at":"'
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def sample(self, payload: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        route, _, rest = payload.partition("|")
+        frame = rest.partition("|")[2]
+        if not route.startswith("r:") or not frame.startswith(MESSAGE_HEAD):
+            return  # only new messages: an edit's event carries the original's created_at
+        start = frame.find(self._KEY)
+        if start < 0:
+            return
+        start += len(self._KEY)
+        age = _iso_age(frame[start:frame.find('"', start)], time.time())
+        if age is not None:
+            self._next = now + self.interval_s
+            FANOUT_LAG.observe(age)
+
+
+FANOUT_SAMPLER = LagSampler()  # one per process: the fan-out loop feeds it every event
 
 
 def mark_dead(settings: Any, pid: int | None = None) -> None:

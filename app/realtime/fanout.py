@@ -38,6 +38,7 @@ from redis.backoff import NoBackoff
 from sanic import Sanic
 
 from app.realtime.registry import Registry
+from app.metrics import FANOUT_SAMPLER
 from app.realtime.events import decode
 from app.store.keys import Keys
 
@@ -156,6 +157,7 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
                     continue
                 try:
                     dispatch(registry, reply[2])
+                    FANOUT_SAMPLER.sample(reply[2])  # chat_fanout_lag_seconds, about once a second
                 except Exception:  # noqa: BLE001 - one bad payload must not stop the fan-out
                     log.exception("could not deliver event")
         except asyncio.CancelledError:

@@ -86,6 +86,9 @@ def test_sends_websockets_backlog_queues_and_flush_are_counted_across_processes(
         assert value(s, "chat_unflushed_messages") == 6
         assert 0 <= value(s, "chat_unflushed_oldest_seconds") < 120
         assert ("chat_dead_letters", frozenset()) in s
+        # Every process dispatches every event; each samples the lag about once a second.
+        lag_count = value(s, "chat_fanout_lag_seconds_count")
+        assert lag_count >= 1 and value(s, "chat_fanout_lag_seconds_sum") / lag_count < 5
 
     enqueue_sync(isolated.settings, "flush_room", room["id"])
     s = scrape(server.base_url)
