@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test venv dev-venv migrate flush status bench clean
+.PHONY: run test venv dev-venv migrate flush status bench bench-lifecycle clean
 
 # Reinstall only when a requirements file changed (stamp files in the venv).
 # A venv without pip (python3-venv missing when it was made) is rebuilt, not reused.
@@ -55,6 +55,10 @@ status: $(VENV)/.runtime
 ## bench: load benchmark, about two minutes (own Redis, database and server; BENCH_ARGS, docs/performance.md)
 bench: $(VENV)/.dev
 	$(PY) -m bench $(BENCH_ARGS)
+
+## bench-lifecycle: issue 12's scenarios (reads, lifecycle_micro, search over 1,000,000 messages), about 4 minutes
+bench-lifecycle: $(VENV)/.dev
+	$(PY) -m bench reads $(BENCH_ARGS) && $(PY) -m bench lifecycle_micro $(BENCH_ARGS) && $(PY) -m bench search $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
