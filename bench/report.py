@@ -184,6 +184,36 @@ def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
                      + (f" ({_n(late)} more arrived late)" if late else "")
                      + f", {_n(failing['duplicates'])} duplicates",
                      "holds" if holds else "does not hold"))
+    rows += _lifecycle_targets(latest)
+    return rows
+
+
+def _lifecycle_targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """Issue 12's performance rows, only for the lifecycle scenarios that were run."""
+    rows: list[tuple[str, str, str, str]] = []
+    micro = latest.get("lifecycle_micro", {}).get("result")
+    if micro:
+        for kind, label in (("react", "a reaction"), ("mark_read", "marking a room read")):
+            r, send = micro[kind], micro["send"]
+            ok = (r["postgres_queries"] == 0 and r["redis_round_trips_per_call"] <= 1.0
+                  and r["cpu_us_per_call"] <= send["cpu_us_per_call"] * 1.1)
+            rows.append((f"{label} vs a send", "<= a send: 1 Redis round trip, 0 PostgreSQL",
+                         f"{r['redis_round_trips_per_call']} round trips, {r['postgres_queries']} PostgreSQL queries, "
+                         f"{_n(r['cpu_us_per_call'])} vs {_n(send['cpu_us_per_call'])} CPU us per call",
+                         "met" if ok else "missed"))
+    reads = latest.get("reads", {}).get("result")
+    if reads and reads.get("pairs"):
+        top = reads["pairs"][-1]
+        rows.append(("read markers beside the message load", "measured (no target)",
+                     f"{_n(top['rate'])} msgs/s + {_n(top['reads']['read_frames_per_s'])} read frames/s: server "
+                     f"{_n(top['reads']['server_cpu_us_per_msg'])} vs {_n(top['plain']['server_cpu_us_per_msg'])} us "
+                     f"per message ({top['server_cpu_ratio']}x), lost {top['reads']['lost']}", "-"))
+    search = latest.get("search", {}).get("result")
+    if search:
+        rows.append(("search p99 over flushed messages", "< 50 ms over 1,000,000",
+                     f"{_n(search['p99_ms'], 1)} ms (common words p50 {_n(search['common']['latency_ms']['p50'], 1)} ms, "
+                     f"rare p50 {_n(search['rare']['latency_ms']['p50'], 1)} ms; {_n(search['messages'])} messages)",
+                     _missed(search["p99_ms"], 50, False) if search["p99_ms"] is not None else "-"))
     return rows
 
 
