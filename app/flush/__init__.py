@@ -271,15 +271,13 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         # Re-arm again: messages that arrived after our last read may need a new run.
         await redis.delete(keys.room_flush_queued(room_id))
     result.ms = (time.perf_counter() - started) * 1000
-    if result.changes or result.markers:
-        log.info("flush room=%s changes=%d markers=%d files=%d", room_id, result.changes, result.markers,
-                 result.files)
-    if result.rows or result.skipped:
+    # One line per run that wrote anything (tests count them per job).
+    if result.rows or result.skipped or result.changes or result.markers:
         rate = result.rows / (result.ms / 1000) if result.ms else 0.0
         FLUSHED_ROWS.inc(result.rows)  # chat_flushed_rows_total (GET /metrics)
-        log.info("flush room=%s rows=%d batches=%d ms=%.1f rows_per_s=%.0f flushed=%d dead=%d reseq=%d",
-                 room_id, result.rows, result.batches, result.ms, rate, result.flushed, result.skipped,
-                 result.reseq)
+        log.info("flush room=%s rows=%d batches=%d ms=%.1f rows_per_s=%.0f flushed=%d dead=%d reseq=%d"
+                 " changes=%d markers=%d files=%d", room_id, result.rows, result.batches, result.ms, rate,
+                 result.flushed, result.skipped, result.reseq, result.changes, result.markers, result.files)
     return result
 
 
