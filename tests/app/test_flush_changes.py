@@ -387,3 +387,21 @@ async def test_the_staged_path_writes_reply_to_and_mentions_too(redis: Redis, ke
     three = await row(pool, rid, 3)
     assert (three["reply_to"], three["mentions"], three["body"]) == (2, ["someone_else"], "@Someone_Else yes")
     assert (await row(pool, rid, 1))["mentions"] == ["nobody_here"]
+
+
+async def test_a_change_to_an_idle_room_whose_cache_expired(redis: Redis, keys: Keys, settings: Settings, pool: Any,
+                                                            res: Resources, room: tuple[str, str, str]) -> None:
+    rid, owner, _ = room
+    await sent(redis, keys, settings, rid, owner, 3)
+    await run(redis, keys, tailless(settings), pool, rid)
+    # the idle TTL ran out: stream, counters and flushed mark are gone (the member set stays here)
+    await redis.delete(keys.room_log(rid), keys.room_seq(rid), keys.room_flushed(rid), keys.room_version(rid))
+    await lifecycle.edit_message(res, room_id=rid, seq=2, user_id=owner, body="much later")
+    assert await pending(redis, keys, rid)
+
+    got = await run(redis, keys, tailless(settings), pool, rid)
+
+    assert got.changes == 1 and got.drained and not await pending(redis, keys, rid)
+    assert (await row(pool, rid, 2))["body"] == "much later"
+    assert await redis.hlen(keys.room_state(rid)) == 0
+    assert 0 < await redis.ttl(keys.room_version(rid)) <= settings.room_cache_idle_ttl_s

@@ -30,6 +30,12 @@ if redis.call('EXISTS', log_key) == 0 then
   -- to flush, but a change or a read marker may still be (they outlive the stream)
   if idle then
     redis.call('SREM', pending_key, room_id)
+    -- a change to an idle room re-created (and PERSISTed) its counters: they expire again
+    if idle_ttl_s > 0 then
+      for _, k in ipairs({flushed_key, seq_key, members_key, version_key, state_key}) do
+        if redis.call('TTL', k) == -1 then redis.call('EXPIRE', k, idle_ttl_s) end
+      end
+    end
     return {flushed, 1, 1}
   end
   return {flushed, 0, 1}
