@@ -8,7 +8,7 @@ this path; it is asked only when Redis cannot decide:
 
 - the member set or a counter (seq, version) was lost: rebuilt or re-seeded, as for a send;
 - the message is no longer in the stream nor in the overlay (flushed and trimmed): its row
-  is read (messages.get_message) and handed to the script as the base to change;
+  is read (messages.latest_message) and handed to the script as the base to change;
 - a delete of someone else's message: only the sender passes in Redis; an owner or admin is
   recognised in PostgreSQL (rooms.role_in) and the script is called again as moderator.
 
@@ -144,12 +144,9 @@ async def _change(res: Resources, op: str, *, room_id: str, seq: Any, user_id: s
 
 async def _pg_base(res: Resources, room_id: str, seq: int) -> str:
     """The message as PostgreSQL holds it, in stored form (no per-viewer `me`), for the script."""
-    msg = await messages.get_message(redis=res.redis, keys=res.keys, settings=res.settings, room_id=room_id, seq=seq)
+    msg = await messages.latest_message(res, room_id, seq)
     if msg is None:  # never stored (set aside as a dead letter) or past retention
         raise MessageNotFound()
-    for r in msg.get("reactions") or ():
-        if isinstance(r, dict):
-            r.pop("me", None)
     return dumps(msg)
 
 

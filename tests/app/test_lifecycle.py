@@ -152,6 +152,32 @@ async def test_changes_to_a_flushed_and_trimmed_message_start_from_its_row(
         await lifecycle.react(res, room_id=rid, seq=4, user_id=owner, emoji="🎉", add=True)
 
 
+async def test_a_change_after_the_changes_flush_builds_on_the_row_it_wrote(
+        redis: Redis, keys: Keys, settings: Settings, res: Resources, room: tuple[str, str, str]) -> None:
+    from app import flush
+    from app.db import raw_pool
+
+    rid, owner, member = room
+    await send(redis, keys, settings, rid, owner, "first")
+    await send(redis, keys, settings, rid, owner, "second")
+    await lifecycle.react(res, room_id=rid, seq=1, user_id=member, emoji="👍", add=True)
+    await lifecycle.edit_message(res, room_id=rid, seq=1, user_id=owner, body="first, edited")
+    await lifecycle.delete_message(res, room_id=rid, seq=2, user_id=owner)
+    await flush.flush_room(rid, redis=redis, keys=keys, settings=settings.replace(cache_tail=0), pool=raw_pool())
+    assert not await redis.xlen(keys.room_log(rid))
+    assert not await redis.hlen(keys.room_state(rid))  # the overlay went with the flush
+    got = await lifecycle.react(res, room_id=rid, seq=1, user_id=owner, emoji="👍", add=True)
+    assert got["reactions"] == [{"emoji": "👍", "count": 2, "user_ids": [member, owner], "me": True}]
+    assert (got["body"], got["version"]) == ("first, edited", 4) and got["edited_at"] is not None
+    # the deleted one stays deleted, whether changed or replied to
+    with pytest.raises(MessageDeleted):
+        await lifecycle.react(res, room_id=rid, seq=2, user_id=owner, emoji="👍", add=True)
+    with pytest.raises(ValidationFailed):
+        await send(redis, keys, settings, rid, member, "to what?", reply_to=2)
+    reply, _ = await send(redis, keys, settings, rid, member, "to this", reply_to=1)
+    assert reply["reply_to"] == {"seq": 1, "sender_id": owner, "excerpt": "first, edited", "deleted": False}
+
+
 async def test_lost_member_set_and_counters_are_rebuilt_from_postgres(
         redis: Redis, keys: Keys, settings: Settings, res: Resources, room: tuple[str, str, str]) -> None:
     rid, owner, member = room
