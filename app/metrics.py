@@ -63,6 +63,11 @@ def count_rejected(exc: BaseException) -> None:
     MESSAGES_REJECTED.labels(code).inc()
 
 
+# Bound once: labels() takes a lock and a dict lookup, and every send passes here.
+_ACCEPTED_NEW = MESSAGES_ACCEPTED.labels("new")
+_ACCEPTED_DUPLICATE = MESSAGES_ACCEPTED.labels("duplicate")
+
+
 def counted_accept(fn: Any) -> Any:
     """Wrap app.messages.accept_message: every send over HTTP, WebSocket or an upload passes it."""
     import functools
@@ -76,7 +81,7 @@ def counted_accept(fn: Any) -> Any:
         except Exception as exc:
             count_rejected(exc)
             raise
-        MESSAGES_ACCEPTED.labels("new" if result[1] else "duplicate").inc()
+        (_ACCEPTED_NEW if result[1] else _ACCEPTED_DUPLICATE).inc()
         return result
 
     return accept
