@@ -15,8 +15,8 @@ from app import lifecycle, messages, rooms
 from app.errors import MessageNotFound, ServiceUnavailable, ValidationFailed
 from app.ids import BIGINT_MAX, parse_bigint
 from app.pagination import parse_limit
-from app.schemas import (EditMessage, EditMessageDoc, MessageOut, MessagePage, ReadMarker, ReadMarkerBody, ReadState, SendMessage,
-                         SendMessageDoc)
+from app.schemas import (EditMessage, EditMessageDoc, MessageOut, MessagePage, ReadMarker, ReadMarkerBody, ReadState,
+                         SendMessage, SendMessageDoc)
 from app.validation import body
 from blueprints.deps import authenticated, bigint, doc, query
 
@@ -37,7 +37,8 @@ _SEQ = bigint("seq", 0, BIGINT_MAX, "the message's seq (0 and unknown seqs: 404)
 # lookahead: Rust's regex has none).
 _EMOJI_CHAR = r"[^\s\x00-\x1f\x7f-\x9f]"
 _EMOJI_NOT_DOT = r"[^\s\x00-\x1f\x7f-\x9f.]"
-EMOJI_PATTERN = rf"^(?:{_EMOJI_NOT_DOT}|{_EMOJI_NOT_DOT}{_EMOJI_CHAR}|{_EMOJI_CHAR}{_EMOJI_NOT_DOT}|{_EMOJI_CHAR}{{3,32}})$"
+EMOJI_PATTERN = (rf"^(?:{_EMOJI_NOT_DOT}|{_EMOJI_NOT_DOT}{_EMOJI_CHAR}|{_EMOJI_CHAR}{_EMOJI_NOT_DOT}"
+                 rf"|{_EMOJI_CHAR}{{3,32}})$")
 _EMOJI = query("emoji", String(minLength=1, maxLength=32, pattern=EMOJI_PATTERN),
                "the reaction, percent-encoded (👍 is %F0%9F%91%8D): 1-32 characters, no whitespace or controls",
                location="path")
@@ -145,7 +146,7 @@ async def edit_message(request: Request, room_id: str, seq: str) -> HTTPResponse
     data = body(request, EditMessage)
     n = await path_seq(request, room_id, seq)
     msg = await lifecycle.edit_message(request.app.ctx.resources, room_id=room_id, seq=n,
-                                                         user_id=request.ctx.user_id, body=data.body)
+                                       user_id=request.ctx.user_id, body=data.body)
     return json(msg)
 
 
@@ -159,17 +160,18 @@ async def edit_message(request: Request, room_id: str, seq: str) -> HTTPResponse
 async def delete_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
     n = await path_seq(request, room_id, seq)
     msg = await lifecycle.delete_message(request.app.ctx.resources, room_id=room_id, seq=n,
-                                                           user_id=request.ctx.user_id)
+                                         user_id=request.ctx.user_id)
     return json(msg)
 
 
 async def _react(request: Request, room_id: str, seq: str, emoji: str, add: bool) -> HTTPResponse:
     # Sanic passes path parameters still percent-encoded: a browser sends 👍 as %F0%9F%91%8D.
+    # Decoded once (%2541 is the emoji "%41"); bytes that are not UTF-8 become U+FFFD.
     emoji = urllib.parse.unquote(emoji)
     lifecycle.validate_emoji(emoji)
     n = await path_seq(request, room_id, seq)
     msg = await lifecycle.react(request.app.ctx.resources, room_id=room_id, seq=n,
-                                                  user_id=request.ctx.user_id, emoji=emoji, add=add)
+                                user_id=request.ctx.user_id, emoji=emoji, add=add)
     return json(msg)
 
 

@@ -44,6 +44,6 @@ async def search(request: Request) -> HTTPResponse:
         raise ValidationFailed({"q": f"must be at most {settings.search_max_query_chars} characters"})
     limit = parse_limit(request)
     page = await search_service.search(request.app.ctx.resources, user_id=request.ctx.user_id, q=q,
-                                                 room_id=request.args.get("room_id") or None, limit=limit,
-                                                 cursor=request.args.get("cursor") or None)
+                                       room_id=request.args.get("room_id") or None, limit=limit,
+                                       cursor=request.args.get("cursor") or None)
     return json(page)

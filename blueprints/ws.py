@@ -258,12 +258,12 @@ class Session:
         # this one too, in the room's order.
         room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
         await lifecycle.edit_message(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
-                                                       body=frame.get("body"))
+                                     body=frame.get("body"))
 
     async def on_delete(self, frame: dict[str, Any]) -> None:
         room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
         await lifecycle.delete_message(self.resources, room_id=room_id, seq=seq,
-                                                         user_id=self.user_id)
+                                       user_id=self.user_id)
 
     async def on_react(self, frame: dict[str, Any]) -> None:
         room_id, seq = _field(frame, "room_id", str), _message_seq(frame)
@@ -274,7 +274,7 @@ class Session:
         lifecycle.validate_emoji(emoji)
         # A no-op (adding a reaction one has, removing one one has not) publishes nothing.
         await lifecycle.react(self.resources, room_id=room_id, seq=seq, user_id=self.user_id,
-                                                emoji=emoji, add=op == "add")
+                              emoji=emoji, add=op == "add")
 
     async def on_read(self, frame: dict[str, Any]) -> None:
         room_id = _field(frame, "room_id", str)

@@ -172,8 +172,15 @@ def test_reactions_are_idempotent_and_per_viewer(api: httpx.Client, trio: Any) -
     gone = api.delete(url, headers=member.headers).json()
     assert gone["reactions"][0] == {"emoji": THUMBS, "count": 1, "user_ids": [owner.id], "me": False}
     assert api.delete(url, headers=member.headers).json()["version"] == gone["version"]  # not there: a no-op
-    # A shortcode is fine too: the server keeps no emoji list.
-    assert api.put(reaction_url(room["id"], msg["seq"], ":party_parrot:"), headers=member.headers).status_code == 200
+
+
+def test_any_text_is_an_emoji_and_the_path_is_decoded_once(api: httpx.Client, trio: Any) -> None:
+    owner, _, room = trio
+    msg = send(api, owner, room["id"], "x")
+    # The server keeps no emoji list; "%41" is an emoji of its own (sent as %2541), so is "a/b".
+    for odd in (":party_parrot:", "%41", "a/b", "👩‍💻"):
+        got = api.put(reaction_url(room["id"], msg["seq"], odd), headers=owner.headers)
+        assert got.status_code == 200 and got.json()["reactions"][-1]["emoji"] == odd, got.text
 
 
 @pytest.mark.parametrize("emoji", ["a b", "tab\there", "x" * 33, "nl\n", "\u00a0", "\u0085"])
