@@ -228,6 +228,9 @@ async def search(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
                              "mean_items": round(sum(hits) / max(1, len(hits)), 1)}
                 say(f"[search] {kind} words: p50 {out[kind]['latency_ms']['p50']} ms, "
                     f"p99 {out[kind]['latency_ms']['p99']} ms, {out[kind]['mean_items']} items per page")
+        db_ms = await _database_share(stack, pop.room_ids[:half], common[:20], rare[:20])
+        for kind in ("common", "rare"):
+            out[kind]["database_ms"] = db_ms.get(kind)
         everything = [out["common"]["latency_ms"]["p99"], out["rare"]["latency_ms"]["p99"]]
         out["p99_ms"] = max(v for v in everything if v is not None) if all(v is not None for v in everything) else None
         out["passed"] = out["p99_ms"] is not None and out["p99_ms"] < 50 and not (
@@ -235,6 +238,40 @@ async def search(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
         return out
     finally:
         stack.close()
+
+
+async def _database_share(stack: Any, room_ids: list[str], common: list[str], rare: list[str]) -> dict[str, Any]:
+    """PostgreSQL's part of a search: EXPLAIN ANALYZE's execution time of the service's own query
+    (app.search._SEARCH_SQL, its arguments built as the service builds them), per kind of word.
+    Diagnostic only: a renamed internal gives "n/a", not a failed run."""
+    import asyncpg
+
+    try:
+        from app import search as svc
+        from app.messages import retention_cutoff
+
+        sql, parse = svc._SEARCH_SQL, svc.parse_query  # noqa: SLF001 - the bench reads the service's query
+    except (ImportError, AttributeError) as exc:
+        say(f"[search] no database timing: {exc}")
+        return {}
+    settings = stack.settings
+    out: dict[str, Any] = {}
+    conn = await asyncpg.connect(stack.db_url, timeout=30)
+    try:
+        for kind, words in (("common", common), ("rare", rare)):
+            times = []
+            for q in words:
+                args = [parse(settings, q).tsquery(), [uuid.UUID(r) for r in room_ids], retention_cutoff(settings),
+                        settings.search_candidates, []]
+                plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+                plan = json.loads(plan) if isinstance(plan, str) else plan
+                times.append(float(plan[0]["Execution Time"]) * 1000)
+            out[kind] = summarize(times, 1e-3, 2)
+    except Exception as exc:  # noqa: BLE001 - diagnostic only
+        say(f"[search] no database timing: {type(exc).__name__}: {exc}")
+    finally:
+        await conn.close()
+    return out
 
 
 SCENARIOS = {"reads": reads, "lifecycle_micro": lifecycle_micro, "search": search}
