@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app.store import cache, ratelimit
+from app.store import cache, changes, ratelimit, scripts
 from app import access, mentions, rooms
 from app.errors import NotMember, RateLimited, RoomNotFound, ValidationFailed
 from app.realtime import events
@@ -36,7 +36,7 @@ from app.resources import Resources
 from app.ids import is_bigint, parse_uuid, uuid7
 from app.store.keys import Keys
 from app.serialize import dumps, iso, now_iso, utcnow
-from app.schemas import CLIENT_ID_MAX, message_out
+from app.schemas import CLIENT_ID_MAX, message_out, message_view
 from app.settings import Settings
 from app.metrics import counted_accept
 from models.file import File
@@ -281,7 +281,8 @@ async def _accept_direct(res: Resources, *, room_id: str, sender_id: str | None,
 
 # -- reads -------------------------------------------------------------------------
 
-_COLUMNS = "id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at"
+_COLUMNS = ("id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at,"
+            " edited_at, deleted, version, reply_to, mentions, reactions")
 
 
 def retention_cutoff(settings: Settings, now: datetime | None = None) -> datetime:
@@ -290,7 +291,8 @@ def retention_cutoff(settings: Settings, now: datetime | None = None) -> datetim
 
 
 async def _render_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """PostgreSQL rows -> the API's message objects (the same JSON the cache holds)."""
+    """PostgreSQL rows -> messages in stored form (the JSON the cache holds, except reply_to:
+    a row holds only the original's seq, which the readers turn into a quote)."""
     file_ids = {r["file_id"] for r in rows if r["file_id"] is not None}
     files = {f.id: f for f in await File.filter(id__in=list(file_ids))} if file_ids else {}
     return [message_out(r, files.get(r["file_id"]) if r["file_id"] is not None else None) for r in rows]
@@ -320,6 +322,29 @@ def _cached(seq: int, raw: str) -> dict[str, Any] | None:
     return m if isinstance(m, dict) else None
 
 
+def _version(msg: dict[str, Any] | None) -> int:
+    v = (msg or {}).get("version")
+    return v if type(v) is int else -1
+
+
+def _newest(*candidates: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The highest `version` among one message's copies (earlier ones win ties: pass the
+    copy whose file is freshest first). Versions only grow, so the highest is the latest:
+    a PostgreSQL row read after the overlay may already hold a newer change than it."""
+    best: dict[str, Any] | None = None
+    for c in candidates:
+        if c is not None and (best is None or _version(c) > _version(best)):
+            best = c
+    return best
+
+
+def _quoted_seq(msg: dict[str, Any]) -> int | None:
+    """The seq a reply answers: a row holds the seq, a stored message its quote."""
+    ref = msg.get("reply_to")
+    seq = ref.get("seq") if isinstance(ref, dict) else ref
+    return seq if type(seq) is int else None
+
+
 async def _overlay_files(items: list[dict[str, Any]]) -> None:
     """Cached messages were rendered at send time: show their files' current expiry. A file whose
     row is gone (purged with its retention period, or its room's) is expired: its bytes are."""
@@ -337,10 +362,69 @@ async def _overlay_files(items: list[dict[str, Any]]) -> None:
             m["file"] = {**m["file"], "expired": True}
 
 
+async def _latest_of(redis: Redis, keys: Keys, settings: Settings, room_id: str,
+                     seqs: list[int]) -> dict[int, dict[str, Any]]:
+    """The current state of a few messages by seq (reply originals outside a page): Redis (the
+    overlay, the stream's entries and its first id in one MULTI) first, then PostgreSQL for
+    what the stream no longer holds, the highest version per seq."""
+    if not seqs:
+        return {}
+    log_key, state_key = keys.room_log(room_id), keys.room_state(room_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xrange(log_key, "-", "+", count=1)
+        pipe.hmget(state_key, [str(s) for s in seqs])
+        for s in seqs:
+            pipe.xrange(log_key, f"{s}-0", f"{s}-0")
+        head, states, *entries = await pipe.execute()
+    first = int(head[0][0].split("-", 1)[0]) if head else None
+    out: dict[int, dict[str, Any]] = {}
+    for s, raw, entry in zip(seqs, states, entries):
+        state = _cached(s, raw) if raw is not None else None
+        cached = _cached(s, entry[0][1]["m"]) if entry else None
+        best = _newest(state, cached)
+        if best is not None:
+            out[s] = best
+    below = [s for s in seqs if first is None or s < first]
+    if below:
+        rows = await connections.get("default").execute_query_dict(
+            f"SELECT {_COLUMNS} FROM messages WHERE room_id = $1 AND seq = ANY($2::bigint[])", [room_id, below])
+        for m in await _render_rows(rows):
+            best = _newest(m, out.get(m["seq"]))
+            if best is not None:
+                out[m["seq"]] = best
+    since = str(iso(retention_cutoff(settings)))
+    return {s: m for s, m in out.items() if str(m.get("created_at") or "") >= since}
+
+
+async def _finish(redis: Redis, keys: Keys, settings: Settings, room_id: str, items: list[dict[str, Any]],
+                  from_cache: list[dict[str, Any]], viewer_id: str | None) -> list[dict[str, Any]]:
+    """What every read does last: current file expiry on the copies from Redis, reply quotes
+    rendered from the originals' current state, the per-viewer view (message_view)."""
+    await _overlay_files(from_cache)
+    by_seq = {m["seq"]: m for m in items}
+    wanted = sorted({q for m in items if (q := _quoted_seq(m)) is not None and q not in by_seq})
+    originals = {**await _latest_of(redis, keys, settings, room_id, wanted), **by_seq}
+    for m in items:
+        seq = _quoted_seq(m)
+        if seq is None:
+            continue
+        orig = originals.get(seq)
+        if orig is not None:
+            m["reply_to"] = quote_of(settings, orig)
+        elif not isinstance(m.get("reply_to"), dict):
+            # The original is past retention: a quote with nothing left to show.
+            m["reply_to"] = {"seq": seq, "sender_id": None, "excerpt": "", "deleted": False}
+    return [message_view(m, viewer_id) for m in items]
+
+
 async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, before: int | None,
-                  after: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+                  after: int | None, limit: int, viewer_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """(items ascending by seq, has_more). Newest `limit` by default; with `after` the oldest after it;
-    with both, strictly between. has_more: more exist in the paging direction."""
+    with both, strictly between. has_more: more exist in the paging direction.
+
+    Each message in its latest state: the highest version among its stream entry, the change
+    overlay (read with the entries, atomically) and its PostgreSQL row; quotes and `me` per
+    `viewer_id` (message_view)."""
     room_id = parse_uuid(room_id, RoomNotFound)
     ascending = after is not None
     lo = (after or 0) + 1
@@ -349,13 +433,13 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
         return [], False
     want = limit + 1  # one extra tells has_more
     got = await cache.read(redis, keys, room_id, ascending=ascending, lo=lo, hi=hi, count=want)
+    overlay = {s: m for s, raw in got.overlay.items() if (m := _cached(s, raw)) is not None}
     # Past the retention window a message is gone wherever it still is: the Redis tail of an
     # idle room, or a PostgreSQL row the daily prune has not reached yet.
     cutoff = retention_cutoff(settings)
     since = iso(cutoff)
-    cached = [m for m in (_cached(seq, raw) for seq, raw in got.entries)
+    cached = [m for m in (_newest(overlay.get(seq), _cached(seq, raw)) for seq, raw in got.entries)
               if m is not None and str(m.get("created_at") or "") >= since]
-    await _overlay_files(cached)
     # Everything below the stream's first entry is committed in PostgreSQL (the worker trims
     # only after its commit); with an empty stream, everything is.
     pg_hi = got.first_seq - 1 if got.first_seq is not None else (hi if hi is not None else 2**62)
@@ -364,24 +448,102 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
     if ascending:
         older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=True, count=want,
                                 since=cutoff) if lo <= pg_hi else []
-        items = older + cached
     else:
         need = want - len(cached)
         older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=False, count=need,
                                 since=cutoff) if need > 0 else []
-        items = cached + older
+    # A row outside the window the script read the overlay for (a seq gap: a set-aside entry)
+    # gets its overlay entry now.
+    wlo, whi = got.window
+    outside = [m["seq"] for m in older if not wlo <= m["seq"] <= whi]
+    if outside:
+        raws = await redis.hmget(keys.room_state(room_id), [str(s) for s in outside])
+        for s, raw in zip(outside, raws):
+            if raw is not None and (m := _cached(s, raw)) is not None:
+                overlay[s] = m
+    from_cache = [m for m in cached]
+    merged_older: list[dict[str, Any]] = []
+    for row in older:
+        best = _newest(row, overlay.get(row["seq"]))
+        assert best is not None
+        if best is not row:
+            from_cache.append(best)
+        if str(best.get("created_at") or "") >= since:
+            merged_older.append(best)
+    items = merged_older + cached if ascending else cached + merged_older
     has_more = len(items) > limit
     items = items[:limit]
     if not ascending:
         items.reverse()
-    return items, has_more
+    keep = {id(m) for m in items}
+    return await _finish(redis, keys, settings, room_id, items, [m for m in from_cache if id(m) in keep],
+                         viewer_id), has_more
 
 
-async def get_message(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, seq: int) -> dict[str, Any] | None:
-    """One message by seq, from the cache or (below the stream's first entry) the database."""
+async def get_message(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, seq: int,
+                      viewer_id: str | None = None) -> dict[str, Any] | None:
+    """One message by seq (its latest state), from the cache or (below the stream's first entry) the database."""
     items, _ = await history(redis=redis, keys=keys, settings=settings, room_id=room_id,
-                             before=seq + 1, after=seq - 1, limit=1)
+                             before=seq + 1, after=seq - 1, limit=1, viewer_id=viewer_id)
     return items[0] if items and items[0]["seq"] == seq else None
+
+
+async def changes_since(res: Resources | None = None, *, room_id: str, after_version: int, max_seq: int, limit: int,
+                        viewer_id: str | None = None, redis: Redis | None = None, keys: Keys | None = None,
+                        settings: Settings | None = None) -> tuple[list[dict[str, Any]], bool, int]:
+    """The latest state of every message with seq <= max_seq changed after `after_version`
+    (one entry per message), ascending by version, at most `limit`: (items, has_more,
+    last_version = the room's change counter). Page on with the last item's version.
+
+    Redis first (the unflushed changes and their overlay, one script), then PostgreSQL
+    (`version > V` on the index messages_room_version) WITHOUT the seqs Redis named: their
+    latest change is Redis's, the row may be older. The flush removes a change from Redis only
+    after its commit, so a change is in one of the two reads; one made after the Redis read
+    shows with its newer version or above last_version (the next call's)."""
+    if res is not None:
+        redis, keys, settings = res.redis, res.keys, res.settings
+    assert redis is not None and keys is not None and settings is not None
+    room_id = parse_uuid(room_id, RoomNotFound)
+    want = limit + 1
+    version, pairs, states = await scripts.CHANGES_READ(
+        redis, [keys.room_changed(room_id), keys.room_state(room_id), keys.room_version(room_id)],
+        [int(after_version), int(max_seq), want])
+    redis_seqs = [int(pairs[i]) for i in range(0, len(pairs), 2)]
+    found: dict[int, dict[str, Any]] = {}
+    for s, raw in zip(redis_seqs, states):
+        m = _cached(s, raw) if raw else None
+        if m is not None:
+            found[s] = m
+    cutoff = retention_cutoff(settings)
+    rows = await connections.get("default").execute_query_dict(
+        f"SELECT {_COLUMNS} FROM messages WHERE room_id = $1 AND version > $2 AND seq <= $3"
+        " AND created_at >= $5 AND NOT (seq = ANY($6::bigint[])) ORDER BY version LIMIT $4",
+        [room_id, int(after_version), int(max_seq), want, cutoff, redis_seqs])
+    from_pg = await _render_rows(rows)
+    for m in from_pg:
+        best = _newest(m, found.get(m["seq"]))
+        if best is not None:
+            found[m["seq"]] = best
+    since = str(iso(cutoff))
+    items = sorted((m for m in found.values() if str(m.get("created_at") or "") >= since and
+                    _version(m) > after_version), key=_version)
+    has_more = len(items) > limit or len(redis_seqs) > len(states)
+    items = items[:limit]
+    if version:
+        last_version = int(version)
+    else:  # Redis lost the counter: re-seeded exactly as a change would
+        last_version = await changes.seed_version(redis, keys, room_id, await _pg_max_version(room_id))
+    pg_ids = {id(m) for m in from_pg}
+    items = await _finish(redis, keys, settings, room_id, items, [m for m in items if id(m) not in pg_ids],
+                          viewer_id)
+    return items, has_more, max(last_version, max((_version(m) for m in items), default=0))
+
+
+async def _pg_max_version(room_id: str) -> int:
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT GREATEST((SELECT COALESCE(MAX(version), 0) FROM messages WHERE room_id = $1),"
+        " COALESCE((SELECT last_version FROM rooms WHERE id = $1), 0)) AS v", [room_id])
+    return int(rows[0]["v"])
 
 
 async def last_seqs(*, redis: Redis, keys: Keys, settings: Settings, room_ids: list[str]) -> dict[str, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
+import orjson
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
                       StringConstraints, field_validator)
 from typing_extensions import TypeAliasType
@@ -320,7 +321,24 @@ def message_out(row: dict[str, Any], f: File | None) -> dict[str, Any]:
         "sender_id": str(row["sender_id"]) if row["sender_id"] is not None else None,
         "kind": row["kind"], "body": row["body"], "file": file_out(f) if f is not None else None,
         "client_id": row["client_id"], "created_at": iso(row["created_at"]),
+        **_lifecycle_out(row),
     }
+
+
+def _lifecycle_out(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's lifecycle columns in stored form (rows read without them: the defaults).
+    reply_to stays the original's seq: the readers render the quote from its current state."""
+    if "version" not in row:
+        return {}
+    reactions = row.get("reactions")
+    if isinstance(reactions, (str, bytes)):  # jsonb arrives as text without a codec
+        reactions = orjson.loads(reactions)
+    reply_to = row.get("reply_to")
+    return {"edited_at": iso(row["edited_at"]) if row.get("edited_at") is not None else None,
+            "deleted": bool(row.get("deleted")), "version": int(row["version"] or 0),
+            "reply_to": int(reply_to) if reply_to is not None else None,
+            "mentions": list(row.get("mentions") or []),
+            "reactions": reactions if isinstance(reactions, list) else []}
 
 
 class MessagePage(BaseModel):

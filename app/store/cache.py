@@ -17,7 +17,7 @@ messages published in seq order.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from redis.asyncio import Redis
@@ -205,10 +205,14 @@ class AcceptResult:
 
 @dataclass(frozen=True)
 class CacheRange:
-    """What the read script saw: the stream's first seq (None: stream empty) and entries."""
+    """What the read script saw, at one instant: the stream's first seq (None: stream empty),
+    entries, the change overlay of the page's seq window and the room's change counter."""
 
     first_seq: int | None
     entries: list[tuple[int, str]]  # (seq, message JSON) in the requested direction
+    overlay: dict[int, str] = field(default_factory=dict)  # seq -> latest state JSON (changed messages)
+    version: int | None = None  # the room's `version` counter (None: missing)
+    window: tuple[int, int] = field(default=(0, -1), compare=False)  # the seqs the overlay was read for (lo, hi inclusive)
 
 
 async def accept(batcher: Batcher, keys: Keys, policy: AcceptPolicy, *, room_id: str, sender_id: str | None,
@@ -257,11 +261,22 @@ async def seed_seq(redis: Redis, keys: Keys, room_id: str, pg_max: int) -> int:
 
 async def read(redis: Redis, keys: Keys, room_id: str, *, ascending: bool, lo: int, hi: int | None,
                count: int) -> CacheRange:
-    """Entries with lo <= seq <= hi (hi None = no bound), at most `count`, plus the stream's first seq."""
-    args = ["asc" if ascending else "desc", max(lo, 0), "+" if hi is None else hi, count]
-    first, flat = await scripts.READ(redis, [keys.room_log(room_id)], args)
+    """Entries with lo <= seq <= hi (hi None = no bound), at most `count`, plus the stream's first
+    seq, the overlay for the seqs such a page can hold (seqs are gap-free: the `count` seqs from
+    lo up, or down from hi / the room's last seq) and the room's version counter."""
+    lo = max(lo, 0)
+    if ascending:
+        win_lo, win_hi = lo, lo + count - 1 if hi is None else min(hi, lo + count - 1)
+    else:
+        win_lo, win_hi = (lo, "+") if hi is None else (max(lo, hi - count + 1), hi)
+    args = ["asc" if ascending else "desc", lo, "+" if hi is None else hi, count, win_lo, win_hi, count]
+    first, flat, over, version, wlo, whi = await scripts.READ(
+        redis, [keys.room_log(room_id), keys.room_state(room_id), keys.room_version(room_id), keys.room_seq(room_id)],
+        args)
     entries = [(_seq_of(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
-    return CacheRange(_seq_of(first) if first else None, entries)
+    overlay = {int(over[i]): over[i + 1] for i in range(0, len(over), 2)}
+    return CacheRange(_seq_of(first) if first else None, entries, overlay, int(version) if version else None,
+                      (int(wlo), int(whi)))
 
 
 async def counters(redis: Redis, keys: Keys, room_ids: list[str]) -> list[int | None]:

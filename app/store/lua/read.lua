@@ -1,11 +1,19 @@
--- One atomic read for history: the stream's first id and a range of entries.
--- Returns {first_id or "", {seq, msg, seq, msg, ...}}.
+-- One atomic read for history: the stream's first id, a range of entries, the change overlay
+-- (`state`) for the page's seq window and the room's change counter, all at one instant, so
+-- an entry and the overlay that outranks it can never come from two sides of a change.
+-- Returns {first_id or "", {seq, msg, ...}, {seq, state json, ...}, version or "", window lo, window hi}.
 local log_key = KEYS[1]
+local state_key = KEYS[2]
+local version_key = KEYS[3]
+local seq_key = KEYS[4]
 
 local direction = ARGV[1]                   -- "asc" | "desc"
 local lowest = ARGV[2]                      -- lowest seq
 local highest = ARGV[3]                     -- highest seq ("+" = no bound)
 local count = ARGV[4]
+local win_lo = tonumber(ARGV[5])            -- the overlay window (the page's possible seqs)
+local win_hi = ARGV[6]                      -- "+" = the room's last seq
+local width = tonumber(ARGV[7])             -- at most this many seqs below a "+" top
 
 local head = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)
 local first = ''
@@ -21,4 +29,38 @@ for i = 1, #rows do
   out[#out + 1] = rows[i][1]
   out[#out + 1] = rows[i][2][2]
 end
-return {first, out}
+
+local hi
+if win_hi == '+' then
+  hi = tonumber(redis.call('GET', seq_key) or '0')
+  if hi - width + 1 > win_lo then win_lo = hi - width + 1 end
+else
+  hi = tonumber(win_hi)
+end
+local overlay = {}
+local size = hi - win_lo + 1
+local n = redis.call('HLEN', state_key)
+if n > 0 and size > 0 then
+  if n <= size then
+    -- Fewer changed messages than seqs in the window: read them all and keep the window's.
+    local all = redis.call('HGETALL', state_key)
+    for i = 1, #all, 2 do
+      local s = tonumber(all[i])
+      if s and s >= win_lo and s <= hi then
+        overlay[#overlay + 1] = all[i]
+        overlay[#overlay + 1] = all[i + 1]
+      end
+    end
+  else
+    local fields = {}
+    for s = win_lo, hi do fields[#fields + 1] = tostring(s) end
+    local vals = redis.call('HMGET', state_key, unpack(fields))
+    for i = 1, #fields do
+      if vals[i] then
+        overlay[#overlay + 1] = fields[i]
+        overlay[#overlay + 1] = vals[i]
+      end
+    end
+  end
+end
+return {first, out, overlay, redis.call('GET', version_key) or '', win_lo, hi}
