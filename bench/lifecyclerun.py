@@ -72,7 +72,12 @@ async def measure(name: str, n: int, call: Callable[[int], Awaitable[Any]], redi
 async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from redis.asyncio import Redis
 
-    from app import lifecycle, reads
+    from app import lifecycle
+
+    try:
+        from app import reads
+    except ImportError:  # the read-marker service has not landed: send and react only
+        reads = None
     from app.db import close_db, init_db
     from app.messages import accept_message
     from app.resources import Resources
@@ -94,7 +99,8 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         # Warm-up: scripts loaded, member set and counters (seq, version) rebuilt, once each.
         first, _ = await accept_message(res, room_id=room, sender_id=sender, body="warm-up", rate_limit=False)
         await lifecycle.react(res, room_id=room, seq=first["seq"], user_id=reader, emoji="🔥", add=True)
-        await reads.mark_read(res, room_id=room, user_id=reader, username=reader_name, seq=first["seq"])
+        if reads is not None:
+            await reads.mark_read(res, room_id=room, user_id=reader, username=reader_name, seq=first["seq"])
         base = first["seq"]
         pad = "x" * max(1, int(cfg.get("body_bytes", 100)) - 10)
         out: dict[str, Any] = {"calls": n}
@@ -113,13 +119,17 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         emit("progress", msg=f"[lifecycle_micro] {n} sequential calls each: send, react, mark_read")
         out["send"] = await measure("send", n, send, redis, trips, db)
         out["react"] = await measure("react", n, react, redis, trips, db)
-        out["mark_read"] = await measure("mark_read", n, mark, redis, trips, db)
-        for kind in ("react", "mark_read"):
+        kinds = ["react"]
+        if reads is not None:
+            out["mark_read"] = await measure("mark_read", n, mark, redis, trips, db)
+            kinds.append("mark_read")
+        else:
+            emit("progress", msg="[lifecycle_micro] app.reads is missing: mark_read not measured")
+        for kind in kinds:
             out[f"{kind}_vs_send_wall"] = round(out[kind]["wall_us_per_call"] / out["send"]["wall_us_per_call"], 2)
             out[f"{kind}_vs_send_cpu"] = round(out[kind]["cpu_us_per_call"] / out["send"]["cpu_us_per_call"], 2)
-        out["passed"] = (out["react"]["postgres_queries"] == 0 and out["mark_read"]["postgres_queries"] == 0
-                         and out["react"]["redis_round_trips_per_call"] <= 1.0
-                         and out["mark_read"]["redis_round_trips_per_call"] <= 1.0)
+        out["passed"] = all(out[k]["postgres_queries"] == 0 and out[k]["redis_round_trips_per_call"] <= 1.0
+                            for k in kinds) and reads is not None
         return out
     finally:
         await res.close()
