@@ -110,7 +110,7 @@ async def list_messages(request: Request, room_id: str) -> HTTPResponse:
     limit = parse_limit(request)
     room = await rooms.require_member(room_id=room_id, user_id=request.ctx.user_id)
     items, has_more = await messages.history(**_svc(request), room_id=str(room.id), before=before, after=after,
-                                             limit=limit)
+                                             limit=limit, viewer_id=request.ctx.user_id)
     return json({"items": items, "has_more": has_more})
 
 
@@ -127,7 +127,8 @@ async def get_message(request: Request, room_id: str, seq: str) -> HTTPResponse:
         raise MessageNotFound() from None
     if n > BIGINT_MAX:  # a seq no bigint can hold: bad input, not a missing message
         raise ValidationFailed({"seq": f"must be at most {BIGINT_MAX}"})
-    msg = await messages.get_message(**_svc(request), room_id=str(room.id), seq=n) if n >= 1 else None
+    msg = await messages.get_message(**_svc(request), room_id=str(room.id), seq=n,
+                                     viewer_id=request.ctx.user_id) if n >= 1 else None
     if msg is None:
         raise MessageNotFound()
     return json(msg)

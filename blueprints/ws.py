@@ -245,12 +245,13 @@ class Session:
             # each; newer ones come in `messages`, as they are now. Read BEFORE the messages:
             # a change made in between then shows in the messages' state or has a version
             # above last_version (the next sync's), so none falls between the two reads.
-            changes, more, last_version = await service("app.messages", "changes_since")(
+            changes, more, last_version = await messages.changes_since(
                 self.resources, room_id=room_id, after_version=after_version, max_seq=after, limit=limit,
                 viewer_id=self.user_id)
             found = {"changes": changes, "changes_has_more": more, "last_version": last_version}
         items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
-                                                 room_id=room_id, before=None, after=after, limit=limit)
+                                                 room_id=room_id, before=None, after=after, limit=limit,
+                                                 viewer_id=self.user_id)
         self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more, **found})
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
