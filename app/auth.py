@@ -111,12 +111,15 @@ class TokenPair:
                 "token_type": "Bearer", "expires_in": self.expires_in}
 
 
-def _issue_pair(settings: Settings, user_id: str, family_id: str, now: datetime) -> tuple[TokenPair, uuid.UUID, datetime]:
-    """Sign a new access/refresh pair; returns it with the refresh jti and expiry to store."""
+def _issue_pair(settings: Settings, user_id: str, family_id: str, now: datetime,
+                username: str | None = None) -> tuple[TokenPair, uuid.UUID, datetime]:
+    """Sign a new access/refresh pair; returns it with the refresh jti and expiry to store.
+    `username` becomes the `usr` claim of both (lowercased)."""
     jti = uuid.uuid4()
-    access, _ = tokens.issue(settings, user_id=user_id, family_id=family_id, kind=tokens.ACCESS, now=now)
+    access, _ = tokens.issue(settings, user_id=user_id, family_id=family_id, kind=tokens.ACCESS, now=now,
+                             username=username)
     refresh, rclaims = tokens.issue(settings, user_id=user_id, family_id=family_id, kind=tokens.REFRESH,
-                                    jti=jti.hex, now=now)
+                                    jti=jti.hex, now=now, username=username)
     return TokenPair(access, refresh, settings.access_token_ttl_s), jti, rclaims.expires_at
 
 
@@ -131,7 +134,7 @@ async def login(settings: Settings, *, username: str, password: str) -> TokenPai
         await User.filter(id=user.id).update(password_hash=new_hash)
     now = utcnow()
     family_id = uuid.uuid4()
-    pair, jti, expires_at = _issue_pair(settings, str(user.id), str(family_id), now)
+    pair, jti, expires_at = _issue_pair(settings, str(user.id), str(family_id), now, user.username_lower)
     async with in_transaction() as conn:
         await TokenFamily.create(id=family_id, user_id=user.id, using_db=conn)
         await RefreshToken.create(jti=jti, family_id=family_id, expires_at=expires_at, using_db=conn)
@@ -168,7 +171,11 @@ async def refresh(settings: Settings, redis: Redis, keys: Keys, *, refresh_token
     claims = _verify_refresh(settings, refresh_token)
     jti, family_id = _uuid(claims.jti), _uuid(claims.family_id)
     now = utcnow()
-    pair, new_jti, expires_at = _issue_pair(settings, claims.user_id, claims.family_id, now)
+    username = claims.username
+    if username is None:  # a refresh token from before the `usr` claim: look it up once
+        names = await User.filter(id=_uuid(claims.user_id)).values_list("username_lower", flat=True)
+        username = str(names[0]) if names else None
+    pair, new_jti, expires_at = _issue_pair(settings, claims.user_id, claims.family_id, now, username)
     reused = False
     async with in_transaction() as conn:
         # Lock the family row: refreshes and logouts of one session queue behind each other,

@@ -388,3 +388,11 @@ async def room_ids_of_user(user_id: str) -> list[str]:
     """Ids of the rooms the user is a member of, oldest membership first."""
     rows = await Membership.filter(user_id=user_id, banned=False).order_by("joined_at", "id").values_list("room_id", flat=True)
     return [str(r) for r in rows]
+
+
+async def memberships_of_user(user_id: str) -> list[tuple[str, int]]:
+    """(room id, last_read_seq as PostgreSQL holds it) of the user's rooms, oldest membership
+    first: the hello's rooms and the floor of their read markers (app/reads.hello_rooms)."""
+    rows = await Membership.filter(user_id=user_id, banned=False).order_by("joined_at", "id").values_list(
+        "room_id", "last_read_seq")
+    return [(str(r), int(m or 0)) for r, m in rows]

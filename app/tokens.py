@@ -1,7 +1,8 @@
 """JWT encoding and verification: access and refresh tokens.
 
 Both kinds carry `sub`, `exp`, `iat`, `jti`, `iss`, `aud`, `fam` (the login's
-refresh family) and `typ`. The kinds are mutually exclusive: `typ` is checked
+refresh family), `typ` and `usr`, the lowercased username (mention counts key on it, so a
+read needs no user lookup; a refresh passes it on; absent in older tokens). The kinds are mutually exclusive: `typ` is checked
 on decode, so a refresh token never passes as an access token nor the reverse.
 The algorithm is pinned on decode (no `alg: none`, no algorithm confusion).
 """
@@ -28,10 +29,11 @@ class Claims:
     jti: str
     kind: str
     expires_at: datetime
+    username: str | None = None  # `usr`: lowercased; None for tokens issued before it
 
 
 def issue(settings: Settings, *, user_id: str, family_id: str, kind: str,
-          jti: str | None = None, now: datetime | None = None) -> tuple[str, Claims]:
+          jti: str | None = None, now: datetime | None = None, username: str | None = None) -> tuple[str, Claims]:
     """Sign a token of `kind`; returns the token and its claims."""
     now = now or datetime.now(timezone.utc)
     ttl = settings.access_token_ttl_s if kind == ACCESS else settings.refresh_token_ttl_s
@@ -42,8 +44,11 @@ def issue(settings: Settings, *, user_id: str, family_id: str, kind: str,
         "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
         "iat": int(now.timestamp()), "exp": int(exp.timestamp()),
     }
+    name = username.lower() if username else None
+    if name:
+        payload["usr"] = name
     token = jwt.encode(payload, settings.jwt_secret, algorithm=settings.jwt_algorithm)
-    return token, Claims(user_id, family_id, jti, kind, exp)
+    return token, Claims(user_id, family_id, jti, kind, exp, name)
 
 
 def verify(settings: Settings, token: str, kind: str) -> Claims:
@@ -60,5 +65,6 @@ def verify(settings: Settings, token: str, kind: str) -> Claims:
         raise InvalidToken() from None
     if payload.get("typ") != kind or not isinstance(payload.get("fam"), str):
         raise InvalidToken(f"This is not an {kind} token." if kind == ACCESS else f"This is not a {kind} token.")
+    usr = payload.get("usr")
     return Claims(payload["sub"], payload["fam"], payload["jti"], kind,
-                  datetime.fromtimestamp(payload["exp"], timezone.utc))
+                  datetime.fromtimestamp(payload["exp"], timezone.utc), usr if isinstance(usr, str) and usr else None)

@@ -93,6 +93,21 @@ def change_payload_parts(room_id: str, change_kind: str) -> tuple[str, str]:
     return encode(room_route(room_id), head), "}"
 
 
+# -- read (app/reads.py: read markers) ----------------------------------------------------
+
+def user_route(user_id: str) -> str:
+    return f"u:{user_id}"
+
+
+def read_payload_parts(room_id: str, user_id: str) -> tuple[str, str, str, str]:
+    """The pieces of a `read` event to every connection of the user, around its three numbers:
+    p0 + last_read_seq + p1 + unread_count + p2 + mention_count + p3 is
+    encode(user route, {"type":"read","room_id","last_read_seq","unread_count","mention_count"});
+    the mark_read script fills the numbers in and names no field."""
+    head = dumps({"type": "read", "room_id": room_id})[:-1] + ',"last_read_seq":'
+    return encode(user_route(user_id), head), ',"unread_count":', ',"mention_count":', "}"
+
+
 def is_message_frame(frame_json: str) -> bool:
     return frame_json.startswith(MESSAGE_HEAD)
 
