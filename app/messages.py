@@ -438,8 +438,8 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
     # idle room, or a PostgreSQL row the daily prune has not reached yet.
     cutoff = retention_cutoff(settings)
     since = iso(cutoff)
-    cached = [m for m in (_newest(overlay.get(seq), _cached(seq, raw)) for seq, raw in got.entries)
-              if m is not None and str(m.get("created_at") or "") >= since]
+    entries = [(seq, m) for seq, m in ((seq, _cached(seq, raw)) for seq, raw in got.entries)
+               if m is not None and str(m.get("created_at") or "") >= since]
     # Everything below the stream's first entry is committed in PostgreSQL (the worker trims
     # only after its commit); with an empty stream, everything is.
     pg_hi = got.first_seq - 1 if got.first_seq is not None else (hi if hi is not None else 2**62)
@@ -449,19 +449,24 @@ async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str,
         older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=True, count=want,
                                 since=cutoff) if lo <= pg_hi else []
     else:
-        need = want - len(cached)
+        need = want - len(entries)
         older = await _pg_range(room_id, lo=lo, hi=pg_hi, ascending=False, count=need,
                                 since=cutoff) if need > 0 else []
-    # A row outside the window the script read the overlay for (a seq gap: a set-aside entry)
-    # gets its overlay entry now.
+    # A message outside the window the script read the overlay for (a seq gap: a set-aside
+    # entry; a lost counter) gets its overlay entry now.
     wlo, whi = got.window
-    outside = [m["seq"] for m in older if not wlo <= m["seq"] <= whi]
+    outside = [s for s in (*(seq for seq, _ in entries), *(m["seq"] for m in older)) if not wlo <= s <= whi]
     if outside:
         raws = await redis.hmget(keys.room_state(room_id), [str(s) for s in outside])
         for s, raw in zip(outside, raws):
             if raw is not None and (m := _cached(s, raw)) is not None:
                 overlay[s] = m
-    from_cache = [m for m in cached]
+    cached: list[dict[str, Any]] = []
+    for seq, m in entries:
+        best = _newest(overlay.get(seq), m)
+        if best is not None and str(best.get("created_at") or "") >= since:
+            cached.append(best)
+    from_cache = list(cached)
     merged_older: list[dict[str, Any]] = []
     for row in older:
         best = _newest(row, overlay.get(row["seq"]))
