@@ -220,3 +220,49 @@ def test_a_reply_quotes_its_original_until_it_is_deleted(person: Callable[..., P
         expect(reply.locator(".quote .quote-text")).to_have_text("deleted message")
     reload_into(bob, "Replies")
     expect(bob.page.locator("#messages li.msg", has_text="Thursday works").locator(".quote-text")).to_have_text("deleted message")
+
+
+# Wraps the page's WebSocket so a test can cut it and keep it down (each new one then goes to
+# a path that refuses the handshake) without stopping the server the others use.
+WS_GATE = """(() => {
+  const Real = window.WebSocket;
+  window.__ws = [];
+  window.__blockWs = false;
+  window.WebSocket = class extends Real {
+    constructor(url, ...rest) {
+      super(window.__blockWs ? String(url).replace("/ws?", "/ws-blocked?") : url, ...rest);
+      window.__ws.push(this);
+    }
+  };
+})();"""
+
+
+def test_changes_made_while_offline_arrive_with_the_reconnect_sync(person: Callable[..., Person], web: WebStack) -> None:
+    alice = person(display_name="Alice")
+    bob = person(display_name="Bob", login=False)
+    bob.context.add_init_script(WS_GATE)
+    bob.login()
+    room = make_room(web.api, alice.user, name="Away", member_ids=[bob.user.id])
+    m1, m2, m3 = (post(web, alice, room["id"], t) for t in ("plan A", "plan B", "plan C"))
+    reload_into(bob, "Away")
+    expect(msg(bob, m3["seq"])).to_be_visible()
+
+    bob.page.evaluate("() => { window.__blockWs = true; window.__ws.forEach((s) => s.close()); }")
+    bob.page.wait_for_selector("body:not([data-socket=online])")
+    h = alice.user.headers
+    base = f"/rooms/{room['id']}/messages"
+    assert web.api.patch(f"{base}/{m1['seq']}", json={"body": "plan A, revised"}, headers=h).status_code == 200
+    assert web.api.put(f"{base}/{m2['seq']}/reactions/%F0%9F%8E%89", headers=h).status_code == 200
+    assert web.api.delete(f"{base}/{m3['seq']}", headers=h).status_code == 200
+    post(web, alice, room["id"], "plan D")
+    time.sleep(0.5)
+    assert msg(bob, m1["seq"]).locator(".msg-body").text_content() == "plan A"  # really offline
+
+    bob.page.evaluate("() => { window.__blockWs = false; }")
+    bob.page.wait_for_selector("body[data-socket=online]", timeout=40000)
+    # One sync with after_seq and after_version brings the new message and the older ones' changes.
+    expect(msg(bob, m1["seq"]).locator(".msg-body")).to_have_text("plan A, revised")
+    expect(msg(bob, m1["seq"]).locator(".edited")).to_have_count(1)
+    expect(msg(bob, m2["seq"]).locator("button.reaction[data-emoji='\U0001F389']")).to_have_text("\U0001F3891")
+    expect(msg(bob, m3["seq"]).locator(".msg-tombstone")).to_have_text("message deleted")
+    expect(bob.page.locator("#messages li.msg[data-seq] .msg-body").last).to_have_text("plan D")

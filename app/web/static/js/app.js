@@ -649,7 +649,10 @@ function onHello(f) {
 function syncRoom(rs, quiet = false) {
   if (!rs.loaded) return;
   const frame = { type: "sync", room_id: rs.room.id, after_seq: rs.lastSeq, limit: 200 };
-  if (rs.lastVersion !== null) frame.after_version = rs.lastVersion;
+  // Without a counter from the hello, the highest version among the messages held is a safe
+  // start: each was loaded as it was then, so every later change has a higher version.
+  if (rs.lastVersion === null) rs.lastVersion = Math.max(0, ...[...rs.msgs.values()].map((m) => m.version));
+  frame.after_version = rs.lastVersion;
   if (socket.send(frame) && !quiet) {
     S.syncing.add(rs.room.id);
     renderBanner();
