@@ -123,7 +123,7 @@ export class Timeline {
     const d = this.list.querySelector(".new-divider");
     if (!d) { this.toBottom(); return; }
     const s = this.scroller;
-    const top = d.offsetTop - s.offsetTop - 48;
+    const top = d.getBoundingClientRect().top - s.getBoundingClientRect().top + s.scrollTop - 48;
     s.scrollTop = Math.min(Math.max(0, top), s.scrollHeight);
     this.stick = this.atBottom();
   }
