@@ -54,18 +54,19 @@ async def _pg_max_seq(room_id: str) -> int:
 
 
 async def mark_read(res: Resources, *, room_id: str, user_id: str, username: str | None,
-                    seq: int) -> dict[str, Any]:
+                    seq: int, conn_id: str = "") -> dict[str, Any]:
     """Move the user's marker in the room forward to `seq` (past the last message: to the last);
     -> {room_id, last_read_seq, unread_count, mention_count}, moved or not. When it moved,
-    every connection of the user gets the `read` event (the same object plus "type")."""
+    every connection of the user gets the `read` event (the same object plus "type"), but
+    `conn_id`: the WebSocket connection that asked, which its caller answers itself."""
     if not is_bigint(seq, 0):
         raise ValidationFailed({"seq": "must be a seq (0 to 2^63-1)"})
     rid = parse_uuid(room_id, RoomNotFound)
     name = await username_of(user_id, username)
     if res.settings.write_mode == "direct":
-        return await _mark_read_direct(res, rid, user_id, name, int(seq))
+        return await _mark_read_direct(res, rid, user_id, name, int(seq), conn_id)
     redis, keys = res.redis, res.keys
-    event = events.read_payload_parts(rid, user_id)
+    event = events.read_payload_parts(rid, user_id, conn_id)
     floor: int | None = None
     for _ in range(_ATTEMPTS):
         got = await store.mark_read(redis, keys, room_id=rid, user_id=user_id, username=name, seq=int(seq),
@@ -84,7 +85,8 @@ async def mark_read(res: Resources, *, room_id: str, user_id: str, username: str
     raise RoomNotFound()  # the room vanished while we were rebuilding its cache
 
 
-async def _mark_read_direct(res: Resources, room_id: str, user_id: str, name: str, seq: int) -> dict[str, Any]:
+async def _mark_read_direct(res: Resources, room_id: str, user_id: str, name: str, seq: int,
+                            conn_id: str = "") -> dict[str, Any]:
     # The subquery reads the row as it was before this UPDATE (one snapshot): "moved" is exact.
     rows = await connections.get("default").execute_query_dict(
         "UPDATE memberships m SET last_read_seq = GREATEST(m.last_read_seq, LEAST($3::bigint, r.last_seq))"
@@ -100,7 +102,7 @@ async def _mark_read_direct(res: Resources, room_id: str, user_id: str, name: st
     state = {"room_id": room_id, "last_read_seq": marker, "unread_count": max(last - marker, 0),
              "mention_count": await _pg_mentions(room_id, name, marker)}
     if marker > int(rows[0]["before"]):
-        await events.to_user(res.redis, res.keys, user_id, {"type": "read", **state})
+        await events.to_user(res.redis, res.keys, user_id, {"type": "read", **state}, conn_id)
     return state
 
 

@@ -3,7 +3,6 @@ and the lifecycle of a sent message (issue 12): edit, delete, reactions, the rea
 
 from __future__ import annotations
 
-import importlib
 import urllib.parse
 from typing import Any
 
@@ -11,8 +10,8 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext.extensions.openapi.types import String
 
-from app import lifecycle, messages, rooms
-from app.errors import MessageNotFound, ServiceUnavailable, ValidationFailed
+from app import lifecycle, messages, reads, rooms
+from app.errors import MessageNotFound, ValidationFailed
 from app.ids import BIGINT_MAX, parse_bigint
 from app.pagination import parse_limit
 from app.schemas import (EditMessage, EditMessageDoc, MessageOut, MessagePage, ReadMarker, ReadMarkerBody, ReadState,
@@ -49,16 +48,6 @@ def _svc(request: Request) -> dict[str, Any]:
     return {"redis": ctx.redis, "keys": ctx.keys, "settings": ctx.settings}
 
 
-def service(module: str, name: str) -> Any:
-    """A service function written alongside these routes (issue 12), looked up when called, so
-    the app still starts while it is missing; until then its routes answer 503 saying so."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ServiceUnavailable(f"{module}.{name} is not available on this server yet.",
-                                 details={"service": module}) from None
-
-
 async def path_seq(request: Request, room_id: str, seq: str) -> int:
     """The `{seq}` of a path, read like GET .../messages/{seq}: past a bigint is 422; not a
     number or below 1 is 404 message_not_found (after the room check: no room is confirmed
@@ -75,10 +64,6 @@ async def path_seq(request: Request, room_id: str, seq: str) -> int:
     return n
 
 
-def username_of(request: Request) -> str | None:
-    """The caller's lowercased username from the token (`usr`), None for older tokens (the read
-    service then looks it up)."""
-    return getattr(request.ctx.claims, "username", None)
 
 
 @bp.post("/rooms/<room_id>/messages")
@@ -205,7 +190,6 @@ async def remove_reaction(request: Request, room_id: str, seq: str, emoji: str) 
 @authenticated
 async def mark_read(request: Request, room_id: str) -> HTTPResponse:
     data = body(request, ReadMarker)
-    state = await service("app.reads", "mark_read")(request.app.ctx.resources, room_id=room_id,
-                                                    user_id=request.ctx.user_id, username=username_of(request),
-                                                    seq=data.seq)
+    state = await reads.mark_read(request.app.ctx.resources, room_id=room_id, user_id=request.ctx.user_id,
+                                  username=request.ctx.claims.username, seq=data.seq)
     return json(state)

@@ -8,7 +8,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 from sanic_ext.extensions.openapi.types import String
 
-from app import membership, rooms
+from app import membership, reads, rooms
 from app.pagination import parse_limit
 from app.schemas import (AddMember, AddMemberDoc, ChangeRole, ChangeRoleDoc, CreateRoom, CreateRoomDoc, MembershipOut,
                          MembershipPage, RoomOut, RoomPage, UpdateRoom, UpdateRoomDoc)
@@ -29,6 +29,12 @@ _LIST_422 = (422, "validation_failed: bad limit, cursor or scope")
 def _svc(request: Request) -> dict[str, Any]:
     """The connections a service call needs."""
     return {"redis": request.app.ctx.redis, "keys": request.app.ctx.keys}
+
+
+async def _read_state(request: Request, items: list[dict[str, Any]]) -> None:
+    """The caller's last_seq, last_version, last_read_seq, unread_count and mention_count on
+    the rooms they are a member of (issue 12: the sidebar's badges); others stay as they are."""
+    await reads.with_read_state(request.app.ctx.resources, request.ctx.user_id, request.ctx.claims.username, items)
 
 
 # -- rooms ---------------------------------------------------------------------------
@@ -56,6 +62,7 @@ async def list_rooms(request: Request) -> HTTPResponse:
     args = request.args
     result = await rooms.list_rooms(user_id=request.ctx.user_id, scope=args.get("scope") or "joined",
                                     q=args.get("q") or "", limit=parse_limit(request), cursor=args.get("cursor"))
+    await _read_state(request, result["items"])
     return json(result)
 
 
@@ -63,7 +70,9 @@ async def list_rooms(request: Request) -> HTTPResponse:
 @doc("A room (members; anyone for a public room)", (200, RoomOut, "the room"), errors=[_E401, _ROOM_404], tag="rooms")
 @authenticated
 async def get_room(request: Request, room_id: str) -> HTTPResponse:
-    return json(await rooms.get_room(room_id=room_id, user_id=request.ctx.user_id))
+    room = await rooms.get_room(room_id=room_id, user_id=request.ctx.user_id)
+    await _read_state(request, [room])
+    return json(room)
 
 
 @bp.patch("/rooms/<room_id>")

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, Request
 
-from app import access, auth, lifecycle, messages, rooms
+from app import access, auth, lifecycle, messages, reads, rooms
 from app.realtime import events
 from app.realtime.connection import Connection, Frame
 from app.realtime.registry import Registry
@@ -29,7 +29,6 @@ from app.serialize import dumps
 from app.settings import Settings
 from app.validation import check_object, is_echoable, parse, parse_object
 from blueprints.deps import bearer_token
-from blueprints.messages import service
 
 log = logging.getLogger("chat.ws")
 
@@ -147,13 +146,15 @@ class Session:
                 conn.close(CLOSE_TOKEN, "logged out")
                 await conn.drain()
                 return
-            listed = await rooms.room_ids_of_user(self.user_id)
+            memberships = await rooms.memberships_of_user(self.user_id)
+            listed = [rid for rid, _ in memberships]
             self.registry.attach_fresh(conn, listed, since)
             room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
-            last = await messages.last_seqs(redis=self.redis, keys=self.keys, settings=self.settings,
-                                            room_ids=room_ids)
+            # Per room: last_seq and last_version (the client's two catch-up cursors) and the
+            # read state (its badges); PostgreSQL's markers are the floor of Redis's.
             hello = {"type": "hello", "user_id": self.user_id,
-                     "rooms": [{"room_id": rid, "last_seq": last.get(rid, 0)} for rid in room_ids],
+                     "rooms": await reads.hello_rooms(self.resources, self.user_id, self.claims.username, room_ids,
+                                                      dict(memberships)),
                      "heartbeat_s": self.settings.ws_heartbeat_s}
             conn.start(first=Frame(dumps(hello)))
             left = self.claims.expires_at.timestamp() - time.time()
@@ -280,8 +281,10 @@ class Session:
     async def on_read(self, frame: dict[str, Any]) -> None:
         room_id = _field(frame, "room_id", str)
         seq = _bounded(frame, "seq", 0, BIGINT_MAX)
-        state = await service("app.reads", "mark_read")(self.resources, room_id=room_id, user_id=self.user_id,
-                                                        username=getattr(self.claims, "username", None), seq=seq)
+        # Answered here, moved or not; the user's other connections get the event (only when
+        # it moved), this one is left out of it so it hears once.
+        state = await reads.mark_read(self.resources, room_id=room_id, user_id=self.user_id,
+                                      username=self.claims.username, seq=seq, conn_id=self.conn.id)
         self.conn.send({"type": "read", **state})
 
     async def on_typing(self, frame: dict[str, Any]) -> None:

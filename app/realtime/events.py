@@ -99,13 +99,14 @@ def user_route(user_id: str) -> str:
     return f"u:{user_id}"
 
 
-def read_payload_parts(room_id: str, user_id: str) -> tuple[str, str, str, str]:
+def read_payload_parts(room_id: str, user_id: str, exclude_conn: str = "") -> tuple[str, str, str, str]:
     """The pieces of a `read` event to every connection of the user, around its three numbers:
     p0 + last_read_seq + p1 + unread_count + p2 + mention_count + p3 is
     encode(user route, {"type":"read","room_id","last_read_seq","unread_count","mention_count"});
-    the mark_read script fills the numbers in and names no field."""
+    the mark_read script fills the numbers in and names no field. `exclude_conn`: the WebSocket
+    connection that sent the `read` frame (it is answered directly, moved or not)."""
     head = dumps({"type": "read", "room_id": room_id})[:-1] + ',"last_read_seq":'
-    return encode(user_route(user_id), head), ',"unread_count":', ',"mention_count":', "}"
+    return encode(user_route(user_id), head, exclude_conn), ',"unread_count":', ',"mention_count":', "}"
 
 
 def is_message_frame(frame_json: str) -> bool:
@@ -121,8 +122,8 @@ async def to_room(redis: Redis, keys: Keys, room_id: str, frame: dict[str, Any],
     await redis.publish(keys.events_channel(), encode(room_route(room_id), frame, exclude_conn))
 
 
-async def to_user(redis: Redis, keys: Keys, user_id: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.events_channel(), encode(f"u:{user_id}", frame))
+async def to_user(redis: Redis, keys: Keys, user_id: str, frame: dict[str, Any], exclude_conn: str = "") -> None:
+    await redis.publish(keys.events_channel(), encode(f"u:{user_id}", frame, exclude_conn))
 
 
 async def member_joined(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any],

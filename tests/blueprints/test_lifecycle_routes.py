@@ -255,6 +255,9 @@ def test_rooms_carry_the_callers_read_state(api: httpx.Client, trio: Any) -> Non
     assert listed[rid]["unread_count"] == 2 and listed[rid]["mention_count"] == 2
     mine = api.get(f"/rooms/{rid}", headers=owner.headers).json()
     assert mine["unread_count"] == 0 and mine["last_read_seq"] == 3
+    # Seen from outside, a public room has no read state at all.
+    outside = api.get(f"/rooms/{rid}", headers=make_user(api).headers).json()
+    assert outside["id"] == rid and not {"last_seq", "last_read_seq", "unread_count", "mention_count"} & set(outside)
 
 
 # -- search ------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def test_create_room_and_read_it_back(api: httpx.Client) -> None:
     assert room["owner_id"] == owner.id and room["my_role"] == "owner" and room["member_count"] == 1
     assert room["created_at"].endswith("Z") and len(room["created_at"]) == len("2024-01-01T00:00:00.000Z")
     got = api.get(f"/rooms/{room['id']}", headers=owner.headers)
-    assert got.status_code == 200 and got.json() == room
+    # A member's GET also carries their read state (issue 12, test_lifecycle_routes.py).
+    assert got.status_code == 200 and {k: got.json()[k] for k in ROOM_KEYS} == room
     assert make_room(api, owner)["topic"] == ""
 
 
