@@ -166,7 +166,10 @@ class Stack:
             await TokenFamily.bulk_create(families, batch_size=2000)
         finally:
             await close_db()
-        toks = [tokens.issue(self.settings, user_id=str(u.id), family_id=str(f.id), kind=tokens.ACCESS)[0]
+        # With the `usr` claim a login now puts in (issue 12): without it every read marker
+        # would look the username up in PostgreSQL, which is what an old token costs, not a login.
+        toks = [tokens.issue(self.settings, user_id=str(u.id), family_id=str(f.id), kind=tokens.ACCESS,
+                             username=u.username)[0]
                 for u, f in zip(users, families)]
         return Population([str(u.id) for u in users], toks)
 
