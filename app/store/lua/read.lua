@@ -52,8 +52,10 @@ if n > 0 and size > 0 then
       end
     end
   else
+    -- Counted, not `for s = win_lo, hi`: Lua numbers are doubles, and past 2^53 s + 1 == s
+    -- (GET .../messages/9223372036854775806 looped forever and blocked Redis). size < n here.
     local fields = {}
-    for s = win_lo, hi do fields[#fields + 1] = tostring(s) end
+    for i = 0, size - 1 do fields[#fields + 1] = tostring(win_lo + i) end
     local vals = redis.call('HMGET', state_key, unpack(fields))
     for i = 1, #fields do
       if vals[i] then
