@@ -142,6 +142,12 @@ def test_unread_badges_divider_and_read_in_every_tab(person: Callable[..., Perso
         item = p.page.locator(".room-item", has_text="Busy")
         expect(item.locator(".unread-badge")).to_have_text("2")
         expect(item.locator(".mention-badge")).to_have_text("@")
+    # A freshly loaded page has the same counts, from the server (room list and hello).
+    tab2.page.reload()
+    tab2.page.wait_for_selector("body[data-socket=online]")
+    fresh = tab2.page.locator(".room-item", has_text="Busy")
+    expect(fresh.locator(".unread-badge")).to_have_text("2")
+    expect(fresh.locator(".mention-badge")).to_have_text("@")
 
     bob.open_room("Busy")
     # The line sits above the first unread message, the mention is highlighted, and reading
