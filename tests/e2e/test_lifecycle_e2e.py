@@ -701,6 +701,26 @@ async def test_read_markers_of_two_connections_converge_and_never_move_back(stac
             for ws in (b1, b2):
                 frame = await ws.recv_until(lambda f: f["type"] == "read" and f["last_read_seq"] == 45)
                 assert frame["unread_count"] == 0
+            # A marker that moves reaches each of the user's connections exactly once: counted up
+            # to a later message of the room, which travels the same events channel after it.
+            await send(c, alice, rid, "46")
+            for ws in (b1, b2):
+                await ws.recv_until(lambda f: f["type"] == "message" and f["message"]["seq"] == 46)
+            await b1.send({"type": "read", "room_id": rid, "seq": 46})
+            await asyncio.sleep(0.2)  # the read is handled before the marker message is sent
+            await send(c, alice, rid, "47")
+            for ws in (b1, b2):
+                frames = []
+                while True:
+                    frame = await ws.recv()
+                    if frame["type"] == "message" and frame["message"]["seq"] == 47:
+                        break
+                    frames.append(frame)
+                assert [f["last_read_seq"] for f in frames if f["type"] == "read"] == [46], frames
+            moved = ok(await c.post(f"/rooms/{rid}/read", json={"seq": 10**6}, headers=bob.headers))
+            assert moved["last_read_seq"] == 47
+            for ws in (b1, b2):
+                await ws.recv_until(lambda f: f["type"] == "read" and f["last_read_seq"] == 47)
             for bad in ({"seq": -1}, {"seq": "x"}, {}):
                 err(await c.post(f"/rooms/{rid}/read", json=bad, headers=bob.headers), 422, "validation_failed")
             assert (await c.post(f"/rooms/{rid}/read", json={"seq": 1}, headers=stranger.headers)).status_code \
@@ -712,9 +732,9 @@ async def test_read_markers_of_two_connections_converge_and_never_move_back(stac
                                             "AND user_id = $2", uuid.UUID(rid), uuid.UUID(bob.id))
             finally:
                 await conn.close()
-            assert in_pg == 45
+            assert in_pg == 47
             again = await WS.open(stack.server.ws_url, bob.access_token)
-            assert hello_room(again, rid)["last_read_seq"] == 45 and hello_room(again, rid)["unread_count"] == 0
+            assert hello_room(again, rid)["last_read_seq"] == 47 and hello_room(again, rid)["unread_count"] == 0
             await again.close()
         finally:
             await b1.close()
@@ -769,8 +789,9 @@ async def test_unread_and_mention_counts_exact_after_1000_messages_across_a_flus
             ok(await delete(c, alice, rid, after_marker))
             ok(await delete(c, alice, rid, before_marker))
             deleted = {after_marker, before_marker}
-            # bob's own send moved his marker to 1001; carol never read; alice sent everything
-            want = {alice.id: (1001, 0, 0),
+            # bob's own send moved his marker to 1001; carol never read; alice sent 1-1000, so
+            # her marker is at her last own message and bob's 1001 is unread for her
+            want = {alice.id: (1000, 1, 0),
                     bob.id: (1001, 0, 0),
                     carol.id: (0, 1001, mentions_of(carol, 0, deleted))}
             assert want[carol.id][2] > 5
