@@ -35,7 +35,11 @@ if win_hi == '+' then
   hi = tonumber(redis.call('GET', seq_key) or '0')
   if hi - width + 1 > win_lo then win_lo = hi - width + 1 end
 else
+  -- No changed message lies past the room's last seq: the window ends there (which also keeps
+  -- a seq near 2^63, where Lua's doubles lose integers, out of the arithmetic below).
   hi = tonumber(win_hi)
+  local top = tonumber(redis.call('GET', seq_key) or '0')
+  if hi > top then hi = top end
 end
 local overlay = {}
 local size = hi - win_lo + 1
@@ -55,7 +59,7 @@ if n > 0 and size > 0 then
     -- Counted, not `for s = win_lo, hi`: Lua numbers are doubles, and past 2^53 s + 1 == s
     -- (GET .../messages/9223372036854775806 looped forever and blocked Redis). size < n here.
     local fields = {}
-    for i = 0, size - 1 do fields[#fields + 1] = tostring(win_lo + i) end
+    for i = 0, size - 1 do fields[#fields + 1] = string.format('%d', win_lo + i) end
     local vals = redis.call('HMGET', state_key, unpack(fields))
     for i = 1, #fields do
       if vals[i] then
@@ -65,4 +69,5 @@ if n > 0 and size > 0 then
     end
   end
 end
+if size <= 0 then win_lo, hi = 0, -1 end      -- an empty window covers no seq
 return {first, out, overlay, redis.call('GET', version_key) or '', win_lo, hi}
