@@ -211,3 +211,28 @@ async def test_send_with_reply_to_over_the_websocket(server: ServerProc, api: ht
     assert (err["type"], err["code"], err["ref"]) == ("error", "validation_failed", "r2")
     assert "reply_to" in err["details"]["fields"]
     await b.close()
+
+
+async def test_odd_field_values_are_error_frames_never_internal(server: ServerProc, api: httpx.Client,
+                                                                alice: TestUser) -> None:
+    room = make_room(api, alice)
+    msg = post(api, alice, room["id"], "target")
+    base = {"edit": {"room_id": room["id"], "seq": msg["seq"], "body": "x"},
+            "delete": {"room_id": room["id"], "seq": msg["seq"]},
+            "react": {"room_id": room["id"], "seq": msg["seq"], "emoji": THUMBS, "op": "add"},
+            "read": {"room_id": room["id"], "seq": 1},
+            "sync": {"room_id": room["id"], "after_seq": 0, "after_version": 0}}
+    odd = [None, True, 1.5, -1, 2**63, 2**64, "x", "", [], {}, "\x00"]
+    ws = await WS.open(server.ws_url, alice.access_token)
+    for kind, fields in base.items():
+        for name in fields:
+            # A string room_id of no room is a strike (a foreign room): those have their own test.
+            for value in (v for v in odd if not (name == "room_id" and v in ("x", ""))):
+                await ws.send({"type": kind, **fields, name: value})
+                await ws.send({"type": "ping"})
+                while (frame := await ws.recv())["type"] != "pong":
+                    assert frame.get("code") != "internal_error", (kind, name, value, frame)
+    got = api.get(f"/rooms/{room['id']}/messages/{msg['seq']}", headers=alice.headers).json()
+    # Only the frames whose odd value was still valid did anything: the body "x", the emoji "x".
+    assert (got["deleted"], got["body"], [r["emoji"] for r in got["reactions"]]) == (False, "x", ["x"])
+    await ws.close()
