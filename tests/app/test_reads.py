@@ -188,3 +188,20 @@ async def test_hello_rooms_and_room_listing_carry_the_read_state(res: Resources,
     listed = await reads.with_read_state(res, member, None, [{"id": rid}, {"id": other}])
     assert listed == [{"id": rid, "last_seq": 6, "last_version": 1, "last_read_seq": 1, "unread_count": 5,
                        "mention_count": 1}, {"id": other}]
+
+
+async def test_access_tokens_carry_the_lowercased_username(settings: Settings, redis: Redis, keys: Keys,
+                                                          db: None) -> None:
+    from app import auth, tokens
+
+    name = f"Mixed{uuid.uuid4().hex[:8]}"
+    await auth.register(settings, username=name, password="correct horse battery", display_name=None)
+    pair = await auth.login(settings, username=name, password="correct horse battery")
+    claims = await auth.check_access_token(settings, redis, keys, pair.access_token)
+    assert claims.username == name.lower()
+    again = await auth.refresh(settings, redis, keys, refresh_token=pair.refresh_token)
+    assert (await auth.check_access_token(settings, redis, keys, again.access_token)).username == name.lower()
+    # A token from before the claim: None, and the read service looks the name up instead.
+    old, _ = tokens.issue(settings, user_id=claims.user_id, family_id=claims.family_id, kind=tokens.ACCESS)
+    assert tokens.verify(settings, old, tokens.ACCESS).username is None
+    assert await reads.username_of(claims.user_id, None) == name.lower()
