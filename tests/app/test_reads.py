@@ -205,3 +205,25 @@ async def test_access_tokens_carry_the_lowercased_username(settings: Settings, r
     old, _ = tokens.issue(settings, user_id=claims.user_id, family_id=claims.family_id, kind=tokens.ACCESS)
     assert tokens.verify(settings, old, tokens.ACCESS).username is None
     assert await reads.username_of(claims.user_id, None) == name.lower()
+
+
+async def test_direct_mode_keeps_markers_and_counts_in_postgresql(res: Resources, settings: Settings,
+                                                                  room: tuple[str, str, str], feed: PubSub) -> None:
+    rid, owner, member = room
+    me = await name_of(member)
+    direct = res.with_settings(settings.replace(write_mode="direct"))
+    for i in range(1, 9):
+        await send(res.redis, res.keys, direct.settings, rid, owner, f"@{me} {i}" if i in (3, 7) else f"m{i}")
+    await read_frames(feed, member, 0.05)
+    got = await reads.mark_read(direct, room_id=rid, user_id=member, username=None, seq=5)
+    assert got == {"room_id": rid, "last_read_seq": 5, "unread_count": 3, "mention_count": 1}
+    assert await reads.mark_read(direct, room_id=rid, user_id=member, username=me, seq=2) == got
+    assert await read_frames(feed, member) == [{"type": "read", **got}]
+    assert (await Membership.get(room_id=rid, user_id=member)).last_read_seq == 5
+    hello = await reads.hello_rooms(direct, member, me, [rid], dict(await rooms.memberships_of_user(member)))
+    assert hello == [{"room_id": rid, "last_seq": 8, "last_version": 0, "last_read_seq": 5, "unread_count": 3,
+                      "mention_count": 1}]
+    assert (await reads.hello_rooms(direct, owner, None, [rid], dict(await rooms.memberships_of_user(owner))))[0][
+        "unread_count"] == 0  # the sends moved the sender's marker
+    with pytest.raises(NotMember):
+        await reads.mark_read(direct, room_id=rid, user_id=await new_user(), username=None, seq=1)
