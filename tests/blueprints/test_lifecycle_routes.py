@@ -252,6 +252,14 @@ def test_read_marker_moves_forward_only_and_counts_what_is_left(api: httpx.Clien
     assert state.json() == {"room_id": rid, "last_read_seq": 2, "unread_count": 2, "mention_count": 1}
     back = api.post(url, json={"seq": 1}, headers=member.headers).json()
     assert back == {"room_id": rid, "last_read_seq": 2, "unread_count": 2, "mention_count": 1}
+    # A deleted mention no longer counts; its tombstone still does, as unread.
+    assert api.delete(f"/rooms/{rid}/messages/4", headers=owner.headers).status_code == 200
+    assert api.post(url, json={"seq": 0}, headers=member.headers).json()["mention_count"] == 0
+    # An edit that adds a mention counts it, one that drops it again does not.
+    for body, count in ((f"m2 @{member.username}", 1), ("m2", 0)):
+        assert api.patch(f"/rooms/{rid}/messages/3", json={"body": body}, headers=owner.headers).status_code == 200
+        got = api.post(url, json={"seq": 0}, headers=member.headers).json()
+        assert (got["unread_count"], got["mention_count"]) == (2, count), body
     past = api.post(url, json={"seq": BIG - 1}, headers=member.headers).json()
     assert past == {"room_id": rid, "last_read_seq": 4, "unread_count": 0, "mention_count": 0}
     # The sender's own message is read by them.
