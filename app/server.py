@@ -52,3 +52,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+elif __name__ == "__mp_main__":
+    # A process Sanic's manager started with multiprocessing "spawn" (each serving worker, its
+    # shared-context manager) runs this module under this name first. Neither gets a death
+    # signal from Sanic: after a SIGKILLed manager the workers would serve on, unsupervised,
+    # and the context manager (with multiprocessing's resource tracker) would stay forever.
+    from app.ops.procs import die_with_parent
+
+    die_with_parent()

@@ -11,7 +11,11 @@ process never boots a worker and opens nothing.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import signal
+import sys
 from typing import Any
 
 import dramatiq
@@ -22,11 +26,42 @@ from periodiq import PeriodiqMiddleware
 from app.db import close_db, init_db, ping_db
 from app.jobs import build_broker
 from app.logs import json_everywhere
+from app.ops.procs import die_with_parent
 from app.resources import Resources
 from app.settings import Settings
 from app.store.client import connect_redis
 
 log = logging.getLogger("chat.worker")
+
+
+class _Stderr(io.TextIOBase):
+    """The process's own fd 2, never raising: the pipe to a dead parent must not break a shutdown."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            os.write(2, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+        return len(text)
+
+
+def _orphaned(signum: int, frame: Any) -> None:
+    """The `dramatiq` parent is gone (PR_SET_PDEATHSIG): stop as on SIGTERM, logging elsewhere.
+
+    Dramatiq points this process's stdout, stderr and root log handler at a pipe its parent
+    reads; with the parent dead a write there fails mid-shutdown, and the process was left
+    with its worker threads running and no main loop, forever. Logs go to our own stderr
+    (the file or pipe the parent's own output went to) before Dramatiq's SIGTERM handler runs.
+    """
+    safe = _Stderr()
+    sys.stdout = sys.stderr = safe
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(safe)
+    signal.raise_signal(signal.SIGTERM)
 
 
 class WorkerResources(Middleware):
@@ -41,6 +76,9 @@ class WorkerResources(Middleware):
         self.current: Resources | None = None
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # A worker process whose `dramatiq` parent was SIGKILLed stops too (see _orphaned).
+        signal.signal(signal.SIGUSR1, _orphaned)
+        die_with_parent(signal.SIGUSR1)
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None, "AsyncIO middleware must come first"
         self.current = loop_thread.run_coroutine(self._open())

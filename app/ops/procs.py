@@ -54,6 +54,20 @@ def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
         _prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a worker process a library started (Sanic's serving processes, Dramatiq's worker
+    processes): get `sig` when the process that started it dies, even by SIGKILL. Neither
+    library arms this, and their workers outlive a killed manager (a Sanic worker then
+    serves on, a Dramatiq worker keeps consuming). If the parent is already gone, `sig` now.
+    """
+    import multiprocessing
+
+    set_pdeathsig(sig)
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid != os.getppid():
+        os.kill(os.getpid(), sig)
+
+
 def can_pin() -> bool:
     """`taskset` exists and the machine has at least two cores we may use."""
     try:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import asyncpg
 import httpx
@@ -220,10 +223,19 @@ def test_an_unreachable_configured_server_is_an_error_not_an_embedded_one(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def kill_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kill_var_dir() -> Iterator[Path]:
     """One VAR_DIR for the embedded kill runs: initdb is paid once, and the second run starts
-    on the data directory the first one's watchdog shut down."""
-    return tmp_path_factory.mktemp("launcher-kill") / "var"
+    on the data directory the first one's watchdog shut down.
+
+    Not under pytest's tmp_path: every pytest session that starts (other suites on this
+    machine) chmods /tmp/pytest-of-<user> back to 0700, and the embedded PostgreSQL, running
+    as its own system user, then loses its data directory mid-run (PANIC on pg_control)."""
+    base = Path(tempfile.mkdtemp(prefix=f"chat-launcher-kill-{RUN_ID}-"))
+    base.chmod(0o755)
+    try:
+        yield base / "var"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _cmd(proc: psutil.Process) -> str:
