@@ -52,7 +52,8 @@ async def create_room(request: Request) -> HTTPResponse:
 
 
 @bp.get("/rooms")
-@doc("List the caller's rooms (scope=joined) or the public directory (scope=public), newest first",
+@doc("List the caller's rooms (scope=joined) or the public directory (scope=public), newest first; rooms the "
+     "caller is in also carry last_seq, last_version, last_read_seq, unread_count and mention_count",
      (200, RoomPage, "a page of rooms"), errors=[_E401, _LIST_422], tag="rooms",
      params=[query("scope", String(enum=["joined", "public"]), "joined (default) | public"),
              query("q", String(pattern=STORABLE_PATTERN), "case-insensitive substring of the name; % and _ are literal"),
@@ -67,7 +68,8 @@ async def list_rooms(request: Request) -> HTTPResponse:
 
 
 @bp.get("/rooms/<room_id>")
-@doc("A room (members; anyone for a public room)", (200, RoomOut, "the room"), errors=[_E401, _ROOM_404], tag="rooms")
+@doc("A room (members; anyone for a public room); for a member also last_seq, last_version, last_read_seq, "
+     "unread_count and mention_count", (200, RoomOut, "the room"), errors=[_E401, _ROOM_404], tag="rooms")
 @authenticated
 async def get_room(request: Request, room_id: str) -> HTTPResponse:
     room = await rooms.get_room(room_id=room_id, user_id=request.ctx.user_id)
