@@ -329,7 +329,7 @@ def _lifecycle_out(row: dict[str, Any]) -> dict[str, Any]:
     """A row's lifecycle columns in stored form (rows read without them: the defaults).
     reply_to stays the original's seq: the readers render the quote from its current state."""
     if "version" not in row:
-        return {}
+        return {"edited_at": None, "deleted": False, "version": 0, "reply_to": None, "mentions": [], "reactions": []}
     reactions = row.get("reactions")
     if isinstance(reactions, (str, bytes)):  # jsonb arrives as text without a codec
         reactions = orjson.loads(reactions)

@@ -17,7 +17,10 @@ local want = tonumber(ARGV[2])
 local floor = ARGV[3]                       -- '' or the PostgreSQL marker
 local room_id = ARGV[4]
 local channel = ARGV[5]
-local p_marker, p_unread, p_mentions, p_tail = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local p_marker = ARGV[6]                    -- the event's pieces (events.read_payload_parts)
+local p_unread = ARGV[7]
+local p_mentions = ARGV[8]
+local p_tail = ARGV[9]
 
 if redis.call('EXISTS', members_key) == 0 then return {2} end
 if redis.call('SISMEMBER', members_key, user) == 0 then return {3} end
