@@ -34,7 +34,7 @@ CHILD_TIMEOUT_S = 600
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reads (the realtime load with a read marker per delivery)")
     g.add_argument("--reads-rates", type=lambda raw: [float(x) for x in raw.split(",") if x.strip()],
-                   default=[500.0, 1000.0], help="aggregate send rates; each runs plain, then with read markers")
+                   default=[300.0, 500.0], help="aggregate send rates; each runs plain, then with read markers")
     g = p.add_argument_group("lifecycle_micro")
     g.add_argument("--micro-calls", type=int, default=2000, help="sequential calls of each service")
     g = p.add_argument_group("search")
