@@ -54,14 +54,19 @@ def _orphaned(signum: int, frame: Any) -> None:
     Dramatiq points this process's stdout, stderr and root log handler at a pipe its parent
     reads; with the parent dead a write there fails mid-shutdown, and the process was left
     with its worker threads running and no main loop, forever. Logs go to our own stderr
-    (the file or pipe the parent's own output went to) before Dramatiq's SIGTERM handler runs.
+    (the file or pipe the parent's own output went to), then Dramatiq's SIGTERM handler runs.
     """
     safe = _Stderr()
     sys.stdout = sys.stderr = safe
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(safe)
-    signal.raise_signal(signal.SIGTERM)
+    # Dramatiq's handler once; a second SIGTERM would take its "kill" path (SystemExit in the
+    # main thread while the worker threads run on: the process never ends), so none follows.
+    term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if callable(term):
+        term(signal.SIGTERM, frame)
 
 
 class WorkerResources(Middleware):
