@@ -57,8 +57,9 @@ async def mark_read(res: Resources, *, room_id: str, user_id: str, username: str
                     seq: int, conn_id: str = "") -> dict[str, Any]:
     """Move the user's marker in the room forward to `seq` (past the last message: to the last);
     -> {room_id, last_read_seq, unread_count, mention_count}, moved or not. When it moved,
-    every connection of the user gets the `read` event (the same object plus "type"), but
-    `conn_id`: the WebSocket connection that asked, which its caller answers itself."""
+    every connection of the user gets the `read` event (the same object plus "type").
+    `conn_id`: the WebSocket connection that asked; when nothing moved it alone gets the
+    event, through the same events channel, so it never overtakes a read event before it."""
     if not is_bigint(seq, 0):
         raise ValidationFailed({"seq": "must be a seq (0 to 2^63-1)"})
     rid = parse_uuid(room_id, RoomNotFound)
@@ -66,11 +67,13 @@ async def mark_read(res: Resources, *, room_id: str, user_id: str, username: str
     if res.settings.write_mode == "direct":
         return await _mark_read_direct(res, rid, user_id, name, int(seq), conn_id)
     redis, keys = res.redis, res.keys
-    event = events.read_payload_parts(rid, user_id, conn_id)
+    event = events.read_payload_parts(rid, user_id)
+    # The asking connection's answer when nothing moves: published by the script itself.
+    answer = events.read_payload_parts(rid, user_id, "=" + conn_id)[0] if conn_id else ""
     floor: int | None = None
     for _ in range(_ATTEMPTS):
         got = await store.mark_read(redis, keys, room_id=rid, user_id=user_id, username=name, seq=int(seq),
-                                    event=event, floor=floor)
+                                    event=event, floor=floor, answer=answer)
         if got.code == store.OK:
             return {"room_id": rid, "last_read_seq": got.last_read_seq, "unread_count": got.unread_count,
                     "mention_count": got.mention_count}
@@ -102,7 +105,9 @@ async def _mark_read_direct(res: Resources, room_id: str, user_id: str, name: st
     state = {"room_id": room_id, "last_read_seq": marker, "unread_count": max(last - marker, 0),
              "mention_count": await _pg_mentions(room_id, name, marker)}
     if marker > int(rows[0]["before"]):
-        await events.to_user(res.redis, res.keys, user_id, {"type": "read", **state}, conn_id)
+        await events.to_user(res.redis, res.keys, user_id, {"type": "read", **state})
+    elif conn_id:
+        await events.to_user(res.redis, res.keys, user_id, {"type": "read", **state}, "=" + conn_id)
     return state
 
 

@@ -281,11 +281,11 @@ class Session:
     async def on_read(self, frame: dict[str, Any]) -> None:
         room_id = _field(frame, "room_id", str)
         seq = _bounded(frame, "seq", 0, BIGINT_MAX)
-        # Answered here, moved or not; the user's other connections get the event (only when
-        # it moved), this one is left out of it so it hears once.
-        state = await reads.mark_read(self.resources, room_id=room_id, user_id=self.user_id,
-                                      username=self.claims.username, seq=seq, conn_id=self.conn.id)
-        self.conn.send({"type": "read", **state})
+        # The answer is the `read` event, moved or not: to every connection of the user when it
+        # moved, else to this one alone, both through the events channel, so no connection is
+        # ever told a marker older than one it was told before.
+        await reads.mark_read(self.resources, room_id=room_id, user_id=self.user_id, username=self.claims.username,
+                              seq=seq, conn_id=self.conn.id)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         room_id = await self._require_member(_field(frame, "room_id", str))

@@ -20,7 +20,9 @@ so a late join event cannot re-attach a user who was removed after it.
 
 and exclude_conn is a connection id that must not get the frame (the sender of
 a message, which gets an `ack` instead), "~<user_id>" (every connection of that
-user, e.g. for typing), or empty. The frame is serialized once
+user, e.g. for typing), "=<conn_id>" (on a u: route: that connection ONLY, e.g. the answer
+to a `read` frame that moved nothing, which must stay behind the read events before it), or
+empty. The frame is serialized once
 here and sent as-is to every recipient.
 
 This module is the only place that spells the format: the accept and re-sequence Lua
@@ -103,8 +105,7 @@ def read_payload_parts(room_id: str, user_id: str, exclude_conn: str = "") -> tu
     """The pieces of a `read` event to every connection of the user, around its three numbers:
     p0 + last_read_seq + p1 + unread_count + p2 + mention_count + p3 is
     encode(user route, {"type":"read","room_id","last_read_seq","unread_count","mention_count"});
-    the mark_read script fills the numbers in and names no field. `exclude_conn`: the WebSocket
-    connection that sent the `read` frame (it is answered directly, moved or not)."""
+    the mark_read script fills the numbers in and names no field."""
     head = dumps({"type": "read", "room_id": room_id})[:-1] + ',"last_read_seq":'
     return encode(user_route(user_id), head, exclude_conn), ',"unread_count":', ',"mention_count":', "}"
 

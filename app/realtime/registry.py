@@ -170,6 +170,7 @@ class Registry:
         conns = self.by_user.get(user_id)
         if conns:
             frame = Frame(text)
+            only = exclude[1:] if exclude.startswith("=") else None  # "=<conn id>": that one only
             for conn in conns:
-                if conn.id != exclude:
+                if conn.id != exclude and (only is None or conn.id == only):
                     conn.push(frame)

@@ -31,14 +31,15 @@ class Marker:
 
 
 async def mark_read(redis: Redis, keys: Keys, *, room_id: str, user_id: str, username: str, seq: int,
-                    event: Sequence[str], floor: int | None = None) -> Marker:
+                    event: Sequence[str], floor: int | None = None, answer: str = "") -> Marker:
     """Run mark_read.lua once. `event`: events.read_payload_parts(room_id, user_id); `floor`:
-    the PostgreSQL marker, needed only when the script answered NEED_FLOOR."""
+    the PostgreSQL marker, needed only when the script answered NEED_FLOOR; `answer`: '' or
+    the first piece of read_payload_parts routed to one connection, published when nothing moved."""
     res = await scripts.MARK_READ(
         redis,
         [keys.room_members(room_id), keys.room_seq(room_id), keys.room_reads(room_id),
          keys.room_reads_dirty(room_id), keys.pending_rooms(), keys.room_mentions(room_id, username)],
-        [user_id, int(seq), "" if floor is None else int(floor), room_id, keys.events_channel(), *event])
+        [user_id, int(seq), "" if floor is None else int(floor), room_id, keys.events_channel(), *event, answer])
     code = int(res[0])
     if code != OK:
         return Marker(code)

@@ -21,6 +21,7 @@ local p_marker = ARGV[6]                    -- the event's pieces (events.read_p
 local p_unread = ARGV[7]
 local p_mentions = ARGV[8]
 local p_tail = ARGV[9]
+local p_answer = ARGV[10] or ''             -- '' or p_marker routed to the asking connection only
 
 if redis.call('EXISTS', members_key) == 0 then return {2} end
 if redis.call('SISMEMBER', members_key, user) == 0 then return {3} end
@@ -58,5 +59,9 @@ if unread < 0 then unread = 0 end
 local mentions = redis.call('ZCOUNT', mnt_key, '(' .. cur, '+inf')
 if moved == 1 then
   redis.call('PUBLISH', channel, p_marker .. cur .. p_unread .. unread .. p_mentions .. mentions .. p_tail)
+elseif p_answer ~= '' then
+  -- Nothing moved: the asking WebSocket connection alone is answered, from here, so its
+  -- answer is ordered among the read events (it never overtakes an older marker's event).
+  redis.call('PUBLISH', channel, p_answer .. cur .. p_unread .. unread .. p_mentions .. mentions .. p_tail)
 end
 return {0, cur, unread, mentions, moved}
