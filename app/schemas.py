@@ -454,14 +454,6 @@ class RoomOut(BaseModel):
     created_at: str
     member_count: int
     my_role: RoleName | None
-    # The caller's read state: present for a room the caller is a member of (GET /rooms
-    # scope=joined, GET /rooms/{id}), absent elsewhere (public listings, broadcasts).
-    last_seq: Optional[int] = Field(None, description="the room's newest seq (members only)")
-    last_version: Optional[int] = Field(None, description="the room's change counter (members only)")
-    last_read_seq: Optional[int] = Field(None, description="the caller's read marker (members only)")
-    unread_count: Optional[int] = Field(None, description="last_seq - last_read_seq (members only)")
-    mention_count: Optional[int] = Field(None, description="undeleted messages after the marker that "
-                                                           "@mention the caller (members only)")
 
 
 def room_out(room: Room, member_count: int, my_role: str | None) -> dict[str, Any]:
