@@ -34,20 +34,6 @@ async def move_to_db(redis: Redis, keys: Keys, settings: Settings, room_id: str,
     raise AssertionError("the flush did not drain the room")
 
 
-@pytest.fixture
-async def res(resources: Resources, db: None) -> Resources:
-    return resources
-
-
-@pytest.fixture
-async def room(redis: Redis, keys: Keys, db: None) -> tuple[str, str, str]:
-    """(room_id, owner_id, member_id) of a fresh public room with one plain member."""
-    owner, member = await new_user(), await new_user()
-    rid = await new_room(redis, keys, owner)
-    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=member)
-    return rid, owner, member
-
-
 async def page(res: Resources, rid: str, viewer: str | None = None, **kw: Any) -> tuple[list[dict[str, Any]], bool]:
     args: dict[str, Any] = {"before": None, "after": None, "limit": 50, **kw}
     return await messages.history(redis=res.redis, keys=res.keys, settings=res.settings, room_id=rid,

@@ -27,20 +27,6 @@ from models.user import User
 from tests.app.test_messages import move_to_db, new_room, new_user, send
 
 
-@pytest.fixture
-async def res(resources: Resources, db: None) -> Resources:
-    return resources
-
-
-@pytest.fixture
-async def room(redis: Redis, keys: Keys, db: None) -> tuple[str, str, str]:
-    """(room_id, owner_id, member_id) of a fresh public room with one plain member."""
-    owner, member = await new_user(), await new_user()
-    rid = await new_room(redis, keys, owner)
-    await rooms.join_room(redis=redis, keys=keys, room_id=rid, user_id=member)
-    return rid, owner, member
-
-
 async def username(user_id: str) -> str:
     return (await User.get(id=user_id)).username_lower
 
