@@ -150,3 +150,58 @@ async def test_worker_killed_mid_changes_flush_keeps_every_acked_change_and_mark
     assert hist_wrong == [], hist_wrong
     for uid, m in markers.items():
         assert reads[uid] == m, (uid, reads[uid], m)
+
+
+@pytest.mark.timeout(120)
+async def test_redis_killed_with_changes_pending_loses_no_acked_change(stack) -> None:
+    """kill -9 Redis (AOF, appendfsync always) while acked changes wait in `changed`, restart it
+    on the same data: the flush then brings every acked change to PostgreSQL."""
+    clock = Clock()
+    env = {"FLUSH_BACKLOG_THRESHOLD": str(10**9), "RATE_CHANGES": "1000000", "FLUSH_BATCH_SIZE": str(BATCH)}
+    server, base = stack.server(**env)
+    users, rooms = users_and_rooms(base, 1, n_users=2)
+    room_id = rooms[0]["id"]
+    settings = stack.settings(**env)
+    keys = Keys(settings.redis_prefix)
+    async with inproc(settings) as ip:
+        await fill(ip, [room_id], users[0].id, 500)
+    redis = connect_redis(stack.redis.url)
+    await redis.config_set("appendfsync", "always")
+    final: dict[int, dict] = {}
+    async with httpx.AsyncClient(base_url=base, headers=users[0].headers, timeout=30) as c:
+        async def one(seq: int) -> None:
+            r = await c.patch(f"/rooms/{room_id}/messages/{seq}", json={"body": f"edited {seq}"})
+            assert r.status_code == 200, r.text
+            r = await c.put(f"/rooms/{room_id}/messages/{seq}/reactions/x")
+            assert r.status_code == 200, r.text
+            final[seq] = r.json()
+        await asyncio.gather(*(one(s) for s in range(1, 301)))
+    pending_changes = await redis.zcard(keys.room_changed(room_id))
+    await redis.aclose()
+    stack.redis.kill9()
+    stack.redis.start()
+    redis = connect_redis(stack.redis.url)
+    try:
+        assert await redis.zcard(keys.room_changed(room_id)) == pending_changes == 300
+        stack.worker(**env)
+        t = time.monotonic()
+        while True:
+            await tick(settings, redis, keys)
+            await asyncio.sleep(1.0)
+            if not await redis.zcard(keys.room_changed(room_id)) and not await redis.sismember(
+                    keys.pending_rooms(), room_id):
+                break
+            assert time.monotonic() - t < 40, "not drained after the Redis restart"
+        drain_s = time.monotonic() - t
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        rows = {r["seq"]: r for r in await conn.fetch(
+            "SELECT seq, body, version FROM messages WHERE room_id=$1::uuid", room_id)}
+    finally:
+        await conn.close()
+    wrong = [s for s, m in final.items() if (rows[s]["body"], rows[s]["version"]) != (m["body"], m["version"])]
+    report("redis kill -9 with changes pending", changes=pending_changes, drain_s=drain_s, total_s=clock())
+    assert len(rows) == 500
+    assert wrong == [], wrong[:5]
