@@ -73,8 +73,6 @@ def validate_send(settings: Settings, *, kind: str, body: Any, client_id: Any, r
 
 # -- accept ------------------------------------------------------------------------
 
-_LIFECYCLE_COLUMNS = "edited_at, deleted, version, reply_to, mentions, reactions"
-
 
 def quote_of(settings: Settings, msg: dict[str, Any]) -> dict[str, Any]:
     """A reply's quote of `msg` (its current state): the first REPLY_EXCERPT_CHARS of the body,
@@ -86,39 +84,11 @@ def quote_of(settings: Settings, msg: dict[str, Any]) -> dict[str, Any]:
     return {"seq": msg["seq"], "sender_id": msg.get("sender_id"), "excerpt": excerpt, "deleted": False}
 
 
-async def latest_message(res: Resources, room_id: str, seq: int, *, quote: bool = True) -> dict[str, Any] | None:
-    """One message's latest state in stored form (no per-viewer `me`), for the write path: the
-    room's change overlay first (it outranks the stream and the row), else get_message.
-
-    A row rendered without the lifecycle columns gets them from PostgreSQL here (and, with
-    `quote`, its reply's quote), so a change built on it keeps its reactions and flags."""
-    raw = await res.redis.hget(res.keys.room_state(room_id), str(seq))
-    msg = _cached(seq, raw) if raw is not None else None
-    if msg is not None and str(msg.get("created_at") or "") < str(iso(retention_cutoff(res.settings))):
-        return None
-    if msg is None:
-        msg = await get_message(redis=res.redis, keys=res.keys, settings=res.settings, room_id=room_id, seq=seq)
-        if msg is None:
-            return None
-        if "version" not in msg:
-            rows = await connections.get("default").execute_query_dict(
-                f"SELECT {_LIFECYCLE_COLUMNS} FROM messages WHERE room_id = $1 AND seq = $2", [room_id, seq])
-            if rows:
-                row = rows[0]
-                reactions = row["reactions"]
-                if isinstance(reactions, (str, bytes)):
-                    reactions = orjson.loads(reactions)
-                msg.update(edited_at=iso(row["edited_at"]), deleted=bool(row["deleted"]),
-                           version=int(row["version"]), mentions=list(row["mentions"] or []),
-                           reactions=reactions if isinstance(reactions, list) else [], reply_to=None)
-                if quote and row["reply_to"] is not None:
-                    orig = await latest_message(res, room_id, int(row["reply_to"]), quote=False)
-                    if orig is not None:
-                        msg["reply_to"] = quote_of(res.settings, orig)
-    for r in msg.get("reactions") or ():
-        if isinstance(r, dict):
-            r.pop("me", None)
-    return msg
+async def latest_message(res: Resources, room_id: str, seq: int) -> dict[str, Any] | None:
+    """One message's latest state in stored form (no per-viewer `me`), for the write path: a
+    change built on a flushed message, a reply's quote. get_message already takes the highest
+    version among the overlay, the stream and the row, and renders the row's reply quote."""
+    return await get_message(redis=res.redis, keys=res.keys, settings=res.settings, room_id=room_id, seq=seq)
 
 
 async def _reply_quote(res: Resources, room_id: str, sender_id: str | None, reply_to: int) -> dict[str, Any]:
@@ -127,7 +97,7 @@ async def _reply_quote(res: Resources, room_id: str, sender_id: str | None, repl
 
     No such message (or a deleted one) is a 422; but a sender who may not post here learns
     nothing from that: the member check (Redis set first) answers 404/403 before it."""
-    orig = await latest_message(res, room_id, reply_to, quote=False)
+    orig = await latest_message(res, room_id, reply_to)
     if orig is None or orig.get("deleted"):
         if sender_id:
             await access.authorize(res.redis, res.keys, room_id, sender_id)
