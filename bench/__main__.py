@@ -52,6 +52,22 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight")
     g.add_argument("--profile", action="store_true",
                    help="sample the server with py-spy during the steps (needs py-spy; best with --rate)")
+    g = p.add_argument_group("stack (make run's whole process tree: server, worker, scheduler)")
+    g.add_argument("--stack-rates", type=_floats, default=_floats("1000,1500,2000"),
+                   help="rates tried against the whole stack (--rate overrides)")
+    g.add_argument("--stack-flush-every-s", type=float, default=3.0,
+                   help="each room's backlog triggers a flush about this often at 1,000 msgs/s")
+    g.add_argument("--stack-flush-threshold", type=int, default=0,
+                   help="FLUSH_BACKLOG_THRESHOLD given directly (0: from --stack-flush-every-s)")
+    g.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the stack (e.g. WORKER_NICE=0 for a before/after pair)")
+    g = p.add_argument_group("storm (reconnect storm; the bare server's connect rate measured the same way)")
+    g.add_argument("--storm-connections", type=int, default=10_000, help="clients (one user each)")
+    g.add_argument("--storm-room-size", type=int, default=10, help="clients per room")
+    g.add_argument("--storm-concurrency", type=int, default=500,
+                   help="handshakes in flight at once (first connect and storm alike, bare server too)")
+    g.add_argument("--storm-missed", type=int, default=2, help="messages sent to each room during the outage")
+    g.add_argument("--storm-timeout", type=float, default=120.0, help="bound of the storm, seconds")
     g = p.add_argument_group("flush")
     g.add_argument("--flush-messages", type=int, default=200_000,
                    help="cached messages to flush (the issue's figure uses 1,000,000)")
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.write_summary(opts.out).read_text())
         return 0
     if opts.rate is not None:
-        opts.rates = opts.direct_rates = [opts.rate]
+        opts.rates = opts.direct_rates = opts.stack_rates = [opts.rate]
     names = list(report.ALL) if opts.scenario == "all" else [opts.scenario]
     run_id = uuid.uuid4().hex[:8]
     procs.raise_fd_limit()

@@ -46,7 +46,65 @@ def _connections_report(load: Load) -> dict[str, Any]:
             "unrecognised_frames": load.foreign}
 
 
+class FlushSampler:
+    """Rows in PostgreSQL's `messages`, sampled every `interval` s (the stack scenario).
+
+    So a step can tell how many rows the worker flushed during its measured window, and
+    the longest stretch of it in which no flush landed (flushes must run all along).
+    """
+
+    def __init__(self, db_url: str, interval: float = 0.25) -> None:
+        self.db_url, self.interval = db_url, interval
+        self.samples: list[tuple[float, int]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import asyncpg
+
+        self.conn = await asyncpg.connect(self.db_url, timeout=10)
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            n = await self.conn.fetchval("SELECT count(*) FROM messages")
+            self.samples.append((time.perf_counter(), int(n)))
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.conn.close()
+
+    def window(self, t0: float, t1: float) -> dict[str, Any]:
+        """Rows flushed between the last sample at or before t0 and the first at or after t1."""
+        before = [s for s in self.samples if s[0] <= t0]
+        after = [s for s in self.samples if s[0] >= t1]
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if not before or not after:
+            return {"rows": None}
+        a, b = before[-1], after[0]
+        # Longest time between two flushes landing inside the window (from the samples).
+        lands = [t for (t, n), (_, m) in zip([a, *inside], [*inside, b]) if n != m]
+        points = [t0, *lands, t1]
+        gap = max((y - x for x, y in zip(points, points[1:])), default=t1 - t0)
+        return {"rows": b[1] - a[1], "rows_per_s": round((b[1] - a[1]) / max(1e-9, b[0] - a[0]), 1),
+                "landed_samples": len(lands), "sample_interval_s": self.interval,
+                "longest_gap_s": round(gap, 2)}
+
+
 async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
+    sampler = FlushSampler(cfg["flush_db_url"]) if cfg.get("flush_db_url") else None
+    if sampler is not None:
+        await sampler.start()
+    try:
+        return await _realtime(load, cfg, sampler)
+    finally:
+        if sampler is not None:
+            await sampler.stop()
+
+
+async def _realtime(load: Load, cfg: dict[str, Any], sampler: FlushSampler | None) -> dict[str, Any]:
     specs = cfg["conns"]
     emit("progress", msg=f"connecting {len(specs)} WebSocket clients")
     conns = await load.connect_all(specs)
@@ -66,6 +124,9 @@ async def realtime(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
         res = await load.run_step(rate, float(cfg["warmup_s"]), float(cfg["duration_s"]), k0, senders,
                                   float(cfg.get("drain_s", 5)))
         k0 += res["sent"]
+        if sampler is not None:
+            await asyncio.sleep(sampler.interval * 1.5)  # one sample past the window
+            res["flush"] = sampler.window(res["t_start"], res["t_end"])
         steps.append(res)
         emit("step", step=res)
         if res["passed"]:
@@ -244,7 +305,10 @@ async def history(load: Load, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def main_async(cfg: dict[str, Any]) -> dict[str, Any]:
-    modes = {"realtime": realtime, "idle": idle, "history": history, "reads": reads}
+    from bench import storm
+
+    modes = {"realtime": realtime, "idle": idle, "history": history, "reads": reads,
+             "storm": lambda _load, c: storm.run(c)}
     cfg.setdefault("capacity", capacity(cfg))
     load = Load(cfg)
     try:

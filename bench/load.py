@@ -192,6 +192,7 @@ class Load:
                 "redis_cpu": procs.cpu_seconds([rpid]) if rpid else 0.0,
                 # The machine's PostgreSQL is not ours to pin; its backends' CPU is measured apart.
                 "db_cpu": procs.cpu_seconds(procs.pg_backend_pids(db)) if db else 0.0,
+                "core_busy": procs.core_busy_seconds(procs.SERVER_CORE),
                 "reads_sent": self.reads_sent, "reads_received": self.reads_received}
 
     async def run_step(self, rate: float, warmup_s: float, duration_s: float, k0: int,
@@ -299,6 +300,8 @@ class Load:
                   and dlv["p99"] is not None and dlv["p99"] <= bound)
         per_k = 1000.0 / max(1, hi - lo)
         return {
+            # The measured window on this process's perf_counter (the stack scenario's flush sampler).
+            "t_start": start["t"], "t_end": end["t"],
             "k0": k0, "rate": rate, "sent": n, "acked": acked, "rejected": rejected, "unacked": unacked,
             "errors": errors, "expected_deliveries": expected, "lost": lost, "duplicates": dups,
             "delivered_unacked": delivered_unacked,
@@ -313,6 +316,10 @@ class Load:
             "postgres_cpu_s_per_1000_msgs": round(db_cpu * per_k, 4),
             "postgres_cpu_share": round(db_cpu / wall, 3),
             "server_rss_mb": round(end.get("server_rss", 0) / 2**20, 1),
+            # Busy time of the server core not spent by the server tree or its Redis: other
+            # processes of the (shared) machine competing with the server during the window.
+            "server_core_foreign_share": round(max(0.0, (end["core_busy"] - start["core_busy"]) - server_cpu
+                                                   - redis_cpu) / wall, 3),
             "read_frames_per_s": round((end["reads_sent"] - start["reads_sent"]) / wall, 1),
             "read_events_per_s": round((end["reads_received"] - start["reads_received"]) / wall, 1),
             "generator_cpu_share": round(gen_share, 3), "generator_saturated": saturated,

@@ -96,6 +96,21 @@ def pg_backend_pids(db_name: str) -> list[int]:
     return out
 
 
+def core_busy_seconds(core: int) -> float:
+    """CPU seconds core `core` spent busy since boot (/proc/stat: all but idle and iowait).
+
+    Minus what our pinned processes used there, this is the load of others on that core: the
+    machine is shared, and a step disturbed by it should say so beside its numbers."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def tree_cpu_seconds(root: int) -> float:
     return cpu_seconds(tree_pids(root))
 
@@ -156,3 +171,30 @@ class ChatServerProc(procs.ServerProc):
         super().wait_ready(timeout, interval)
         return self
 
+
+
+class LauncherProc(Proc):
+    """`make run`'s process tree (app.ops.launcher: server + worker + scheduler) on loopback, pinned to `core`.
+
+    The children inherit the launcher's CPU affinity, so the whole tree shares the server core
+    with its Redis, as the issue measures it. `stop()` SIGTERMs the launcher alone: it stops its
+    children itself (each in its own group) within its own grace.
+    """
+
+    def __init__(self, env: dict[str, str], run_id: str, name: str = "stack",
+                 core: int | None = SERVER_CORE) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        super().__init__(name, [sys.executable, "-m", "app.ops.launcher", "--die-with-parent"],
+                         {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}, core=core, run_id=run_id)
+
+    def is_ready(self) -> bool:
+        return procs.serves(self.base_url)
+
+    def wait_ready(self, timeout: float = 90.0, interval: float = 0.2) -> "LauncherProc":
+        super().wait_ready(timeout, interval)
+        return self
+
+    def stop(self, timeout: float = 40.0) -> None:  # the launcher's own grace is 20 s per child set
+        super().stop(timeout)

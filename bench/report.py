@@ -18,7 +18,8 @@ from typing import Any
 from bench.procs import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-ORDER = ("realtime", "direct", "flush", "history", "idle", "bare", "reads", "lifecycle_micro", "search")
+ORDER = ("realtime", "direct", "flush", "history", "idle", "bare", "stack", "storm", "reads", "lifecycle_micro",
+         "search")
 ALL = ("realtime", "direct", "flush", "history", "idle", "lifecycle_micro")  # `all`; `bare` is the optional yardstick;
 # reads and search (issue 12) take about a minute each: `make bench-lifecycle`
 
@@ -262,8 +263,10 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
             continue
         res, meta = latest[name]["result"], latest[name]["meta"]
         out += ["", f"## {name}", "", f"Run {meta.get('date')}, arguments `{meta.get('argv')}`.", ""]
-        if name in ("realtime", "direct", "bare"):
+        if name in ("realtime", "direct", "bare", "stack"):
             target = ("the bare broadcast server (bench/bare.py)" if name == "bare"
+                      else f"`make run`'s tree (server, worker, scheduler), FLUSH_BACKLOG_THRESHOLD="
+                           f"{res.get('flush_backlog_threshold')}" if name == "stack"
                       else f"CHAT_WRITE_MODE={res['write_mode']}")
             out.append(f"{res['connections']} connections, {res['rooms']} rooms of {res['room_size']}, "
                        f"{res['senders']} senders, {target}; highest passing rate: "

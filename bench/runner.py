@@ -29,7 +29,19 @@ def step_line(step: dict[str, Any]) -> str:
             f"{step['deliveries_per_s']:>8.0f} deliveries/s, delivery p50/p99 {d['p50']}/{d['p99']} ms, "
             f"ack p99 {a['p99']} ms, lost {step['lost']}, dup {step['duplicates']}, "
             f"rejected {step['rejected']}, unacked {step['unacked']}, "
-            f"server {step['server_cpu_us_per_msg']} us/msg, gen cpu {step['generator_cpu_share']:.0%}{sat}")
+            f"server {step['server_cpu_us_per_msg']} us/msg, gen cpu {step['generator_cpu_share']:.0%}{sat}, "
+            f"others on the server core {step.get('server_core_foreign_share', 0):.0%}"
+            + _flush_note(step))
+
+
+def _flush_note(step: dict[str, Any]) -> str:
+    """The stack scenario: what the worker flushed during the measured window."""
+    f = step.get("flush")
+    if not f:
+        return ""
+    if f.get("rows") is None:
+        return "; flushed: not sampled"
+    return f"; worker flushed {f['rows']} rows in the window (longest gap {f['longest_gap_s']} s)"
 
 
 def read_line(step: dict[str, Any]) -> str:

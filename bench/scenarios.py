@@ -83,6 +83,44 @@ async def realtime(opts: argparse.Namespace, run_id: str, mode: str = "cache") -
         stack.close()
 
 
+def stack_flush_threshold(opts: argparse.Namespace) -> int:
+    """FLUSH_BACKLOG_THRESHOLD for the stack scenario: each room's backlog triggers a flush about
+    every --stack-flush-every-s seconds at 1,000 msgs/s (the cron's minute is far too rare to
+    land a flush inside a few seconds of measurement)."""
+    if opts.stack_flush_threshold:
+        return opts.stack_flush_threshold
+    per_room_per_s = 1000.0 / max(1, min(opts.rooms, opts.connections))
+    return max(1, round(per_room_per_s * opts.stack_flush_every_s))
+
+
+async def stack_scenario(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """The realtime load against `make run`'s whole process tree (server, worker, scheduler) and its
+    Redis on the server core, the worker flushing every few seconds meanwhile."""
+    name = "stack"
+    threshold = stack_flush_threshold(opts)
+    env = {"FLUSH_BACKLOG_THRESHOLD": str(threshold), **dict(kv.split("=", 1) for kv in opts.stack_env)}
+    stack = Stack(run_id, name, launcher=True, extra_env=env)
+    try:
+        say(f"[{name}] starting Redis, database and app.ops.launcher (server + worker + scheduler), "
+            f"FLUSH_BACKLOG_THRESHOLD={threshold}" + (f", {' '.join(opts.stack_env)}" if opts.stack_env else ""))
+        await stack.start()
+        groups = _groups(opts.connections, opts.rooms)
+        say(f"[{name}] creating {opts.connections} users and {len(groups)} rooms")
+        pop = await stack.populate(opts.connections, groups)
+        rates = opts.stack_rates
+        cfg = {"mode": "realtime", "ws_url": stack.server.ws_url, "rooms": pop.room_ids,  # type: ignore[union-attr]
+               "conns": _conn_specs(pop, groups, opts.senders_share), "rates": rates,
+               "stop_on_fail": not opts.no_stop, "flush_db_url": stack.db_url, **_common(opts)}
+        per_step = opts.warmup + opts.duration + opts.drain + 5
+        res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300)
+        res.update({"scenario": name, "write_mode": "cache", "room_size": len(groups[0]),
+                    "senders_share": opts.senders_share, "flush_backlog_threshold": threshold,
+                    "processes": "app.ops.launcher: server, worker, scheduler", "extra_env": env})
+        return res
+    finally:
+        stack.close()
+
+
 async def direct(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
     return await realtime(opts, run_id, mode="direct")
 
@@ -278,8 +316,48 @@ async def bare(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
         stack.close()
 
 
+async def storm(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """Reconnect storm (bench/storm.py): the bare server's first connect, then the chat server's
+    first connect, everyone closed at once, messages sent meanwhile, everyone back at once with `sync`."""
+    limit = procs.raise_fd_limit()
+    n = opts.storm_connections
+    if n + 1000 > limit:
+        n = max(100, limit - 1000)
+        say(f"[storm] file descriptor limit {limit}: {n} clients instead of {opts.storm_connections}")
+    groups = _groups(n, max(1, n // opts.storm_room_size))
+    common = {"mode": "storm", "concurrency": opts.storm_concurrency, "storm_timeout_s": opts.storm_timeout,
+              "missed_per_room": opts.storm_missed, "settle_s": 2}
+    per_conn_s = 1 / 50  # generous bound of a slow first connect
+    bare_stack = BareStack(run_id)
+    try:
+        say(f"[storm] the bare server's first connect of {n} clients (the yardstick)")
+        await bare_stack.start()
+        room_ids = [f"bare-room-{r}" for r in range(len(groups))]
+        specs = [{"token": f"{room_ids[r]}:{u}", "rooms": [r]} for r, g in enumerate(groups) for u in g]
+        bare_res = await run_generator(bare_stack, {**common, "bare": True, "ws_url": bare_stack.ws_url,  # type: ignore[arg-type]
+                                                    "rooms": room_ids, "conns": specs},
+                                       "storm-bare", timeout_s=n * per_conn_s + 300)
+    finally:
+        bare_stack.close()
+    stack = Stack(run_id, "storm")
+    try:
+        say("[storm] starting Redis, database and server")
+        await stack.start()
+        say(f"[storm] creating {n} users and {len(groups)} rooms")
+        pop = await stack.populate(n, groups)
+        cfg = {**common, "ws_url": stack.server.ws_url, "http_url": stack.server.base_url,  # type: ignore[union-attr]
+               "rooms": pop.room_ids, "conns": _conn_specs(pop, groups, 0.0),
+               "owner_tokens": [pop.tokens[g[0]] for g in groups]}
+        res = await run_generator(stack, cfg, "storm", timeout_s=2 * n * per_conn_s + opts.storm_timeout + 300)
+    finally:
+        stack.close()
+    return {"scenario": "storm", "clients": n, "rooms": len(groups), "room_size": len(groups[0]),
+            "concurrency": opts.storm_concurrency, "missed_per_room": opts.storm_missed, "fd_limit": limit,
+            "bare": bare_res, "server": res}
+
+
 SCENARIOS = {"realtime": realtime, "direct": direct, "flush": flush, "history": history, "idle": idle,
-             "bare": bare}
+             "bare": bare, "stack": stack_scenario, "storm": storm}
 
 # The message-lifecycle scenarios (issue 12) live in their own module; it imports this one lazily.
 from bench import lifecycle as _lifecycle  # noqa: E402

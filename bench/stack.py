@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 
 from app.settings import Settings
-from bench.procs import ROOT, ChatServerProc, RedisProc
+from bench.procs import ROOT, ChatServerProc, LauncherProc, RedisProc
 
 PASSWORD = "bench-password-123"
 
@@ -58,8 +58,10 @@ class Stack:
     """Redis + database + server for one scenario (server optional: the flush scenario needs none)."""
 
     def __init__(self, run_id: str, name: str, *, write_mode: str = "cache", with_server: bool = True,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, launcher: bool = False) -> None:
         self.run_id, self.name = run_id, name
+        # launcher: `make run`'s whole tree (server, worker, scheduler) instead of the server alone
+        self.launcher = launcher
         self.tag = f"{run_id}_{name}"
         self.workdir = ROOT / "var" / "bench" / self.tag
         self.db_name = f"chat_bench_{self.tag}"
@@ -69,7 +71,7 @@ class Stack:
         self.with_server = with_server
         self.extra_env = extra_env or {}
         self.redis: RedisProc | None = None
-        self.server: ChatServerProc | None = None
+        self.server: ChatServerProc | LauncherProc | None = None
         self.db_created = False
         self.env: dict[str, str] = {}
         self.settings: Settings | None = None
@@ -96,7 +98,11 @@ class Stack:
         self.env.update(self.extra_env)
         self.settings = Settings.load(env={**os.environ, **self.env})
         self._migrate()
-        if self.with_server:
+        if self.with_server and self.launcher:
+            # Its metrics directory and any servers.env stay inside this scenario's work directory.
+            self.server = LauncherProc({**self.env, "VAR_DIR": str(self.workdir / "var")}, self.tag)
+            await asyncio.get_running_loop().run_in_executor(None, self.server.wait_ready)
+        elif self.with_server:
             self.server = ChatServerProc(self.env, self.tag)
             await asyncio.get_running_loop().run_in_executor(None, self.server.wait_ready)
         return self

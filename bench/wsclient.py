@@ -42,6 +42,9 @@ class WSConn(asyncio.Protocol):
         self.opened: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.close_code: int | None = None
+        self.refused_status = 0  # the HTTP status of a refused handshake (503, 429, ...)
+        self.retry_after_s: float | None = None  # its Retry-After header, if any
+        self.close_reason = ""  # the server's close frame reason (e.g. "retry_after_ms=<n>" with 1013)
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # done when the socket is gone
         self.last_seq: dict[str, int] = {}  # room_id -> last seq received (order/duplicate check)
         self._buf = bytearray()  # the handshake so far, then an incomplete frame
@@ -73,6 +76,11 @@ class WSConn(asyncio.Protocol):
         self._buf.clear()
         status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"?"
         if status != b"101":  # refused (401, 403, ...): the body does not matter here
+            self.refused_status = int(status) if status.isdigit() else 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"retry-after" and value.strip().isdigit():
+                    self.retry_after_s = float(value.strip())
             self._refuse(f"handshake refused: HTTP {status.decode(errors='replace')}")
             return
         self.proto.receive_data(head)  # checks Upgrade, Connection and Sec-WebSocket-Accept
@@ -132,6 +140,7 @@ class WSConn(asyncio.Protocol):
                 self._flush()
         elif opcode == 0x8:  # close: note the code, answer, drop the socket
             self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close_reason = bytes(payload[2:]).decode("utf-8", "replace")
             self._fail(1000)
 
     def _refuse(self, reason: str) -> None:
