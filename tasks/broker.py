@@ -69,6 +69,24 @@ def _orphaned(signum: int, frame: Any) -> None:
         term(signal.SIGTERM, frame)
 
 
+def lower_priority(nice: int) -> int:
+    """Every thread of this process to niceness `nice` at least (WORKER_NICE); returns it.
+
+    Linux keeps the nice value per thread and new threads inherit their creator's, so all the
+    threads that exist now are reniced (the AsyncIO loop thread, where the flush runs and which
+    starts the executor threads where Pillow converts images); later ones follow. Only ever
+    raised: a process started niced stays so, and lowering needs privileges we don't ask for.
+    """
+    for tid in (int(t) for t in os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else (0,):
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            if nice > current:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # a thread that just ended; not Linux
+            pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 class WorkerResources(Middleware):
     """Opens Tortoise and Redis on the event loop thread at worker boot, closes them at shutdown.
 
@@ -86,6 +104,8 @@ class WorkerResources(Middleware):
         die_with_parent(signal.SIGUSR1)
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None, "AsyncIO middleware must come first"
+        # Before the worker threads start (they inherit it), the loop thread already running included.
+        lower_priority(self.settings.worker_nice)
         self.current = loop_thread.run_coroutine(self._open())
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:

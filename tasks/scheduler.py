@@ -12,6 +12,9 @@ from periodiq import entrypoint
 
 
 def main() -> None:
+    from tasks.broker import lower_priority, settings
+
+    lower_priority(settings.worker_nice)  # WORKER_NICE: ticks never compete with live traffic
     sys.argv = ["periodiq", "tasks.worker", *sys.argv[1:]]
     entrypoint()
 

@@ -241,13 +241,16 @@ class LaunchError(RuntimeError):
     """A server the operator asked for cannot be used; the message says which and why."""
 
 
-def process_table() -> list[tuple[str, list[str]]]:
-    """The processes of one deployment on one host (the Procfile, in code)."""
+def process_table(worker_threads: int = 4) -> list[tuple[str, list[str]]]:
+    """The processes of one deployment on one host (the Procfile, in code).
+
+    The worker and the scheduler lower their own priority (WORKER_NICE, tasks/broker.py);
+    `worker_threads` (WORKER_THREADS) bounds the jobs the worker runs at once."""
     py = sys.executable
     return [
         # One server process group; Sanic forks WORKERS serving processes inside it.
         ("server", [py, "-m", "app.server"]),
-        ("worker", [py, "-m", "dramatiq", "tasks.worker", "--processes", "1", "--threads", "4"]),
+        ("worker", [py, "-m", "dramatiq", "tasks.worker", "--processes", "1", "--threads", str(worker_threads)]),
         # Exactly one scheduler per deployment: each periodiq process fires every schedule.
         ("scheduler", [py, "-m", "tasks.scheduler"]),
     ]
@@ -338,7 +341,7 @@ class Launcher:
         metrics_dir = prepare_multiprocess_dir(Path(self.settings.prometheus_multiproc_dir or self.var_dir / "metrics"))
         env = {**self.env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        for name, argv in process_table():
+        for name, argv in process_table(self.settings.worker_threads):
             child = Child(name, argv, env)
             self.children.append(child)
             self.watchdog.watch(group=child.pid)
