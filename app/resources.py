@@ -21,9 +21,9 @@ from app.flush.write import FkSkip
 from app.jobs import Producer
 from app.settings import Settings
 from app.store import scripts
-from app.store.cache import AcceptPolicy, Batcher
+from app.store.cache import AcceptPolicy, Batcher, make_batcher
 from app.store.client import check_persistence, connect_redis_for
-from app.store.keys import Keys
+from app.store.keys import SLOT_TAGS, Keys
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,13 @@ class Resources:
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, keys: Keys | None = None) -> "Resources":
-        """Wrap an open Redis client; opens nothing (the batcher connects on first send)."""
-        return cls(settings=settings, keys=keys or Keys(settings.redis_prefix), redis=redis,
-                   policy=AcceptPolicy.from_settings(settings), batcher=Batcher(redis.connection_pool),
+        """Wrap an open Redis client (a RedisCluster with REDIS_CLUSTER); opens nothing (the
+        batcher connects on first send)."""
+        keys = keys or Keys.from_settings(settings)
+        if keys.cluster:
+            SLOT_TAGS.all()  # the per-slot pending set names (~0.2 s once), before the first send
+        return cls(settings=settings, keys=keys, redis=redis,
+                   policy=AcceptPolicy.from_settings(settings), batcher=make_batcher(redis),
                    jobs=Producer(settings))
 
     def with_settings(self, settings: Settings) -> "Resources":

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     database_url: str = "postgres://postgres@127.0.0.1:5432/chat"
     db_pool_max: Positive = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster: REDIS_URL names any one node, the client discovers the others
+    # (app/store/client.py); keys use the cluster layout (app/store/keys.py).
+    redis_cluster: bool = False
     # Redis connections per process; a request waits (up to 10 s) for one when all are busy.
     redis_pool_max: Positive = 256
     # Prefix of every Redis key and channel (and the Dramatiq namespace), so that
@@ -210,7 +213,7 @@ class Settings(BaseSettings):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
 
-    @field_validator("allow_redis_without_persistence", mode="before")
+    @field_validator("allow_redis_without_persistence", "redis_cluster", mode="before")
     @classmethod
     def _empty_is_false(cls, value: Any) -> Any:
         return False if isinstance(value, str) and not value.strip() else value
@@ -222,6 +225,16 @@ class Settings(BaseSettings):
                 raise ValueError("JWT_SECRET is the development default; set a real secret in production")
             if len(self.jwt_secret.encode()) < 32:
                 raise ValueError("JWT_SECRET must be at least 32 bytes in production")
+        return self
+
+    @model_validator(mode="after")
+    def _broker_off_cluster(self) -> "Settings":
+        # Dramatiq's Redis broker runs multi-key Lua over keys of many slots: it cannot run on a
+        # cluster, so a clustered deployment must name its broker (no silent REDIS_URL default).
+        if self.redis_cluster and not self.broker_url:
+            raise ValueError("REDIS_CLUSTER=true needs BROKER_URL: Dramatiq's Redis broker is not cluster-safe; "
+                             "set BROKER_URL to a plain (non-cluster) Redis, redis://host:port/0, "
+                             "or to RabbitMQ, amqp://user:pass@host:5672/")
         return self
 
     @classmethod

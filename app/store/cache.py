@@ -5,7 +5,8 @@ The scripts are app/store/lua/{accept,read,seed,forget_cid}.lua (loaded by app/s
 Layout (see app/store/keys.py): `seq` counter, `log` stream with entry ids "<seq>-0"
 and field "m" holding the message JSON exactly as the API renders it, `flushed`
 (written by the worker), `members` set, `cid:<sender>:<client_id>` keys (the seq a client_id produced),
-`flush_queued`, and the global `pending_rooms` set and events channel.
+`flush_queued`, the room's pending set (app/store/keys.py: global on a single node, the
+slot's on a cluster) and the events channel.
 
 Accepting a message is ONE script call (one round trip, atomic): member check,
 idempotency, rate limit, seq allocation, append, publish. Because the seq is
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError, DataError, NoScriptError, ResponseError
+from redis.exceptions import (AskError, ClusterDownError, ConnectionError as RedisConnectionError, DataError,
+                              MovedError, NoScriptError, ResponseError, TryAgainError)
 
 from app.settings import Settings
 from app.store import scripts
@@ -169,6 +171,110 @@ class Batcher:
             self.queue[:0] = missing
 
 
+class ClusterBatcher(Batcher):
+    """The accept batcher of a RedisCluster client: each batch is split by the node owning each
+    script's first key (the room's slot), and each node's share goes out as one pipelined write
+    on a connection of that node, all nodes at once. The same contract as the single-node
+    batcher: no automatic retry (redis-py's cluster pipeline re-sends a whole pipeline after a
+    connection error, which could append a message twice), each reply to its own sender, an
+    error reply fails only its own message. A script that did not run because its slot moved
+    (MOVED/ASK/TRYAGAIN) or the cluster is failing over runs once more through the cluster
+    client, which follows the redirect; NOSCRIPT loads the script on that node and queues again.
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(None)
+        self.cluster = cluster
+        self._redirects: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self, batch: list[tuple[Script, int, list[Any], asyncio.Future[Any]]]) -> None:
+        cluster = self.cluster
+        if cluster._initialize:  # first use, or a node failed: (re)read the slot map
+            await cluster.initialize()
+        nodes = cluster.nodes_manager
+        groups: dict[str, tuple[Any, list[tuple[Script, int, list[Any], asyncio.Future[Any]]]]] = {}
+        for item in batch:
+            node = nodes.get_node_from_slot(cluster.keyslot(item[2][0]))
+            groups.setdefault(node.name, (node, []))[1].append(item)
+        outcomes = await asyncio.gather(*(self._run_node(node, items) for node, items in groups.values()),
+                                        return_exceptions=True)
+        for (node, items), outcome in zip(groups.values(), outcomes):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, (RedisConnectionError, TimeoutError, OSError)):
+                    # As redis-py does on a node failure: try that node last, re-read the slot map.
+                    nodes.move_node_to_end_of_cached_nodes(node.name)
+                    cluster._initialize = True
+                err = outcome if isinstance(outcome, Exception) else RedisConnectionError(str(outcome))
+                for *_, fut in items:
+                    if not fut.done():
+                        fut.set_exception(err)
+
+    async def _run_node(self, node: Any, items: list[tuple[Script, int, list[Any], asyncio.Future[Any]]]) -> None:
+        conn = node.acquire_connection()
+        try:
+            try:
+                await conn.send_packed_command(_pack_evalshas(items))
+            except BaseException:
+                await conn.disconnect()
+                raise
+            missing: list[tuple[Script, int, list[Any], asyncio.Future[Any]]] = []
+            for item in items:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as err:
+                    reply = err
+                except BaseException:
+                    await conn.disconnect()
+                    raise
+                fut = item[3]
+                if fut.done():
+                    continue
+                if isinstance(reply, NoScriptError):
+                    missing.append(item)
+                elif isinstance(reply, (MovedError, AskError, TryAgainError, ClusterDownError)):
+                    self._redirect(item)  # not run: the cluster client follows the new slot map
+                elif isinstance(reply, Exception):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+            if missing:
+                for source in {item[0].source for item in missing}:
+                    await conn.send_command("SCRIPT", "LOAD", source)
+                    await conn.read_response()
+                self.queue[:0] = missing
+        finally:
+            node.release(conn)
+
+    def _redirect(self, item: tuple[Script, int, list[Any], asyncio.Future[Any]]) -> None:
+        script, nkeys, argv, fut = item
+
+        async def run() -> None:
+            try:
+                fut.set_result(await script(self.cluster, argv[:nkeys], argv[nkeys:]))
+            except Exception as exc:  # noqa: BLE001 - the sender gets the error
+                if not fut.done():
+                    fut.set_exception(exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._redirects.add(task)
+        task.add_done_callback(self._redirects.discard)
+
+
+def make_batcher(redis: Any) -> Batcher:
+    """The accept batcher for a client: pipelined on one connection, or split per cluster node."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(redis, RedisCluster):
+        return ClusterBatcher(redis)
+    return Batcher(redis.connection_pool)
+
+
 def _pack_evalshas(batch: list[tuple[Script, int, list[Any], asyncio.Future[Any]]]) -> bytes:
     """The batch's EVALSHA commands as one RESP buffer (redis-py's generic pack_commands and
     Encoder.encode cost ~3x as much); str args as UTF-8, ints in decimal, like its encoder."""
@@ -226,10 +332,10 @@ async def accept(batcher: Batcher, keys: Keys, policy: AcceptPolicy, *, room_id:
     per reader in their `mnt:<name>` keys; the sender's read marker moves to the new seq."""
     sender = sender_id or ""
     script_keys = [
-        keys.room_members(room_id), keys.rate("msg", sender or "-"),
+        keys.room_members(room_id), keys.script_rate("msg", room_id, sender or "-"),
         keys.room_client_id(room_id, sender or "-", client_id or "-"),
         keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
-        keys.pending_rooms(), keys.room_flush_queued(room_id),
+        keys.pending_set(room_id), keys.room_flush_queued(room_id),
         keys.room_reads(room_id), keys.room_reads_dirty(room_id),
         *(keys.room_mentions(room_id, name) for name in mentions),
     ]

@@ -63,7 +63,7 @@ async def change(redis: Redis, keys: Keys, policy: ChangePolicy, *, op: str, roo
         raise ValueError(f"unknown change op {op!r}")
     script_keys = [
         keys.room_members(room_id), keys.room_seq(room_id), keys.room_log(room_id), keys.room_state(room_id),
-        keys.room_changed(room_id), keys.room_version(room_id), keys.pending_rooms(), keys.rate("chg", actor),
+        keys.room_changed(room_id), keys.room_version(room_id), keys.pending_set(room_id), keys.script_rate("chg", room_id, actor),
         keys.room_flushed(room_id), *(keys.room_mentions(room_id, n) for n in (mentions or ())),
     ]
     args = [op, actor, int(seq), "1" if moderator else "0", body, mentions_json, emoji, now,

@@ -1,12 +1,17 @@
 """Redis clients (a waiting pool with timeouts) and the persistence check of API.md's Durability section.
 
-The server's client is opened and closed with its Resources (app/resources.py)."""
+The server's client is opened and closed with its Resources (app/resources.py). With
+REDIS_CLUSTER=true the same calls return a `redis.asyncio.cluster.RedisCluster` started from
+the one node REDIS_URL names (it discovers the rest): every client built from settings comes
+from here."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Union
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.settings import Settings
 
@@ -17,8 +22,17 @@ log = logging.getLogger("chat.redis")
 POOL_WAIT_S = 10.0
 
 
+# Either kind of client: the project's code calls what both offer (app/store/scripts.py covers
+# the differences of script loading, `is_cluster` the rest).
+AnyRedis = Union[Redis, RedisCluster]
+
+
+def is_cluster(redis: Any) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
 def connect_redis(url: str, max_connections: int = 256, *, connect_timeout_s: float = 2.0,
-                  socket_timeout_s: float = 5.0) -> Redis:
+                  socket_timeout_s: float = 5.0, cluster: bool = False) -> Any:
     """A client whose pool WAITS for a free connection when all are in use, with timeouts.
 
     redis-py's default pool fails at once ("Too many connections", a 503 to the client)
@@ -27,7 +41,19 @@ def connect_redis(url: str, max_connections: int = 256, *, connect_timeout_s: fl
     hangs every request forever: with them a call fails within seconds (503).
     Not for subscriptions or blocking commands, which wait longer than any reply timeout
     (app/realtime/fanout.py builds its own client with socket_timeout=None).
+
+    `cluster`: a RedisCluster with the same timeouts and `max_connections` per node. Its node
+    pools do not wait when full (redis-py has no blocking pool for clusters): past that many
+    concurrent commands on one node a call fails at once (503), so size REDIS_POOL_MAX for it.
+    A cold cluster client must be initialised (`await client.initialize()`, or any one command)
+    before concurrent use: with uvloop, redis-py 8.1 fails concurrent first calls with
+    AttributeError ('NoneType' object has no attribute 'writelines'). The server and the worker
+    run one command first (check_persistence, ping); scripts.register initialises too.
     """
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=True, health_check_interval=30,
+                                     max_connections=max_connections, socket_connect_timeout=connect_timeout_s,
+                                     socket_timeout=socket_timeout_s)
     pool = BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
                                            max_connections=max_connections, timeout=POOL_WAIT_S,
                                            socket_connect_timeout=connect_timeout_s,
@@ -35,21 +61,29 @@ def connect_redis(url: str, max_connections: int = 256, *, connect_timeout_s: fl
     return Redis.from_pool(pool)
 
 
-def connect_redis_for(settings: Settings, max_connections: int | None = None) -> Redis:
-    """connect_redis with the settings' pool size and timeouts (REDIS_*)."""
+def connect_redis_for(settings: Settings, max_connections: int | None = None) -> Any:
+    """connect_redis with the settings' pool size, timeouts and engine (REDIS_*)."""
     return connect_redis(settings.redis_url, max_connections or settings.redis_pool_max,
                          connect_timeout_s=settings.redis_connect_timeout_s,
-                         socket_timeout_s=settings.redis_socket_timeout_s)
+                         socket_timeout_s=settings.redis_socket_timeout_s, cluster=settings.redis_cluster)
 
 
-async def check_persistence(redis: Redis, settings: Settings) -> None:
-    """Warn when Redis keeps nothing on disk; refuse in production unless explicitly allowed."""
+async def primaries_info(redis: Any, section: str) -> dict[str, dict[str, Any]]:
+    """INFO <section> of every primary ("host:port" -> fields); one entry on a single node."""
+    if is_cluster(redis):
+        return dict(await redis.info(section, target_nodes=RedisCluster.PRIMARIES))
+    return {"": await redis.info(section)}
+
+
+async def check_persistence(redis: Any, settings: Settings) -> None:
+    """Warn when Redis keeps nothing on disk; refuse in production unless explicitly allowed.
+    On a cluster every primary must keep an AOF."""
     try:
-        info = await redis.info("persistence")
+        infos = await primaries_info(redis, "persistence")
     except Exception:  # noqa: BLE001 - an unreachable Redis is reported by /readyz, not here
         log.warning("could not read Redis persistence settings")
         return
-    aof = str(info.get("aof_enabled", 0)) == "1"
+    aof = all(str(info.get("aof_enabled", 0)) == "1" for info in infos.values())
     if aof:
         return
     msg = ("Redis runs without AOF persistence: acknowledged messages not yet flushed to "

@@ -31,16 +31,71 @@ app/reads.py):
   mnt:<username>  zset  seqs of messages @mentioning that user after their marker (score = seq)
 A drained room's log, seq, flushed and members get a TTL (ROOM_CACHE_IDLE_TTL_S), removed
 by the next accepted message; anything lost that way is rebuilt from PostgreSQL.
+
+Redis Cluster (REDIS_CLUSTER=true) changes two key families, so that every script touches
+keys of one slot only (the room's) and the Lua stays the same for both engines:
+  pending    single node: one global set `<prefix>:pending_rooms`; cluster: one set per slot,
+             `<prefix>:{<tag>}:pending`, where <tag> is a short string whose slot is the room
+             keys' slot (`pending_set(room_id)`); readers go over `pending_sets()`.
+  script rate keys (accept's `msg`, change's `chg`): single node `<prefix>:rate:<bucket>:<user>`;
+             cluster `<prefix>:{room:<id>}:rate:<bucket>:<user>` (per user per room).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+
+class _SlotTags:
+    """For each cluster slot, the first string "p<n>" (n = 0, 1, ...) that hashes to it.
+
+    Deterministic (the smallest n wins), so every process and version names a slot's pending set
+    the same. Filled lazily: a search for one slot records every slot it passes on the way, so
+    all lookups together cost one walk of about 170k CRC16s (~0.2 s), spread over first uses.
+    A pure function of the slot number, hence one table per process (not per Resources); a
+    cluster process fills it at start-up (Resources.build), keeping the walk off the accept path.
+    """
+
+    def __init__(self) -> None:
+        self.tags: dict[int, str] = {}
+        self.next_n = 0
+
+    def tag(self, slot: int) -> str:
+        tags = self.tags
+        found = tags.get(slot)
+        if found is not None:
+            return found
+        n = self.next_n
+        while slot not in tags:
+            cand = f"p{n}"
+            tags.setdefault(key_slot(cand.encode()), cand)
+            n += 1
+        self.next_n = n
+        return tags[slot]
+
+    def all(self) -> list[str]:
+        for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+            self.tag(slot)
+        return [self.tags[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS)]
+
+
+SLOT_TAGS = _SlotTags()
+
 
 class Keys:
-    """Named key builders under one prefix."""
+    """Named key builders under one prefix; `cluster` chooses the Redis Cluster layout above."""
 
-    def __init__(self, prefix: str = "chat") -> None:
+    def __init__(self, prefix: str = "chat", cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
+        self._pending_global = f"{prefix}:pending_rooms"  # built once: the accept path asks per message
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Keys":
+        """The one place keys are built from settings (REDIS_PREFIX, REDIS_CLUSTER)."""
+        return cls(settings.redis_prefix, cluster=settings.redis_cluster)
 
     # -- per room (hash-tagged) -------------------------------------------
     def _room(self, room_id: str) -> str:
@@ -101,10 +156,35 @@ class Keys:
     def room_mentions(self, room_id: str, username: str) -> str:
         return f"{self.room_mentions_prefix(room_id)}{username.lower()}"
 
+    def room_slot(self, room_id: str) -> int:
+        """The cluster slot of every key of the room."""
+        return key_slot(f"room:{room_id}".encode())
+
+    def pending_set(self, room_id: str) -> str:
+        """The pending set a room's id goes into (the worker's to-do list): the global set on a
+        single node, on a cluster the set of the room's slot, so scripts stay in one slot."""
+        if not self.cluster:
+            return self._pending_global
+        return f"{self.prefix}:{{{SLOT_TAGS.tag(self.room_slot(room_id))}}}:pending"
+
+    def pending_sets(self) -> list[str]:
+        """Every pending set: [the global one] on a single node, one per slot on a cluster."""
+        if not self.cluster:
+            return [self._pending_global]
+        return [f"{self.prefix}:{{{tag}}}:pending" for tag in SLOT_TAGS.all()]
+
+    def script_rate(self, bucket: str, room_id: str, subject: str) -> str:
+        """A rate key a room's script counts in: global per user on a single node; per user
+        and room on a cluster (a key of the room's slot; a global one would cross slots)."""
+        if not self.cluster:
+            return self.rate(bucket, subject)
+        return f"{self._room(room_id)}:rate:{bucket}:{subject}"
+
     # -- global ------------------------------------------------------------
     def pending_rooms(self) -> str:
-        """Set of room ids with messages not yet in PostgreSQL (the worker's to-do list)."""
-        return f"{self.prefix}:pending_rooms"
+        """Single node: the set of room ids with messages not yet in PostgreSQL. Code that
+        writes or reads the pending state goes through pending_set / pending_sets (cluster)."""
+        return self._pending_global
 
     def redis_run_id(self) -> str:
         """The Redis `run_id` the flush tick last saw: a new one means Redis restarted (or a

@@ -38,7 +38,7 @@ async def mark_read(redis: Redis, keys: Keys, *, room_id: str, user_id: str, use
     res = await scripts.MARK_READ(
         redis,
         [keys.room_members(room_id), keys.room_seq(room_id), keys.room_reads(room_id),
-         keys.room_reads_dirty(room_id), keys.pending_rooms(), keys.room_mentions(room_id, username)],
+         keys.room_reads_dirty(room_id), keys.pending_set(room_id), keys.room_mentions(room_id, username)],
         [user_id, int(seq), "" if floor is None else int(floor), room_id, keys.events_channel(), *event, answer])
     code = int(res[0])
     if code != OK:

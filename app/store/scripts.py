@@ -6,10 +6,14 @@ calls prepended, since Redis scripts cannot include one another. `SCRIPTS` is re
 sources and their SHA1s); `register` loads them all into a Redis at start-up (server and
 worker), and a call runs EVALSHA, loading the script again on NOSCRIPT (Redis restarted,
 SCRIPT FLUSH). The accept pipeline (app/store/cache.py) packs the same EVALSHAs by hand.
+On Redis Cluster SCRIPT LOAD goes to every primary (redis-py routes it so), EVALSHA to the
+node of its first key: a node that restarted, or got a slot, answers NOSCRIPT and is loaded
+again the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from typing import Any, Mapping
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -100,8 +105,13 @@ MARK_READ = SCRIPTS["mark_read"]  # app/store/reads.py
 READ_STATE = SCRIPTS["read_state"]
 
 
-async def register(redis: Redis) -> None:
-    """SCRIPT LOAD every script, in one pipelined round trip (at server and worker start-up)."""
+async def register(redis: Any) -> None:
+    """SCRIPT LOAD every script, in one pipelined round trip (at server and worker start-up).
+    On a cluster, on every primary (a pipeline there cannot hold a command for several nodes)."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # a cold cluster client must not start with concurrent calls (client.py)
+        await asyncio.gather(*(redis.script_load(script.source) for script in SCRIPTS.values()))
+        return
     async with redis.pipeline(transaction=False) as pipe:
         for script in SCRIPTS.values():
             pipe.script_load(script.source)
