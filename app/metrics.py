@@ -184,15 +184,22 @@ async def backlog(redis: Any, keys: Any, max_rooms: int) -> tuple[int, int, floa
 
     Messages and age cover at most `max_rooms` pending rooms (an SSCAN's first ones): a lower
     bound beyond that, and the scrape stays bounded. Per room: seq - flushed, and the first
-    log entry after `flushed` (stream ids are `<seq>-0`) for its created_at."""
-    pending = keys.pending_rooms()
-    total = int(await redis.scard(pending))
+    log entry after `flushed` (stream ids are `<seq>-0`) for its created_at.
+    On a cluster the pending sets are one per slot (app/store/pending.py): their sizes are one
+    pipelined SCARD each, the rooms come from the non-empty ones in slot order."""
+    from app.store.pending import pending_counts
+
+    counts = await pending_counts(redis, keys)
+    total = sum(counts.values())
     rooms: list[str] = []
-    cursor: Any = 0
-    while len(rooms) < max_rooms:
-        cursor, chunk = await redis.sscan(pending, cursor, count=min(500, max_rooms))
-        rooms.extend(r.decode() if isinstance(r, bytes) else r for r in chunk)
-        if not cursor or int(cursor) == 0:
+    for pending in counts:
+        cursor: Any = 0
+        while len(rooms) < max_rooms:
+            cursor, chunk = await redis.sscan(pending, cursor, count=min(500, max_rooms))
+            rooms.extend(r.decode() if isinstance(r, bytes) else r for r in chunk)
+            if not cursor or int(cursor) == 0:
+                break
+        if len(rooms) >= max_rooms:
             break
     rooms = rooms[:max_rooms]
     messages = 0

@@ -201,7 +201,7 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
         await redis.delete(keys.room_seq(room_id), keys.room_log(room_id), keys.room_flushed(room_id),
                            keys.room_flush_queued(room_id), keys.room_version(room_id), keys.room_state(room_id),
                            keys.room_changed(room_id), keys.room_reads(room_id), keys.room_reads_dirty(room_id))
-        await redis.srem(keys.pending_rooms(), room_id)
+        await redis.srem(keys.pending_set(room_id), room_id)
     except RedisError:
         log.warning("message cache of deleted room %s not dropped", room_id, exc_info=True)
     await publish(events.room_deleted(redis, keys, room_id))

@@ -29,7 +29,7 @@ from app.logs import json_everywhere
 from app.ops.procs import die_with_parent
 from app.resources import Resources
 from app.settings import Settings
-from app.store.client import connect_redis
+from app.store.client import connect_redis_for
 
 log = logging.getLogger("chat.worker")
 
@@ -118,7 +118,7 @@ class WorkerResources(Middleware):
         s = self.settings
         await init_db(s.database_url, s.db_pool_max)
         await ping_db()  # opens the pool now: a wrong DATABASE_URL fails the boot, not every job
-        res = Resources.build(s, connect_redis(s.redis_url))
+        res = Resources.build(s, connect_redis_for(s))  # a RedisCluster with REDIS_CLUSTER
         await res.redis.ping()
         await res.register_scripts()
         log.info("worker resources open (database, redis prefix %r)", s.redis_prefix)

@@ -9,6 +9,7 @@ import dramatiq
 from periodiq import cron
 
 from app import flush
+from app.store import pending
 from tasks.broker import resources, settings
 
 log = logging.getLogger("chat.flush")
@@ -35,7 +36,7 @@ async def flush_pending() -> None:
         await flush.check_redis_restart(redis=res.redis, keys=res.keys, pool=res.pool())
     except Exception:  # noqa: BLE001 - the flush itself moves any orphan; retried next tick
         log.warning("flush_pending: checking Redis for a restart failed", exc_info=True)
-    rooms = await res.redis.smembers(res.keys.pending_rooms())
+    rooms = await pending.pending_rooms(res.redis, res.keys)  # every slot's set on a cluster
     if not rooms:
         return
     loop = asyncio.get_running_loop()

@@ -51,7 +51,8 @@ from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write)
 from app.counters import FLUSHED_ROWS
-from app.store import scripts
+from app.store import pending, scripts
+from app.store.client import is_cluster
 from app.store.keys import Keys
 from app.serialize import loads
 from app.settings import Settings
@@ -97,10 +98,32 @@ def _raw_reader(redis: Redis) -> Redis:
     redis-py turns every stream entry into a dict, about a fifth of the flush's Python
     time; the raw reply is [[entry_id, [field, value, ...]], ...]. Shares the pool (and
     its decode_responses), so it opens no connection of its own and needs no closing.
+    A RedisCluster shares its response callbacks with all its users: there, _ClusterRawReader.
     """
+    if is_cluster(redis):
+        return _ClusterRawReader(redis)  # type: ignore[return-value]
     raw = Redis(connection_pool=redis.connection_pool)
     raw.set_response_callback("XRANGE", lambda response, **options: response)
     return raw
+
+
+class _ClusterRawReader:
+    """XRANGE through a cluster client (it follows slot moves), its parsed entries turned back
+    into the raw reply's shape; and the bytes re-read on a short-lived client of the key's node."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    async def xrange(self, name: str, min: str, max: str, count: int) -> list[Any]:  # noqa: A002
+        entries = await self.cluster.xrange(name, min=min, max=max, count=count)
+        return [[entry_id, [x for kv in fields.items() for x in kv]] for entry_id, fields in entries]
+
+    def bytes_client(self, key: str) -> Redis:
+        node = self.cluster.get_node_from_key(key)
+        kw = node.connection_kwargs
+        return Redis(host=node.host, port=node.port, username=kw.get("username"), password=kw.get("password"),
+                     socket_timeout=kw.get("socket_timeout"), socket_connect_timeout=kw.get("socket_connect_timeout"),
+                     decode_responses=False)
 
 
 def _message_json(fields: list[str]) -> str:
@@ -157,9 +180,13 @@ async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) ->
 
 async def _read_bytes(raw: Redis, keys: Keys, room_id: str, after: int, count: int) -> list[Any]:
     """The same XRANGE on a short-lived bytes client; entry ids decoded, fields left as bytes."""
-    kwargs = {**raw.connection_pool.connection_kwargs, "decode_responses": False}
-    pool = ConnectionPool(connection_class=raw.connection_pool.connection_class, **kwargs)
-    client = Redis(connection_pool=pool)
+    if isinstance(raw, _ClusterRawReader):
+        client = raw.bytes_client(keys.room_log(room_id))
+        pool = client.connection_pool
+    else:
+        kwargs = {**raw.connection_pool.connection_kwargs, "decode_responses": False}
+        pool = ConnectionPool(connection_class=raw.connection_pool.connection_class, **kwargs)
+        client = Redis(connection_pool=pool)
     client.set_response_callback("XRANGE", lambda response, **options: response)
     try:
         reply = await client.execute_command("XRANGE", keys.room_log(room_id), str(after + 1), "+",
@@ -191,7 +218,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         uuid.UUID(room_id)
     except ValueError:
         # Not a room id at all (nothing the accept path writes): forget it, or it stays forever.
-        await redis.srem(keys.pending_rooms(), room_id)
+        await redis.srem(keys.pending_set(room_id), room_id)
         result.drained = True
         return result
     token = uuid.uuid4().hex
@@ -202,7 +229,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         result.busy = True
         return result
     commit_keys = [keys.room_log(room_id), keys.room_flushed(room_id), keys.room_seq(room_id),
-                   keys.pending_rooms(), lease_key, keys.room_members(room_id), keys.room_changed(room_id),
+                   keys.pending_set(room_id), lease_key, keys.room_members(room_id), keys.room_changed(room_id),
                    keys.room_reads_dirty(room_id), keys.room_version(room_id), keys.room_state(room_id)]
     read_ahead: asyncio.Task[_Batch] | None = None
     try:
@@ -315,5 +342,5 @@ async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, poo
             if res.busy:
                 await asyncio.sleep(0.2)
 
-    todo = sorted(await redis.smembers(keys.pending_rooms()))
+    todo = sorted(await pending.pending_rooms(redis, keys))
     return list(await asyncio.gather(*(one(r) for r in todo)))

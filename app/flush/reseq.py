@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from app.realtime import events
 from app.flush.write import Written
 from app.store import scripts
+from app.store.client import primaries_info
 from app.store.keys import Keys
 from app.settings import Settings
 
@@ -29,7 +30,7 @@ async def reseq(redis: Redis, keys: Keys, settings: Settings, room_id: str, reco
 
     `records` are the batch's rows, `top` its highest seq: everything up to it is in
     PostgreSQL (or dead_letters) now, so the stream is trimmed up to it."""
-    script_keys = [keys.room_log(room_id), keys.room_seq(room_id), keys.pending_rooms()]
+    script_keys = [keys.room_log(room_id), keys.room_seq(room_id), keys.pending_set(room_id)]
     per: list[Any] = []
     for i in written.orphans:
         r = records[i]
@@ -66,8 +67,12 @@ async def check_redis_restart(*, redis: Redis, keys: Keys, pool: asyncpg.Pool) -
     sends off those seqs (a send that got one meanwhile is moved by the flush). `flushed` is
     never advanced here: entries Redis still holds are flushed, and orphans moved, as usual.
     Returns how many counters were raised, or None when Redis did not restart.
+    On a cluster the "run id" is every primary's, sorted and joined: any primary restarted or
+    promoted (or a node added) counts as a restart, conservatively (raising is idempotent).
     """
-    run_id = str((await redis.info("server")).get("run_id", ""))
+    infos = await primaries_info(redis, "server")
+    ids = sorted(str(info.get("run_id", "")) for info in infos.values())
+    run_id = ",".join(ids) if all(ids) else ""
     if not run_id or await redis.get(keys.redis_run_id()) == run_id:
         return None
     await scripts.RAISE_SEQ.load(redis)  # queued on pipelines below, which cannot reload it

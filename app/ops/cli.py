@@ -53,17 +53,17 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
     from app.db import close_db, init_db, ping_db, raw_pool
     from app.flush import check_redis_restart, flush_all_pending
     from app.store.keys import Keys
-    from app.store.client import connect_redis
+    from app.store.client import connect_redis_for
 
     async def run() -> int:
         await init_db(settings.database_url, settings.db_pool_max)
-        redis = connect_redis(settings.redis_url)
+        redis = connect_redis_for(settings)  # a RedisCluster with REDIS_CLUSTER
+        keys = Keys.from_settings(settings)
         try:
             await ping_db()
             # As the flush tick does: after a Redis restart, counters first (no seq reused meanwhile).
-            await check_redis_restart(redis=redis, keys=Keys(settings.redis_prefix), pool=raw_pool())
-            results = await flush_all_pending(redis=redis, keys=Keys(settings.redis_prefix),
-                                              settings=settings, pool=raw_pool())
+            await check_redis_restart(redis=redis, keys=keys, pool=raw_pool())
+            results = await flush_all_pending(redis=redis, keys=keys, settings=settings, pool=raw_pool())
         finally:
             await redis.aclose()
             await close_db()
@@ -83,9 +83,10 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobs import Producer, broker_url, is_rabbitmq, queues
     from app.store.keys import Keys
-    from app.store.client import connect_redis
+    from app.store.client import connect_redis, connect_redis_for
+    from app.store.pending import pending_rooms
 
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.from_settings(settings)
     ns = keys.dramatiq_namespace()
     rabbitmq = is_rabbitmq(broker_url(settings))
 
@@ -110,9 +111,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"dead letters: {sum(r['n'] for r in dead)} (cache entries the flush set aside; table dead_letters)")
             for r in dead[:20]:
                 print(f"{r['n']:>9}  {r['room_id']}  newest {r['newest'].isoformat(timespec='seconds')}")
-        redis = connect_redis(settings.redis_url)
+        redis = connect_redis_for(settings)
         try:
-            rooms = sorted(await redis.smembers(keys.pending_rooms()))
+            rooms = sorted(await pending_rooms(redis, keys))  # every slot's set on a cluster
             rows = []
             for i in range(0, len(rooms), 500):
                 chunk = rooms[i:i + 500]
