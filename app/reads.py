@@ -16,8 +16,11 @@ lost (the member set, the seq counter, the user's marker). Direct mode
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 from tortoise import connections
 
 from app import access
@@ -25,7 +28,7 @@ from app.errors import NotMember, RoomNotFound, ValidationFailed
 from app.ids import is_bigint, parse_uuid
 from app.realtime import events
 from app.resources import Resources
-from app.store import cache, changes
+from app.store import cache, changes, scripts
 from app.store import reads as store
 
 _ATTEMPTS = 4  # member set, seq counter and marker may each need one rebuild
@@ -158,43 +161,91 @@ async def _read_states_direct(ids: list[str], name: str, markers: dict[str, int]
     return out
 
 
-async def _last_versions(res: Resources, room_ids: list[str]) -> dict[str, int]:
-    """Each room's change counter (Redis; a lost one re-seeded from PostgreSQL as a change would)."""
-    if not room_ids:
-        return {}
-    async with res.redis.pipeline(transaction=False) as pipe:
-        for rid in room_ids:
-            pipe.get(res.keys.room_version(rid))
-        values = await pipe.execute()
-    out: dict[str, int] = {}
-    for rid, v in zip(room_ids, values):
-        if v is None:
-            from app.messages import _pg_max_version
-            v = await changes.seed_version(res.redis, res.keys, rid, await _pg_max_version(rid))
-        out[rid] = int(v)
-    return out
+HELLO_STATE = scripts.SCRIPTS["hello_state"]
+
+
+async def _hello_states(res: Resources, user_id: str, name: str,
+                        floors: dict[str, int | None]) -> dict[str, tuple[int, int, int, int, int]]:
+    """hello_state.lua per room (room -> PostgreSQL marker, None = not read), pipelined: one
+    round trip. -> room -> (last_seq, last_version, marker, unread, mentions), -1 = Redis lacks it."""
+    ids, keys = list(floors), res.keys
+    calls = [([keys.room_seq(rid), keys.room_version(rid), keys.room_reads(rid), keys.room_mentions(rid, name)],
+              [user_id, "" if floors[rid] is None else int(floors[rid])]) for rid in ids]  # type: ignore[arg-type]
+    if isinstance(res.redis, RedisCluster):
+        # redis-py's cluster pipeline refuses EVALSHA: one call per room, all in flight at once
+        # (each room's keys are one slot), so still one round trip of latency.
+        values: list[Any] = list(await asyncio.gather(*(HELLO_STATE(res.redis, k, a) for k, a in calls)))
+        return {rid: tuple(int(x) for x in v) for rid, v in zip(ids, values)}  # type: ignore[misc]
+    for _ in range(2):
+        async with res.redis.pipeline(transaction=False) as pipe:
+            for k, a in calls:
+                HELLO_STATE.queue(pipe, k, a)
+            values = await pipe.execute(raise_on_error=False)
+        if not any(isinstance(v, NoScriptError) for v in values):
+            break
+        await HELLO_STATE.load(res.redis)  # Redis restarted or flushed its scripts: once more
+    for v in values:
+        if isinstance(v, Exception):
+            raise v
+    return {rid: tuple(int(x) for x in v) for rid, v in zip(ids, values)}  # type: ignore[misc]
+
+
+async def _pg_markers(user_id: str, room_ids: list[str]) -> dict[str, int]:
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT room_id, last_read_seq FROM memberships WHERE user_id = $1 AND room_id = ANY($2::uuid[])"
+        " AND NOT banned", [user_id, room_ids])
+    return {str(r["room_id"]): int(r["last_read_seq"]) for r in rows}
 
 
 async def hello_rooms(res: Resources, user_id: str, username: str | None, room_ids: list[str],
-                      pg_markers: dict[str, int]) -> list[dict[str, Any]]:
+                      pg_markers: dict[str, int] | None) -> list[dict[str, Any]]:
     """The WebSocket hello's rooms, in `room_ids`' order: {room_id, last_seq, last_version,
     last_read_seq, unread_count, mention_count}. `pg_markers`: memberships.last_read_seq per
-    room (rooms.memberships_of_user); a room missing there counts from marker 0."""
+    room (a room missing there counts from marker 0), or None when the caller did not read
+    PostgreSQL (the cached room list, app/rooms.connect_rooms): then Redis decides, and only the
+    rooms whose marker, seq counter or change counter Redis lacks cost PostgreSQL reads."""
     if not room_ids:
         return []
-    states = await read_states(res, user_id=user_id, username=username,
-                               rooms={rid: int(pg_markers.get(rid, 0) or 0) for rid in room_ids})
+    name = await username_of(user_id, username)
     if res.settings.write_mode == "direct":
-        versions = {rid: int(st.get("last_version", 0)) for rid, st in states.items()}
-    else:
-        versions = await _last_versions(res, room_ids)
+        markers = pg_markers if pg_markers is not None else await _pg_markers(user_id, room_ids)
+        direct = await _read_states_direct(room_ids, name, {rid: int(markers.get(rid, 0) or 0) for rid in room_ids})
+        return [{"room_id": rid, **{k: direct[rid][k] for k in HELLO_FIELDS}} if rid in direct
+                else _empty_hello(rid) for rid in room_ids]
+    floors: dict[str, int | None] = {rid: (None if pg_markers is None else int(pg_markers.get(rid, 0) or 0))
+                                     for rid in room_ids}
+    got = await _hello_states(res, user_id, name, floors)
+    # What Redis lacks: a marker (PostgreSQL's, for those rooms only), a seq or change counter
+    # (re-seeded from PostgreSQL as a send or a change would); then those rooms once more.
+    unknown = [rid for rid, st in got.items() if st[2] < 0]
+    if unknown:
+        found = await _pg_markers(user_id, unknown)
+        for rid in unknown:
+            floors[rid] = found.get(rid, 0)
+    redo = set(unknown)
+    for rid, st in got.items():
+        if st[0] < 0:
+            await cache.seed_seq(res.redis, res.keys, rid, await _pg_max_seq(rid))
+            redo.add(rid)
+        if st[1] < 0:
+            from app.messages import _pg_max_version
+            await changes.seed_version(res.redis, res.keys, rid, await _pg_max_version(rid))
+            redo.add(rid)
+    if redo:
+        got.update(await _hello_states(res, user_id, name, {rid: floors[rid] for rid in room_ids if rid in redo}))
     out = []
     for rid in room_ids:
-        st = states.get(rid) or {"last_seq": 0, "last_read_seq": 0, "unread_count": 0, "mention_count": 0}
-        out.append({"room_id": rid, "last_seq": st["last_seq"], "last_version": versions.get(rid, 0),
-                    "last_read_seq": st["last_read_seq"], "unread_count": st["unread_count"],
-                    "mention_count": st["mention_count"]})
+        last, version, marker, unread, mentions = got[rid]
+        out.append({"room_id": rid, "last_seq": max(last, 0), "last_version": max(version, 0),
+                    "last_read_seq": max(marker, 0), "unread_count": unread, "mention_count": mentions})
     return out
+
+
+HELLO_FIELDS = ("last_seq", "last_version", "last_read_seq", "unread_count", "mention_count")
+
+
+def _empty_hello(room_id: str) -> dict[str, Any]:
+    return {"room_id": room_id, **{k: 0 for k in HELLO_FIELDS}}
 
 
 async def with_read_state(res: Resources, user_id: str, username: str | None,

@@ -34,7 +34,7 @@ from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
 from app.realtime import events
-from app.store import member_sets, ratelimit
+from app.store import member_sets, ratelimit, user_rooms
 from app.errors import (Banned, Forbidden, NotMember, NotMemberOfRoom, RateLimited, RoomNotFound,
                         UserNotFound, ValidationFailed)
 from app.store.keys import Keys
@@ -133,6 +133,16 @@ async def publish(step: Awaitable[None]) -> None:
         log.warning("live event not published", exc_info=True)
 
 
+async def rooms_changed(redis: Redis, keys: Keys, user_ids: Iterable[str]) -> None:
+    """After a membership commit: the users' cached room lists go (app/store/user_rooms.py),
+    before the event is published, so a connect that sees the event reads the new list. A
+    Redis failure is logged: the stale list expires within USER_ROOMS_TTL_S."""
+    try:
+        await user_rooms.bump(redis, keys, user_ids)
+    except RedisError:
+        log.warning("cached room lists not invalidated; they expire on their TTL", exc_info=True)
+
+
 async def publish_room_updated(redis: Redis, keys: Keys, room: Room,
                                personal: dict[str, str] | None = None) -> None:
     """room_updated to the room with my_role null (it differs per viewer); users whose role
@@ -178,18 +188,21 @@ async def announce_join(redis: Redis, keys: Keys, m: Membership, version: int) -
     """After a membership commit: the user joins the Redis set, then their sockets attach."""
     room_id, user_id = str(m.room_id), str(m.user_id)
     await cache_step(redis, keys, room_id, _applied(member_sets.apply(redis, keys, room_id, user_id, version, True)))
+    await rooms_changed(redis, keys, (user_id,))
     frame = {"type": "member_joined", "membership": membership_out(m)}
     await publish(events.member_joined(redis, keys, room_id, user_id, frame, version))
 
 
 async def announce_leave(redis: Redis, keys: Keys, room_id: str, user_id: str, version: int) -> None:
     """After a leave/kick/ban commit (the set was updated under the lock): their sockets detach."""
+    await rooms_changed(redis, keys, (user_id,))
     frame = {"type": "member_left", "room_id": room_id, "user_id": user_id}
     await publish(events.member_left(redis, keys, room_id, user_id, frame, version))
 
 
-async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
-    """After a room's deletion commit: drop its member set and message cache, tell its sockets.
+async def forget_room(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str] = ()) -> None:
+    """After a room's deletion commit: drop its member set and message cache (and the cached
+    room lists of `member_ids`, its members at the deletion), tell its sockets.
 
     Idempotency keys (`cid:*`) are not enumerable without SCAN; they expire on their TTL.
     The flush lease belongs to whichever worker holds it and expires on its own.
@@ -204,6 +217,7 @@ async def forget_room(redis: Redis, keys: Keys, room_id: str) -> None:
         await redis.srem(keys.pending_set(room_id), room_id)
     except RedisError:
         log.warning("message cache of deleted room %s not dropped", room_id, exc_info=True)
+    await rooms_changed(redis, keys, member_ids)
     await publish(events.room_deleted(redis, keys, room_id))
 
 
@@ -235,6 +249,7 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
     room_id = str(room.id)
     await cache_step(redis, keys, room_id,
                      member_sets.room_created(redis, keys, room_id, [owner_id, *others], version))
+    await rooms_changed(redis, keys, [owner_id, *others])
     for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
         frame = {"type": "member_joined", "membership": membership_out(m)}
         await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version))
@@ -308,8 +323,11 @@ async def delete_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) -
     async with in_transaction() as conn:
         room = await locked_room(conn, rid, for_delete=True)
         require_role(room, await role_in(rid, user_id, conn), (Role.OWNER,), "delete the room")
+        # Under the row lock: exactly the members whose cached room lists name this room.
+        members = [str(u) for u in await Membership.filter(room_id=rid, banned=False).using_db(conn)
+                   .values_list("user_id", flat=True)]
         await room.delete(using_db=conn)
-    await forget_room(redis, keys, rid)
+    await forget_room(redis, keys, rid, members)
 
 
 async def join_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str,
@@ -367,7 +385,7 @@ async def leave_room(*, redis: Redis, keys: Keys, room_id: str, user_id: str) ->
             await m.delete(using_db=conn)
             version = await remove_locked(redis, keys, rid, user_id)
     if deleted:
-        await forget_room(redis, keys, rid)
+        await forget_room(redis, keys, rid, (user_id,))  # the last member out
         return
     await announce_leave(redis, keys, rid, user_id, version)
     if successor is not None:
@@ -396,3 +414,29 @@ async def memberships_of_user(user_id: str) -> list[tuple[str, int]]:
     rows = await Membership.filter(user_id=user_id, banned=False).order_by("joined_at", "id").values_list(
         "room_id", "last_read_seq")
     return [(str(r), int(m or 0)) for r, m in rows]
+
+
+async def connect_rooms(redis: Redis, keys: Keys, settings: Settings, *, user_id: str,
+                        family_id: str) -> tuple[bool, list[str], dict[str, int] | None]:
+    """A WebSocket connect's first read, one Redis round trip in the common case: (logged out?,
+    the user's room ids oldest membership first, their PostgreSQL markers or None when the
+    ids came from the Redis cache). A missing list is read from PostgreSQL and cached unless a
+    membership change of the user committed meanwhile (app/store/user_rooms.py)."""
+    async with redis.pipeline(transaction=False) as pipe:  # on a cluster: grouped by node
+        pipe.exists(keys.revoked_family(family_id))
+        pipe.get(keys.user_rooms(user_id))
+        pipe.get(keys.user_rooms_gen(user_id))
+        revoked, raw, gen = await pipe.execute()
+    if revoked:
+        return True, [], None
+    cached = user_rooms.decode(raw)
+    if cached is not None:
+        return False, cached, None
+    # The generation was read before PostgreSQL: a change committing after this read bumps it.
+    memberships = await memberships_of_user(user_id)
+    ids = [rid for rid, _ in memberships]
+    try:
+        await user_rooms.store(redis, keys, user_id, user_rooms.generation(gen), ids, settings.user_rooms_ttl_s)
+    except RedisError:
+        log.warning("room list of user %s not cached", user_id, exc_info=True)
+    return False, ids, dict(memberships)

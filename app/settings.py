@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     ws_max_frame_bytes: Positive = 64 * 1024
     ws_heartbeat_s: Positive = 20
     ws_outbox_frames: Positive = 1000  # frames queued for one slow client before it is closed (1013)
+    # Connect admission (blueprints/ws.py): connects being set up at once per process, and how
+    # many may wait for a slot; past that a connect is closed at once with 1013 and a retry hint
+    # (base + random jitter), so a reconnect storm becomes a queue, not a pegged core.
+    ws_admit_concurrency: Positive = 64
+    ws_admit_queue: NonNegative = 1024
+    ws_admit_retry_ms: Positive = 1000
+    # The per-user room list cached in Redis for the connect (app/store/user_rooms.py): its TTL
+    # bounds how long a lost invalidation (Redis down at that moment) can leave it stale.
+    user_rooms_ttl_s: Positive = 600
     message_max_chars: Positive = 4000
     # Message lifecycle (app/lifecycle.py, app/reads.py, app/search.py).
     reactions_max_emoji: Positive = 20  # distinct emoji on one message

@@ -17,6 +17,7 @@ from sanic import Blueprint, Request
 
 from app import access, auth, lifecycle, messages, reads, rooms
 from app.realtime import events
+from app.realtime.admission import CLOSE_TRY_AGAIN, Admission
 from app.realtime.connection import Connection, Frame
 from app.realtime.registry import Registry
 from app.realtime.inbox import Inbox
@@ -74,9 +75,23 @@ def _same_origin(origin: str, host: str | None) -> bool:
     return bool(host) and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
 
 
+def _admission(app: Any) -> Admission:
+    """This process's connect admission (app/realtime/admission.py), made on first use."""
+    adm = getattr(app.ctx, "ws_admission", None)
+    if adm is None:
+        s: Settings = app.ctx.settings
+        adm = app.ctx.ws_admission = Admission(s.ws_admit_concurrency, s.ws_admit_queue, s.ws_admit_retry_ms)
+    return adm
+
+
 @bp.websocket("/ws")
 async def ws_endpoint(request: Request, ws: Any) -> None:
-    await Session(request, ws).run()
+    adm = _admission(request.app)
+    session = Session(request, ws)
+    if not await adm.enter():
+        await session.refuse(CLOSE_TRY_AGAIN, adm.retry_reason())
+        return
+    await session.run(adm.leave)
 
 
 def _field(frame: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
@@ -130,7 +145,19 @@ class Session:
         self.strikes = 0
         self.typing_at: dict[str, float] = {}
 
-    async def run(self) -> None:
+    async def refuse(self, code: int, reason: str) -> None:
+        """Close at once (admission full): nothing registered, nothing read."""
+        conn = self.conn
+        conn.start()
+        conn.close(code, reason)
+        try:
+            await conn.drain()
+        finally:
+            conn.stop()
+
+    async def run(self, admitted: Callable[[], None] | None = None) -> None:
+        """Serve the connection; `admitted` (the admission slot's release) is called once, as
+        soon as the hello is queued or the set-up ends otherwise."""
         conn, loop = self.conn, asyncio.get_running_loop()
         # Register before reading the rooms, so a join or leave published meanwhile reaches us
         # too; then attach only the rooms whose membership did not change during the read (a
@@ -139,24 +166,30 @@ class Session:
         since = self.registry.tick
         expiry: asyncio.TimerHandle | None = None
         try:
-            if await self.redis.exists(self.keys.revoked_family(self.claims.family_id)):
+            # One Redis round trip: the logout check and the user's cached room list (PostgreSQL
+            # only when Redis has no list: app/store/user_rooms.py).
+            revoked, listed, pg_markers = await rooms.connect_rooms(
+                self.redis, self.keys, self.settings, user_id=self.user_id, family_id=self.claims.family_id)
+            if revoked:
                 # Logged out between the handshake check and our registration (whose close
                 # event found nothing to close yet).
                 conn.start()
                 conn.close(CLOSE_TOKEN, "logged out")
                 await conn.drain()
                 return
-            memberships = await rooms.memberships_of_user(self.user_id)
-            listed = [rid for rid, _ in memberships]
             self.registry.attach_fresh(conn, listed, since)
             room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
             # Per room: last_seq and last_version (the client's two catch-up cursors) and the
-            # read state (its badges); PostgreSQL's markers are the floor of Redis's.
+            # read state (its badges), one more round trip; PostgreSQL's markers are the floor
+            # of Redis's, read only for rooms whose marker Redis lacks.
             hello = {"type": "hello", "user_id": self.user_id,
                      "rooms": await reads.hello_rooms(self.resources, self.user_id, self.claims.username, room_ids,
-                                                      dict(memberships)),
+                                                      pg_markers),
                      "heartbeat_s": self.settings.ws_heartbeat_s}
             conn.start(first=Frame(dumps(hello)))
+            if admitted is not None:
+                admitted, release = None, admitted
+                release()  # set up: the slot goes to the next connect in the queue
             left = self.claims.expires_at.timestamp() - time.time()
             expiry = loop.call_later(max(left, 0.0), conn.close, CLOSE_TOKEN, "token expired")
             recv, handle = self.inbox.recv, self.handle
@@ -164,6 +197,8 @@ class Session:
                 await handle(await recv())
             await conn.drain()  # a close we queued (4429, 4401) goes out after the frames before it
         finally:
+            if admitted is not None:
+                admitted()
             if expiry is not None:
                 expiry.cancel()
             self.registry.remove(conn)

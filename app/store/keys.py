@@ -204,3 +204,19 @@ class Keys:
 
     def dramatiq_namespace(self) -> str:
         return f"{self.prefix}-dramatiq"
+
+    # -- per user (hash-tagged `{user:<id>}`: one slot per user; spec F, app/store/user_rooms.py) --
+    # The connect reads a user's rooms from here instead of PostgreSQL. Scripts touch these
+    # two keys only (never room keys with them: one slot per script on a cluster).
+    def _user(self, user_id: str) -> str:
+        return f"{self.prefix}:{{user:{user_id}}}"
+
+    def user_rooms(self, user_id: str) -> str:
+        """string: the user's room ids, space-separated, oldest membership first ("" = none);
+        missing = not cached (loaded from PostgreSQL); TTL USER_ROOMS_TTL_S."""
+        return f"{self._user(user_id)}:rooms"
+
+    def user_rooms_gen(self, user_id: str) -> str:
+        """string: the user's membership generation, INCR'd (and `rooms` dropped) after every
+        membership change commits; a loader writes `rooms` only if it is still what it read."""
+        return f"{self._user(user_id)}:rgen"
