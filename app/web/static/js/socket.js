@@ -60,10 +60,10 @@ export class Socket {
       }
       this.h.onFrame(frame);
     };
-    ws.onclose = (ev) => this.closed(ws, ev.code);
+    ws.onclose = (ev) => this.closed(ws, ev.code, ev.reason);
   }
 
-  closed(ws, code) {
+  closed(ws, code, reason = "") {
     if (this.ws !== ws) return;
     this.ws = null;
     clearInterval(this.pingTimer);
@@ -75,8 +75,25 @@ export class Socket {
       this.api.refresh().then(() => this.open(), () => { if (this.api.loggedIn) this.scheduleRetry(); });
       return;
     }
+    if (code === 1013) {
+      // The server is busy setting up other connections (a reconnect storm): come back after
+      // the wait it names, plus jitter of up to as much again, so refused clients spread out.
+      const m = /retry_after_ms=(\d+)/.exec(reason || "");
+      if (m) {
+        const wait = Number(m[1]);
+        this.retryIn(wait + Math.random() * wait);
+        return;
+      }
+    }
     if (!greeted) this.h.onHandshakeFailed();
     this.scheduleRetry();
+  }
+
+  retryIn(delay) {
+    clearTimeout(this.retryTimer);
+    this.nextRetryAt = Date.now() + delay;
+    this.setState("offline");
+    this.retryTimer = setTimeout(() => this.open(), delay);
   }
 
   // 0.5 s, 1 s, 2 s ... capped at 30 s; each wait is randomised to between half and all of it,
@@ -85,10 +102,7 @@ export class Socket {
     clearTimeout(this.retryTimer);
     const base = Math.min(30000, 500 * 2 ** this.attempt);
     this.attempt += 1;
-    const delay = base / 2 + Math.random() * base / 2;
-    this.nextRetryAt = Date.now() + delay;
-    this.setState("offline");
-    this.retryTimer = setTimeout(() => this.open(), delay);
+    this.retryIn(base / 2 + Math.random() * base / 2);
   }
 
   startPing(heartbeatS) {
