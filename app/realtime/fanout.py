@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Callable
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -118,22 +119,38 @@ async def _after_gap(registry: Registry) -> None:
         log.warning("could not re-read rooms after a fan-out gap", exc_info=True)
 
 
-async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None) -> None:
+async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready: asyncio.Event | None = None,
+                           alternates: Callable[[], list[tuple[str, int]]] | None = None) -> None:
     """Receive events and dispatch them; reconnect with backoff when Redis goes away.
 
     The subscription is one dedicated connection read directly (SUBSCRIBE, then one reply
     per event): redis-py's PubSub.listen() adds a health check, a retry wrapper, a timeout
     context and a dict per message, which cost more than the delivery of a small event.
+
+    `alternates` (Redis Cluster): the other nodes' (host, port). A cluster broadcasts every
+    unsharded PUBLISH to all its nodes, so one plain connection to any node gets every event.
+    After a loss the first try goes to REDIS_URL's node again, each failed try to the next node
+    the cluster client knows, so a dead master does not stop the fan-out.
     """
     backoff = BACKOFF_MIN_S
     channel = keys.events_channel()
     pool = redis.connection_pool
     lost = False  # a subscription existed and dropped: the next one starts after a gap
     repairs: set[asyncio.Task[None]] = set()  # the re-reads after a gap, referenced until done
+    candidates: list[tuple[str, int] | None] = [None]  # None: the pool's own node (REDIS_URL)
+    turn = 0
     while True:
         conn = None
+        own = False  # a connection to another cluster node, outside the pool
+        subscribed = False
         try:
-            conn = await pool.get_connection()
+            target = candidates[turn % len(candidates)]
+            if target is None:
+                conn = await pool.get_connection()
+            else:
+                own = True
+                conn = pool.connection_class(**{**pool.connection_kwargs, "host": target[0], "port": target[1]})
+                await conn.connect()
             await conn.send_command("SUBSCRIBE", channel)
             while True:  # the confirmation (a reply of another kind cannot come before it)
                 reply = await conn.read_response()
@@ -146,7 +163,7 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
                 task = asyncio.create_task(_after_gap(registry))
                 repairs.add(task)
                 task.add_done_callback(repairs.discard)
-            lost = True
+            lost = subscribed = True
             backoff = BACKOFF_MIN_S
             if ready is not None:
                 ready.set()
@@ -163,6 +180,13 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis down or restarted: retry
+            if alternates is not None:  # a cluster: the next node (the list as the client knows it now)
+                try:
+                    home = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
+                    candidates = [None, *(n for n in dict.fromkeys(alternates()) if n != home)]
+                except Exception:  # noqa: BLE001 - keep the list we had
+                    pass
+                turn = 0 if subscribed else turn + 1
             log.warning("fan-out subscription lost (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -170,7 +194,8 @@ async def subscribe_forever(redis: Redis, keys: Keys, registry: Registry, ready:
             if conn is not None:
                 try:  # the connection is in subscribed state: never hand it back usable
                     await conn.disconnect()
-                    await pool.release(conn)
+                    if not own:
+                        await pool.release(conn)
                 except Exception:  # noqa: BLE001
                     pass
 
@@ -205,9 +230,16 @@ def setup_fanout(app: Sanic) -> None:
         # redis-py routes through its push handler); no socket timeout: the read waits for events.
         app.ctx.fanout_redis = Redis.from_url(settings.redis_url, decode_responses=True,
                                               client_name=subscriber_name(settings.redis_prefix),
-                                              retry=Retry(NoBackoff(), 0), protocol=2, socket_timeout=None)
+                                              retry=Retry(NoBackoff(), 0), protocol=2, socket_timeout=None,
+                                              # a cluster moves on to the next node when one does not answer
+                                              socket_connect_timeout=settings.redis_connect_timeout_s
+                                              if settings.redis_cluster else None)
+        alternates = None
+        if settings.redis_cluster:  # a plain connection all the same: see subscribe_forever
+            cluster = app.ctx.redis
+            alternates = lambda: [(n.host, int(n.port)) for n in cluster.get_nodes()]  # noqa: E731
         app.ctx.fanout_task = asyncio.create_task(
-            subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, app.ctx.registry, ready))
+            subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, app.ctx.registry, ready, alternates))
         app.ctx.heartbeat_task = asyncio.create_task(heartbeat_forever(app.ctx.registry, settings.ws_heartbeat_s))
         try:  # serve only once subscribed, so a message sent right after start-up is not missed
             await asyncio.wait_for(ready.wait(), 5.0)
