@@ -11,6 +11,13 @@ Isolation inside the session: the `isolated` fixture gives a test (or, overridin
 `settings`/`keys` in a module, a whole module) a Redis prefix of its own under the
 session's, so jobs one test enqueues never reach another test's worker.
 
+Engines: a module marked `pytest.mark.redis_engines` runs each test that uses Redis (through
+settings, keys, redis, server, own_server, api, isolated, feed...) on single-node Redis and on a
+real 3-master Redis Cluster, ids `test_x[single]` / `test_x[cluster]`; `redis_engines("cluster")`
+picks engines. The fixture `redis_engine` (module scope) is the tests.env.Engine in use; the
+cluster (tests/cluster.py) is started lazily the first time a test needs it, once per session,
+unless TEST_REDIS_CLUSTER_URL names one. Tests on the cluster are `e2e` (it is a process).
+
 Timeouts: pytest-timeout's signal method (pyproject) fails a hung test and lets its
 fixtures tear down; a SIGALRM that lands in a background asyncio task can be swallowed,
 so a backstop thread dumps the stacks and ends the run TIMEOUT_BACKSTOP_S later, after
@@ -36,8 +43,9 @@ from redis.asyncio import Redis
 from app.store.keys import Keys
 from app.settings import Settings
 from tests import markers
-from tests.env import (ADMIN_DB_URL, MEDIA_ROOT, REDIS_PREFIX, REDIS_URL, REPO_MEDIA, RUN_ID, TEST_DB_NAME,
-                       TEST_DB_URL, TEST_ENV, Isolated, isolated_env)
+from tests import cluster as cluster_nodes
+from tests.env import (ADMIN_DB_URL, ENGINES, MEDIA_ROOT, REDIS_PREFIX, REDIS_URL, REPO_MEDIA, RUN_ID, TEST_DB_NAME,
+                       TEST_DB_URL, Engine, Isolated, engine)
 from tests.support import OwnServers, ServerProc, stop_all
 
 # How long after pytest-timeout's signal the backstop ends the run (tests/test_support.py shortens it).
@@ -54,6 +62,8 @@ _media_before: set[str] = set()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "redis_engines(*names): run the module's Redis tests on each engine "
+                            "(default: single and cluster, a real 3-master Redis Cluster); see redis_engine")
     os.environ.setdefault("CHAT_TEST_RUN", RUN_ID)
     # Anything that loads Settings from the environment (a `python -m bench` run, a stray
     # Settings.load()) gets the session's prefix, namespace and media root too.
@@ -93,11 +103,74 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("e2e"):
             continue
+        callspec = getattr(item, "callspec", None)
+        if markers.engine_reason(callspec.params if callspec else {}, getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+            continue
         path = Path(str(item.fspath))
         if path not in sources:
             sources[path] = path.read_text(errors="replace") if path.is_file() else ""
         if markers.e2e_reason(path, getattr(item, "fixturenames", ()), sources[path], fixtures):
             item.add_marker(pytest.mark.e2e)
+
+
+# -- Redis engines ---------------------------------------------------------------------------
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`redis_engines` modules: every test that uses Redis runs once per engine (module-scoped,
+    so a module's own servers start once per engine and pytest groups the tests by engine)."""
+    mark = metafunc.definition.get_closest_marker("redis_engines")
+    if mark is None or "redis_engine" not in metafunc.fixturenames:
+        return
+    names = list(mark.args) or list(ENGINES)
+    unknown = set(names) - set(ENGINES)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: redis_engines{tuple(unknown)}: not one of {ENGINES}")
+    metafunc.parametrize("redis_engine", names, indirect=True, scope="module", ids=names)
+
+
+class _Engines:
+    """The session's engines: the cluster is started on first use (or is TEST_REDIS_CLUSTER_URL's)."""
+
+    def __init__(self) -> None:
+        self.nodes: cluster_nodes.RedisClusterNodes | None = None
+        self.cluster_url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
+
+    def get(self, name: str) -> Engine:
+        if name == "cluster" and not self.cluster_url:
+            self.nodes = cluster_nodes.RedisClusterNodes(RUN_ID).start()
+            self.cluster_url = self.nodes.url
+            # Tests that read the variable (tests/app/store/test_keys_cluster.py) find this one.
+            os.environ["TEST_REDIS_CLUSTER_URL"] = self.cluster_url
+        return engine(name, self.cluster_url if name == "cluster" else None)
+
+    def close(self) -> None:
+        if self.cluster_url:
+            _clear_cluster_prefix(self.cluster_url)
+        if self.nodes is not None:
+            self.nodes.stop()
+            self.nodes = None
+
+
+@pytest.fixture(scope="session")
+def redis_engines() -> Iterator[_Engines]:
+    engines = _Engines()
+    try:
+        yield engines
+    finally:
+        engines.close()
+
+
+@pytest.fixture(scope="module")
+def redis_engine(request: pytest.FixtureRequest, redis_engines: _Engines) -> Engine:
+    """The Redis engine of this test: `single` unless its module is marked `redis_engines`."""
+    return redis_engines.get(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_engines: _Engines) -> str:
+    """One node of the session's Redis Cluster (TEST_REDIS_CLUSTER_URL's, or started now)."""
+    return redis_engines.get("cluster").redis_url
 
 
 # -- timeouts ------------------------------------------------------------------------------
@@ -170,6 +243,14 @@ def _clear_redis_prefix() -> None:
     client.close()
 
 
+def _clear_cluster_prefix(url: str) -> None:
+    """The session's keys on every primary of the cluster (an external one outlives the session)."""
+    try:
+        cluster_nodes.clear_prefix(url, REDIS_PREFIX)
+    except redis_sync.RedisError as exc:
+        print(f"could not clear {REDIS_PREFIX}* on the Redis Cluster at {url}: {exc}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def test_services() -> Iterator[None]:
     """Create the session's database and check Redis; tear both down at the end."""
@@ -183,38 +264,57 @@ def test_services() -> Iterator[None]:
     _clear_redis_prefix()
 
 
-@pytest.fixture(scope="session")
-def settings() -> Settings:
-    return Settings.load(env=TEST_ENV, env_file=None)
-
-
-@pytest.fixture(scope="session")
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.redis_prefix)
-
-
-@pytest.fixture
-def isolated() -> Isolated:
-    """This test's own Redis prefix and Dramatiq namespace (workers started with `.env` use it)."""
-    return isolated_env()
-
-
-@pytest.fixture(scope="session")
-def server() -> Iterator[ServerProc]:
-    """One real server process for the session, on a free loopback port."""
-    with ServerProc(TEST_ENV, name=f"server-{RUN_ID}") as proc:
-        yield proc
+@pytest.fixture(scope="module")
+def settings(redis_engine: Engine) -> Settings:
+    """The in-process settings of the test's engine (TEST_ENV on single-node Redis)."""
+    return redis_engine.settings
 
 
 @pytest.fixture(scope="module")
-def own_server(request: pytest.FixtureRequest) -> Iterator[OwnServers]:
+def keys(redis_engine: Engine) -> Keys:
+    return redis_engine.keys
+
+
+@pytest.fixture
+def isolated(redis_engine: Engine) -> Isolated:
+    """This test's own Redis prefix and Dramatiq namespace (workers started with `.env` use it)."""
+    return redis_engine.isolated()
+
+
+@pytest.fixture(scope="session")
+def session_servers() -> Iterator[dict[str, ServerProc]]:
+    """The session's server per engine (started by `server`), stopped before the engines' teardown."""
+    servers: dict[str, ServerProc] = {}
+    try:
+        yield servers
+    finally:
+        for proc in servers.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(redis_engine: Engine, session_servers: dict[str, ServerProc]) -> ServerProc:
+    """One real server process per engine for the session, on a free loopback port."""
+    if redis_engine.name not in session_servers:
+        name = f"server-{RUN_ID}" if redis_engine.name == "single" else f"server-{redis_engine.name}-{RUN_ID}"
+        proc = ServerProc(redis_engine.env, name=name)
+        session_servers[redis_engine.name] = proc  # stopped at the session's end even if not ready
+        proc.wait_ready()
+    return session_servers[redis_engine.name]
+
+
+@pytest.fixture(scope="module")
+def own_server(request: pytest.FixtureRequest, redis_engine: Engine) -> Iterator[OwnServers]:
     """Servers of a test's (or a module fixture's) own: `own_server(env=..., workers=..., **ENV)`.
 
-    Returns a ready ServerProc on TEST_ENV overlaid with `env` and the keyword variables;
-    every one is stopped when the module ends (`with own_server(...) as proc:` stops it at the
-    end of the block). Module scope, so module-scoped fixtures can use it too.
+    Returns a ready ServerProc on the engine's env (TEST_ENV on single-node Redis) overlaid with
+    `env` and the keyword variables; every one is stopped when the module ends (`with
+    own_server(...) as proc:` stops it at the end of the block). Module scope, so module-scoped
+    fixtures can use it too.
     """
-    servers = OwnServers(TEST_ENV, tag=f"{request.module.__name__.rsplit('.', 1)[-1]}-{RUN_ID}")
+    module = request.module.__name__.rsplit('.', 1)[-1]
+    tag = f"{module}-{RUN_ID}" if redis_engine.name == "single" else f"{module}-{redis_engine.name}-{RUN_ID}"
+    servers = OwnServers(redis_engine.env, tag=tag)
     try:
         yield servers
     finally:
@@ -239,13 +339,28 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def feed(redis: Redis, keys: Keys) -> AsyncIterator[Any]:
-    """A subscription to the events channel: what every server process's fan-out receives."""
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+async def redis_node(settings: Settings) -> AsyncIterator[Redis]:
+    """A plain client of REDIS_URL: the Redis itself, or on a cluster the one node it names
+    (where the fan-out's subscription connects; CLIENT LIST/KILL there see it)."""
+    client = Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def feed(settings: Settings, keys: Keys) -> AsyncIterator[Any]:
+    """A subscription to the events channel: what every server process's fan-out receives.
+
+    One plain connection to REDIS_URL, as the fan-out holds: on a cluster that is one node,
+    which gets every (unsharded) PUBLISH of every node.
+    """
+    client = Redis.from_url(settings.redis_url, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.events_channel())
     await pubsub.get_message(timeout=5)
     yield pubsub
     await pubsub.aclose()
+    await client.aclose()
 
 
 @pytest.fixture

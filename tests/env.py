@@ -8,6 +8,13 @@ creates the database and removes the prefix, the database and MEDIA_ROOT at the 
 `isolated_env` gives a test (or a module) a Redis prefix of its own under the session's,
 hence its own Dramatiq namespace (app.store.keys.Keys.dramatiq_namespace), so jobs one test
 enqueues never reach another test's worker.
+
+Engines: the real-time, worker and history tests run on single-node Redis and on a 3-master
+Redis Cluster (`pytestmark = pytest.mark.redis_engines`, tests/conftest.py). An `Engine` is
+what differs between the two: the env of the processes a test starts (REDIS_URL one node,
+REDIS_CLUSTER, BROKER_URL the plain Redis: Dramatiq's broker is not cluster-safe) and the
+in-process settings and keys. The cluster engine has a prefix of its own under the session's
+(`<REDIS_PREFIX>.cluster`), so its Dramatiq namespace on the shared broker Redis is its own.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import dataclasses
 import os
 import tempfile
 import uuid
+from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from app.settings import Settings
@@ -71,9 +79,63 @@ class Isolated:
     keys: Keys
 
 
-def isolated_env(tag: str = "") -> Isolated:
-    """A fresh sub-prefix `<REDIS_PREFIX>.<tag><random>`; cleared with the session's keys."""
-    prefix = f"{REDIS_PREFIX}.{tag}{uuid.uuid4().hex[:8]}"
-    env = {**TEST_ENV, "REDIS_PREFIX": prefix}
+def isolated_env(tag: str = "", base: Mapping[str, str] | None = None) -> Isolated:
+    """A fresh sub-prefix `<prefix of base>.<tag><random>` on `base`'s engine (default TEST_ENV);
+    cleared with the session's keys."""
+    base = TEST_ENV if base is None else base
+    prefix = f"{base['REDIS_PREFIX']}.{tag}{uuid.uuid4().hex[:8]}"
+    env = {**base, "REDIS_PREFIX": prefix}
     settings = Settings.load(env=env, env_file=None)
-    return Isolated(prefix, env, settings, Keys(prefix))
+    return Isolated(prefix, env, settings, Keys.from_settings(settings))
+
+
+ENGINES = ("single", "cluster")
+CLUSTER_PREFIX = f"{REDIS_PREFIX}.cluster"
+
+
+@dataclasses.dataclass
+class Engine:
+    """One Redis engine of the session: `single` (REDIS_URL) or `cluster` (a 3-master cluster)."""
+
+    name: str
+    env: dict[str, str]  # TEST_ENV for this engine: give it to every process a test starts
+    settings: Settings
+    keys: Keys
+
+    @property
+    def cluster(self) -> bool:
+        return self.name == "cluster"
+
+    @property
+    def redis_url(self) -> str:
+        """The plain Redis, or one node of the cluster (a plain connection there gets every PUBLISH)."""
+        return self.env["REDIS_URL"]
+
+    def isolated(self, tag: str = "") -> Isolated:
+        return isolated_env(tag, self.env)
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine(name: str, cluster_url: str | None = None) -> Engine:
+    """The session's engine `name`; the cluster one needs the URL of a node the first time."""
+    if name in _engines:
+        return _engines[name]
+    if name == "single":
+        env = dict(TEST_ENV)
+    elif name == "cluster":
+        if cluster_url is None:
+            raise RuntimeError("the cluster engine is not started (tests/conftest.py's redis_engine starts it)")
+        env = {**TEST_ENV, "REDIS_URL": cluster_url, "REDIS_CLUSTER": "true", "BROKER_URL": REDIS_URL,
+               "REDIS_PREFIX": CLUSTER_PREFIX}
+    else:
+        raise ValueError(f"unknown Redis engine {name!r} (one of {ENGINES})")
+    settings = Settings.load(env=env, env_file=None)
+    _engines[name] = Engine(name, env, settings, Keys.from_settings(settings))
+    return _engines[name]
+
+
+def engine_of(keys: Keys) -> Engine:
+    """The engine whose key layout `keys` has (helpers given only keys build settings from it)."""
+    return engine("cluster" if keys.cluster else "single")

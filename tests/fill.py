@@ -30,7 +30,7 @@ from app.serialize import iso
 from app.settings import Settings
 from models.room import Membership, Role, Room
 from models.user import User
-from tests.env import TEST_ENV
+from tests.env import TEST_ENV, engine_of
 from tests.support import Proc, worker_argv
 
 # Concurrent sends per round: the accept batcher pipelines them into few round trips.
@@ -56,7 +56,7 @@ def message(room_id: str, seq: int, sender_id: str | None, created_at: datetime 
 
 
 def _settings_for(keys: Keys, settings: Settings | None, trigger: bool) -> Settings:
-    base = settings or Settings.load(env=TEST_ENV, env_file=None)
+    base = settings or engine_of(keys).settings  # the engine (single/cluster) the keys are laid out for
     s = base.replace(redis_prefix=keys.prefix)
     return s if trigger else s.replace(flush_backlog_threshold=NO_TRIGGER)
 

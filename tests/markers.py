@@ -8,7 +8,9 @@ Chromium, the launcher, the bench, a CLI) or uses one the session started, so th
 - it uses a process fixture: a fixture whose body starts a process (PROCESS_CALLS) or that
   depends on such a fixture, found by reading every fixture under tests/ (so a new server
   fixture needs no list to be kept up to date), pytest's own closure giving the indirect uses;
-- its module's source starts processes itself (PROCESS_CALLS anywhere in the module).
+- its module's source starts processes itself (PROCESS_CALLS anywhere in the module);
+- it runs on the Redis Cluster engine (`redis_engine` param "cluster": the cluster's nodes are
+  processes the session starts; see `engine_reason`).
 
 tests/test_markers.py checks the rule against the run's own items.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 # Every test under these directories (of tests/) starts or talks to processes of its own.
 E2E_DIRS = frozenset({"e2e", "faults", "browser", "bench", "fuzz"})
@@ -77,6 +79,17 @@ def process_fixtures(files: Iterable[Path] | None = None) -> dict[str, str]:
                 found[name] = where
                 grew = True
     return found
+
+
+def engine_reason(params: Mapping[str, object], fixturenames: Iterable[str] = ()) -> str | None:
+    """Why a test is e2e by its Redis engine: it runs on the session's Redis Cluster (redis-server
+    processes tests/conftest.py starts on first use), as `redis_engine[cluster]` or through
+    `redis_cluster_url`."""
+    if params.get("redis_engine") == "cluster":
+        return "runs on the Redis Cluster engine (redis-server processes)"
+    if "redis_cluster_url" in fixturenames:
+        return "uses the Redis Cluster (redis_cluster_url: redis-server processes)"
+    return None
 
 
 def e2e_reason(path: Path, fixturenames: Iterable[str], module_source: str,
