@@ -19,6 +19,8 @@ from tests.fill import FlushGate, flush_upto
 from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS
 
+pytestmark = pytest.mark.redis_engines  # single-node Redis and a Redis Cluster (tests/conftest.py)
+
 
 def post(api: httpx.Client, user: TestUser, room_id: str, body: str, **extra: Any) -> httpx.Response:
     return api.post(f"/rooms/{room_id}/messages", json={"body": body, **extra}, headers=user.headers)
@@ -50,6 +52,7 @@ def test_http_send_and_read_back(api: httpx.Client) -> None:
     assert seqs(api, bob, room["id"]) == ([1], False)
 
 
+@pytest.mark.redis_engines("single")  # request validation: no Redis in it
 @pytest.mark.parametrize("payload,status,code", [
     ({"body": ""}, 422, "validation_failed"),
     ({"body": "x" * 4001}, 422, "validation_failed"),

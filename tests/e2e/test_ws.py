@@ -14,6 +14,8 @@ from tests.factories import TestUser, make_room, make_user
 from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS, RawWS
 
+pytestmark = pytest.mark.redis_engines  # single-node Redis and a Redis Cluster (tests/conftest.py)
+
 
 @pytest.fixture
 def alice(api: httpx.Client) -> TestUser:
@@ -38,12 +40,14 @@ async def test_hello_lists_rooms_with_last_seq(server: ServerProc, api: httpx.Cl
     await ws.close()
 
 
+@pytest.mark.redis_engines("single")  # the handshake's auth and origin checks: no Redis in them
 async def test_token_in_authorization_header_and_allowed_origin(server: ServerProc, alice: TestUser) -> None:
     ws = await WS.open(server.ws_url, additional_headers={  # WS.open checks the hello
         "Authorization": f"Bearer {alice.access_token}", "Origin": "http://localhost:8000"})
     await ws.close()
 
 
+@pytest.mark.redis_engines("single")  # the origin check: no Redis in it
 async def test_a_page_from_the_server_itself_may_connect(server: ServerProc, alice: TestUser) -> None:
     # Same origin (scheme://host:port the client connected to) is not cross-site: allowed
     # even when it is not in WS_ALLOWED_ORIGINS; the same host on another port is not.
@@ -54,6 +58,7 @@ async def test_a_page_from_the_server_itself_may_connect(server: ServerProc, ali
     assert info.value.response.status_code == 403
 
 
+@pytest.mark.redis_engines("single")  # refused before the upgrade: no Redis in it
 @pytest.mark.parametrize("query,headers,status", [
     ("", {}, 401),
     ("?token=garbage", {}, 401),
@@ -68,6 +73,7 @@ async def test_refused_before_the_upgrade(server: ServerProc, alice: TestUser, q
     assert json.loads(info.value.response.body)["error"]["code"] in ("invalid_token", "forbidden")
 
 
+@pytest.mark.redis_engines("single")  # token checks: no Redis in them
 async def test_refresh_token_is_not_an_access_token(server: ServerProc, alice: TestUser) -> None:
     with pytest.raises(InvalidStatus) as info:
         await WS.open(server.ws_url, alice.refresh_token)
@@ -233,6 +239,7 @@ async def test_every_bad_frame_gets_an_error_and_the_connection_stays_open(
     await a.close()
 
 
+@pytest.mark.redis_engines("single")  # a frame-size limit: no Redis in it
 async def test_oversized_frame_closes_with_1009(server: ServerProc, alice: TestUser) -> None:
     a = await WS.open(server.ws_url, alice.access_token)
     await a.send("x" * (64 * 1024 + 1))
@@ -253,6 +260,7 @@ def strict(own_server: OwnServers) -> ServerProc:
     return own_server(name="strict", RATE_MESSAGES="3", RATE_MESSAGES_WINDOW_S="60", RATE_LIMIT_STRIKES="2")
 
 
+@pytest.mark.redis_engines("single")  # a token expiry timer: no Redis in it
 async def test_expired_token_closes_with_4401(short_tokens: ServerProc) -> None:
     with httpx.Client(base_url=short_tokens.base_url, timeout=10) as api:
         user = make_user(api)
@@ -289,6 +297,7 @@ async def test_flooding_after_rate_limit_errors_closes_with_4429(strict: ServerP
         assert [m["seq"] for m in history["items"]] == [1, 2, 3]
 
 
+@pytest.mark.redis_engines("single")  # the heartbeat: no Redis in it
 async def test_a_client_that_stops_answering_pings_is_closed(server: ServerProc, alice: TestUser) -> None:
     """A client that completes the handshake and then never answers a ping."""
     ws = await RawWS.open(server.ws_url, alice.access_token, answer_pings=False)

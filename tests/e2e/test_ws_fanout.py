@@ -1,4 +1,7 @@
-"""Fan-out across real server processes: ordering under concurrency, retries, kicks, several workers."""
+"""Fan-out across real server processes: ordering under concurrency, retries, kicks, several workers.
+
+On single-node Redis and on a Redis Cluster (`redis_engines`, tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,13 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from app.settings import Settings
 from tests.env import TEST_ENV
 from tests.factories import make_room, make_user
 from tests.support import OwnServers, ServerProc
 from tests.wsclient import WS
+
+pytestmark = pytest.mark.redis_engines
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,7 @@ def two_workers(own_server: OwnServers) -> ServerProc:
     return own_server(workers=2, name="workers2")
 
 
+@pytest.mark.redis_engines("single")  # Sanic's workers on one port; cross-process fan-out on the cluster: `second`
 async def test_workers_2_serves_one_port_with_cross_process_fanout(two_workers: ServerProc) -> None:
     with httpx.Client(base_url=two_workers.base_url, timeout=10) as api:
         alice, bob = make_user(api), make_user(api)
@@ -147,6 +154,7 @@ def tiny_outbox(own_server: OwnServers) -> ServerProc:
     return own_server(name="outbox", WS_OUTBOX_FRAMES="20")
 
 
+@pytest.mark.redis_engines("single")  # a process-local outbox: no Redis in it
 async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(tiny_outbox: ServerProc) -> None:
     with httpx.Client(base_url=tiny_outbox.base_url, timeout=10) as api:
         alice, bob, carol = make_user(api), make_user(api), make_user(api)
@@ -186,15 +194,16 @@ async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(ti
 
 
 @pytest.fixture(scope="module")
-def own_prefix_server(own_server: OwnServers) -> ServerProc:
+def own_prefix_server(own_server: OwnServers, settings: Settings) -> ServerProc:
     """A server with a Redis prefix of its own, so its subscriber can be told from the others."""
-    return own_server(name="fanout", REDIS_PREFIX=f"{TEST_ENV['REDIS_PREFIX']}-fo")
+    return own_server(name="fanout", REDIS_PREFIX=f"{settings.redis_prefix}-fo")
 
 
 async def test_fanout_resubscribes_after_losing_its_redis_connection(own_prefix_server: ServerProc,
-                                                                     redis: Any) -> None:
+                                                                     redis_node: Any, settings: Settings) -> None:
     srv = own_prefix_server
-    name = f"{TEST_ENV['REDIS_PREFIX']}-fo:fanout:"
+    redis = redis_node  # the fan-out's subscription is a plain connection to REDIS_URL (one node)
+    name = f"{settings.redis_prefix}-fo:fanout:"
 
     async def subscriber_ids() -> set[str]:
         return {c["id"] for c in await redis.client_list() if c.get("name", "").startswith(name)}
@@ -255,13 +264,14 @@ async def test_a_member_added_over_http_starts_receiving_on_the_other_process(
 
 
 async def test_a_subscription_gap_tells_every_client_to_resync_and_rereads_rooms(
-        own_prefix_server: ServerProc, redis: Any) -> None:
+        own_prefix_server: ServerProc, redis_node: Any, settings: Settings) -> None:
     """Kill only this server's own subscription connection (found by its client name), never
     anyone else's: its clients get resync, and a kick whose event the gap swallowed is repaired."""
     import asyncpg
 
     srv = own_prefix_server
-    name = f"{TEST_ENV['REDIS_PREFIX']}-fo:fanout:"
+    redis = redis_node  # the fan-out's subscription is a plain connection to REDIS_URL (one node)
+    name = f"{settings.redis_prefix}-fo:fanout:"
     with httpx.Client(base_url=srv.base_url, timeout=10) as api:
         alice, bob = make_user(api), make_user(api)
         room = make_room(api, alice, member_ids=[bob.id])

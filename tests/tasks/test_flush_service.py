@@ -1,4 +1,8 @@
-"""The flush service in-process against the real PostgreSQL and Redis (app/flush/__init__.py)."""
+"""The flush service in-process against the real PostgreSQL and Redis (app/flush/__init__.py).
+
+On single-node Redis and on a Redis Cluster (`redis_engines`, tests/conftest.py): a room's
+pending flag is `keys.pending_set(room)`, the global set on one node, the slot's set on a cluster.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,15 @@ import asyncio
 import uuid
 from datetime import datetime
 
+import pytest
+
 from app.flush import _write, flush_all_pending, flush_room
 from app.serialize import dumps
 from models.room import Room
 from models.user import User
 from tests.fill import make_room, message, push
+
+pytestmark = pytest.mark.redis_engines
 
 
 async def _db_seqs(pool, room_id: str) -> list[int]:
@@ -36,7 +44,7 @@ async def test_flush_writes_every_message_once_then_keeps_only_the_tail(settings
     ids = [e[0] for e in await redis.xrange(keys.room_log(room))]
     assert ids == [f"{seq}-0" for seq in range(1035, 1235)]
     assert int(await redis.get(keys.room_flushed(room))) == 1234
-    assert not await redis.sismember(keys.pending_rooms(), room)
+    assert not await redis.sismember(keys.pending_set(room), room)
 
 
 async def test_new_messages_after_a_flush_are_flushed_by_the_next(settings, keys, redis, pool):
@@ -45,7 +53,7 @@ async def test_new_messages_after_a_flush_are_flushed_by_the_next(settings, keys
     await push(redis, keys, room, sender, 50)
     await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
     await push(redis, keys, room, sender, 30)
-    assert await redis.sismember(keys.pending_rooms(), room)
+    assert await redis.sismember(keys.pending_set(room), room)
 
     res = await flush_room(room, redis=redis, keys=keys, settings=s, pool=pool)
 
@@ -109,7 +117,7 @@ async def test_concurrent_flushes_of_one_room_lose_and_double_nothing(settings, 
     assert any(r.busy for r in flushes)  # the lease turned the others away quietly
     assert await _db_seqs(pool, room) == list(range(1, 6001))
     assert [e[0] for e in await redis.xrange(keys.room_log(room))] == [f"{q}-0" for q in range(5951, 6001)]
-    assert not await redis.sismember(keys.pending_rooms(), room)
+    assert not await redis.sismember(keys.pending_set(room), room)
 
 
 async def test_a_room_deleted_meanwhile_does_not_break_the_flush(settings, keys, redis, pool):
@@ -121,7 +129,7 @@ async def test_a_room_deleted_meanwhile_does_not_break_the_flush(settings, keys,
 
     assert res.flushed == 40 and res.drained
     assert await _db_seqs(pool, room) == []
-    assert not await redis.sismember(keys.pending_rooms(), room)
+    assert not await redis.sismember(keys.pending_set(room), room)
 
 
 async def test_a_deleted_sender_is_stored_as_null(settings, keys, redis, pool):
@@ -153,14 +161,15 @@ async def test_an_unreadable_entry_is_skipped_not_blocking_the_room(settings, ke
 
 async def test_pending_entries_without_messages_or_with_bad_ids_are_dropped(settings, keys, redis, pool):
     _sender, room = await make_room()
-    await redis.sadd(keys.pending_rooms(), room, "not-a-uuid")
+    for rid in (room, "not-a-uuid"):
+        await redis.sadd(keys.pending_set(rid), rid)
 
     for rid in (room, "not-a-uuid"):
         res = await flush_room(rid, redis=redis, keys=keys, settings=settings, pool=pool)
         assert res.rows == 0 and res.drained
 
-    assert await redis.sismember(keys.pending_rooms(), room) == 0
-    assert await redis.sismember(keys.pending_rooms(), "not-a-uuid") == 0
+    assert await redis.sismember(keys.pending_set(room), room) == 0
+    assert await redis.sismember(keys.pending_set("not-a-uuid"), "not-a-uuid") == 0
 
 
 async def test_a_flush_clears_the_backlog_trigger_flag(settings, keys, redis, pool):
@@ -195,6 +204,7 @@ def _records(room: str, sender: str | None, seqs: range, file_id: str | None = N
     return [(str(uuid.uuid4()), room, q, sender, "text", f"m{q}", file_id, None, now) for q in seqs]
 
 
+@pytest.mark.redis_engines("single")  # PostgreSQL only: nothing of Redis to vary
 async def test_references_are_kept_valid_with_or_without_the_fk_triggers(pool):
     for skip in (True, False):
         sender, room = await make_room()

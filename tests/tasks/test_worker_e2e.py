@@ -1,7 +1,8 @@
 """End to end: live sends over HTTP, the real worker flushing, history read through the API meanwhile.
 
 Server and worker share a Redis prefix of their own (so their own Dramatiq namespace): the
-worker runs only the flushes this test asks for.
+worker runs only the flushes this test asks for. On single-node Redis and on a Redis Cluster
+(`redis_engines`, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,30 +16,33 @@ import pytest
 from app.jobs import enqueue_flush_room
 from app.store.keys import Keys
 from app.settings import Settings
-from tests.env import Isolated, isolated_env
+from tests.env import Engine, Isolated
 from tests.factories import make_room as api_room
 from tests.factories import make_user
 from tests.fill import start_worker, wait_for, wait_worker_ready
 from tests.support import OwnServers, ServerProc
 
-pytestmark = pytest.mark.e2e
-
-ISO: Isolated = isolated_env("e2e")
+pytestmark = [pytest.mark.e2e, pytest.mark.redis_engines]
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    return ISO.settings
+def iso(redis_engine: Engine) -> Isolated:
+    return redis_engine.isolated("e2e")
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
-    return ISO.keys
+def settings(iso: Isolated) -> Settings:
+    return iso.settings
 
 
 @pytest.fixture(scope="module")
-def server(own_server: OwnServers) -> ServerProc:
-    return own_server(ISO.env, name="server-e2e")
+def keys(iso: Isolated) -> Keys:
+    return iso.keys
+
+
+@pytest.fixture(scope="module")
+def server(own_server: OwnServers, iso: Isolated) -> ServerProc:
+    return own_server(iso.env, name="server-e2e")
 
 
 async def _walk(client: httpx.AsyncClient, room: str, headers: dict) -> list[dict]:
@@ -54,11 +58,12 @@ async def _walk(client: httpx.AsyncClient, room: str, headers: dict) -> list[dic
             return items
 
 
-async def test_history_stays_gap_free_while_the_worker_flushes_live_sends(settings, keys, redis, pool, server, api):
+async def test_history_stays_gap_free_while_the_worker_flushes_live_sends(iso, settings, keys, redis, pool, server,
+                                                                          api):
     owner = make_user(api)
     room = api_room(api, owner)["id"]
     total = 1200
-    worker = start_worker("worker-e2e", ISO.env, FLUSH_BATCH_SIZE="50")
+    worker = start_worker("worker-e2e", iso.env, FLUSH_BATCH_SIZE="50")
     walks = 0
     overlapped = 0  # walks during which the worker committed and trimmed part of the room
     try:
