@@ -1,0 +1,94 @@
+"""The accept script on a real Redis Cluster through the cluster batcher (app/store/cache.py).
+
+Needs TEST_REDIS_CLUSTER_URL (any one node; tests/cluster.py's harness sets it), else skips.
+Rooms are spread over all three masters; the scripts are flushed from every primary first, so
+the NOSCRIPT reload runs too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any, AsyncIterator
+
+import pytest
+from redis.exceptions import ResponseError
+
+from app.realtime import events
+from app.store import cache, member_sets, pending
+from app.store.client import connect_redis
+from app.store.keys import Keys
+
+
+
+def cluster_url() -> str:
+    """Read when a test runs, not at import: the harness sets it once it started its cluster."""
+    url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
+    if not url:
+        pytest.skip("TEST_REDIS_CLUSTER_URL is not set (no Redis Cluster)")
+    return url
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[Any, Keys, cache.Batcher]]:
+    redis = await connect_redis(cluster_url(), cluster=True).initialize()  # before concurrent calls
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}", cluster=True)
+    batcher = cache.make_batcher(redis)
+    assert isinstance(batcher, cache.ClusterBatcher)
+    try:
+        yield redis, keys, batcher
+    finally:
+        await batcher.close()
+        async for key in redis.scan_iter(match=f"{keys.prefix}*", count=1000):
+            await redis.unlink(key)
+        await redis.aclose()
+
+
+async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str = "u1",
+                 rate_limit: int = 0) -> cache.AcceptResult:
+    policy = cache.AcceptPolicy(rate_limit=rate_limit, rate_window_ms=60_000, idempotency_ttl_s=60,
+                                backlog_threshold=1000, flush_queued_ttl_s=30)
+    return await cache.accept(
+        batcher, keys, policy, room_id=room_id, sender_id=sender, client_id=None,
+        before_seq='{"id":"x","seq":', after_seq=',"body":"b"}', event=events.message_payload_parts(room_id, "c1"),
+        rate_limited=True)
+
+
+async def rooms_on_every_node(redis: Any, keys: Keys, n: int) -> list[str]:
+    rooms = [str(uuid.uuid4()) for _ in range(n)]
+    assert len({redis.get_node_from_key(keys.room_seq(r)).name for r in rooms}) == 3
+    for r in rooms:
+        await member_sets.room_created(redis, keys, r, ["u1"])
+        await cache.seed_seq(redis, keys, r, 0)
+    return rooms
+
+
+async def test_concurrent_sends_over_every_node_get_gap_free_seqs_and_mark_rooms_pending(cluster) -> None:
+    redis, keys, batcher = cluster
+    rooms = await rooms_on_every_node(redis, keys, 30)
+    await redis.script_flush()  # on every primary (redis-py routes it so): each answers NOSCRIPT first
+    results = await asyncio.gather(*(accept(batcher, keys, r) for r in rooms for _ in range(5)))
+    assert {res.code for res in results} == {cache.OK}
+    for r in rooms:
+        assert [int(e[0].split("-")[0]) for e in await redis.xrange(keys.room_log(r))] == [1, 2, 3, 4, 5]
+    assert await pending.pending_rooms(redis, keys) == set(rooms)
+
+
+async def test_one_error_reply_fails_only_its_own_send(cluster) -> None:
+    redis, keys, batcher = cluster
+    rooms = await rooms_on_every_node(redis, keys, 12)
+    broken = rooms[0]
+    await redis.set(keys.room_log(broken), "not a stream")  # XADD answers WRONGTYPE
+    results = await asyncio.gather(*(accept(batcher, keys, r) for r in rooms), return_exceptions=True)
+    assert isinstance(results[0], ResponseError)
+    assert all(isinstance(res, cache.AcceptResult) and res.code == cache.OK for res in results[1:])
+
+
+async def test_message_rate_limit_counts_per_room_on_a_cluster(cluster) -> None:
+    """The one documented difference (README, docs/api.md): RATE_MESSAGES per user and room."""
+    redis, keys, batcher = cluster
+    a, b = (await rooms_on_every_node(redis, keys, 6))[:2]
+    assert [(await accept(batcher, keys, a, rate_limit=2)).code for _ in range(3)] == \
+        [cache.OK, cache.OK, cache.RATE_LIMITED]
+    assert (await accept(batcher, keys, b, rate_limit=2)).code == cache.OK
