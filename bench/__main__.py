@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
                    help="cached messages to flush (the issue's figure uses 1,000,000)")
     g.add_argument("--flush-rooms", type=int, default=100)
     g.add_argument("--flush-concurrency", type=int, default=4, help="rooms flushed at once")
+    g.add_argument("--copy-ceiling-rows", type=int, default=1_000_000,
+                   help="rows of the one COPY the flush is compared with (0: skip)")
     g = p.add_argument_group("history")
     g.add_argument("--history-messages", type=int, default=10_000, help="messages in the read room")
     g.add_argument("--history-prefill-rate", type=float, default=5000)
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"finished in {time.monotonic() - started:.0f}s; results {path}, summary {summary}")
     text = report.summary_markdown(report.load_latest(opts.out))
     start = text.index("## Targets")
-    end = text.find("\n## ", start + 1)
+    end = text.find("\n## ", text.index("## Targets, round two"))
     print("\n" + text[start:end if end > 0 else None])
     return 0 if len(ok) == len(results) else 1
 

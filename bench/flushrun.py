@@ -154,6 +154,32 @@ async def worker_one(res: Any, room_id: str, sender_id: str, pad: str) -> None:
     await accept_message(res, room_id=room_id, sender_id=sender_id, body=f"0 {pad}", rate_limit=False)
 
 
+async def copy_ceiling(pool: Any, room_id: str, sender_id: str, rows: int, body_bytes: int,
+                       workdir: Path) -> dict[str, Any]:
+    """One COPY of `rows` rows into `messages` on the same database: the flush's ceiling here.
+
+    The rows are made by PostgreSQL and written to a binary COPY file first (not timed), so the
+    timed part is the COPY alone, with no Python per row: what a flush could reach at most.
+    Same table, indexes and triggers as the flush's rows (seqs far above the flushed ones)."""
+    path = workdir / "copy-ceiling.bin"
+    cols = "id, room_id, seq, sender_id, kind, body, file_id, client_id, created_at"
+    async with pool.acquire() as conn:
+        await conn.execute(f"CREATE TEMP TABLE ceiling_src AS SELECT {cols} FROM messages LIMIT 0")
+        await conn.execute(
+            f"INSERT INTO ceiling_src ({cols}) SELECT gen_random_uuid(), $1, 1000000000 + g, $2, 'text', "
+            "g || ' ' || repeat('x', $3), NULL, NULL, now() FROM generate_series(1, $4) g",
+            room_id, sender_id, max(1, body_bytes - 8), rows)
+        await conn.copy_from_query(f"SELECT {cols} FROM ceiling_src", output=str(path), format="binary")
+        await conn.execute("DROP TABLE ceiling_src")
+        t = time.perf_counter()
+        await conn.copy_to_table("messages", source=str(path), columns=cols.split(", "), format="binary")
+        elapsed = time.perf_counter() - t
+    size = path.stat().st_size
+    path.unlink(missing_ok=True)
+    return {"rows": rows, "seconds": round(elapsed, 3), "rows_per_s": round(rows / elapsed, 1),
+            "file_mb": round(size / 2**20, 1)}
+
+
 async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     import asyncpg
     from redis.asyncio import Redis
@@ -197,6 +223,13 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
                 gaps = await conn.fetchval(
                     "SELECT count(*) FROM (SELECT room_id FROM messages GROUP BY 1"
                     " HAVING max(seq) <> count(*) OR min(seq) <> 1) g")
+            ceiling = None
+            if int(cfg.get("copy_rows", 0)) > 0:
+                emit("progress", msg=f"[flush] flushed {rows} rows in {elapsed:.1f}s ({rows / elapsed:,.0f}/s); "
+                                     f"the COPY ceiling: one COPY of {int(cfg['copy_rows']):,} rows")
+                ceiling = await copy_ceiling(pool, cfg["rooms"][0], cfg["senders"][0][0], int(cfg["copy_rows"]),
+                                             int(cfg.get("body_bytes", 100)), Path(cfg["workdir"]))
+                emit("progress", msg=f"[flush] COPY ceiling {ceiling['rows_per_s']:,.0f} rows/s")
         finally:
             await pool.close()
         left = await redis.scard(keys.pending_rooms())
@@ -212,6 +245,8 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
             "redis_commands": r1 - r0 - 1, "redis_commands_per_batch": round((r1 - r0 - 1) / max(1, batches), 2),
             "duplicates": dup, "rooms_with_gaps": gaps, "lost": total - rows, "rooms_left_pending": left,
             "passed": rows == total and dup == 0 and gaps == 0 and left == 0,
+            "copy_ceiling": ceiling,
+            "share_of_copy_ceiling": round(rows / elapsed / ceiling["rows_per_s"], 3) if ceiling else None,
         }
     finally:
         await redis.aclose()

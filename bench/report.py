@@ -20,7 +20,7 @@ from bench.procs import ROOT
 RESULTS = ROOT / "bench" / "results"
 ORDER = ("realtime", "direct", "flush", "history", "idle", "bare", "stack", "storm", "reads", "lifecycle_micro",
          "search")
-ALL = ("realtime", "direct", "flush", "history", "idle", "lifecycle_micro")  # `all`; `bare` is the optional yardstick;
+ALL = ("bare", "stack", "storm", "realtime", "direct", "flush", "history", "idle", "lifecycle_micro")  # `all`;
 # reads and search (issue 12) take about a minute each: `make bench-lifecycle`
 
 
@@ -190,6 +190,127 @@ def targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
     return rows
 
 
+def _run_note(latest: dict[str, dict[str, Any]], ours: str, theirs: str) -> str:
+    """'' when both results come from one run, else a warning (ratios need the same run)."""
+    a = latest.get(ours, {}).get("meta", {}).get("run_id")
+    b = latest.get(theirs, {}).get("meta", {}).get("run_id")
+    return "" if a == b else f" (NOT the same run: {ours} {a}, {theirs} {b})"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def targets_round_two(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, str]]:
+    """Issue 14's targets: (figure, target, bare server, this server, ratio, verdict)."""
+    stack = latest.get("stack", {}).get("result")
+    bare = latest.get("bare", {}).get("result")
+    storm = latest.get("storm", {}).get("result")
+    flush = latest.get("flush", {}).get("result")
+    idle = latest.get("idle", {}).get("result")
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    nr = "not run"
+
+    # CPU per message at the highest rate both pass.
+    fig, tgt = "CPU per message, server tree + Redis, at the highest rate both pass", "<= 1.25x"
+    if stack is None or bare is None:
+        rows.append((fig, tgt, "n/a" if bare else f"{nr} (bare)", "n/a" if stack else f"{nr} (stack)", "-", "-"))
+    else:
+        ours = {s["rate"]: s for s in _steps(stack) if s["passed"]}
+        theirs = {s["rate"]: s for s in _steps(bare) if s["passed"]}
+        both = sorted(set(ours) & set(theirs))
+        if not both:
+            rows.append((fig, tgt, f"passed {sorted(theirs) or 'none'}", f"passed {sorted(ours) or 'none'}",
+                         "-", "no rate passed in both"))
+        else:
+            r = both[-1]
+            o, t = ours[r], theirs[r]
+            o_us = o["server_cpu_us_per_msg"] + o["redis_cpu_s_per_1000_msgs"] * 1000
+            t_us = t["server_cpu_us_per_msg"] + t["redis_cpu_s_per_1000_msgs"] * 1000
+            ratio = _ratio(o_us, t_us)
+            rows.append((fig, tgt, f"{_n(t_us)} us at {_n(r)} msgs/s",
+                         f"{_n(o_us)} us ({_n(o['server_cpu_us_per_msg'])} tree + "
+                         f"{_n(o['redis_cpu_s_per_1000_msgs'] * 1000)} Redis) at {_n(r)} msgs/s"
+                         + _run_note(latest, "stack", "bare"),
+                         f"{ratio}x", _missed(ratio, 1.25, False) if ratio is not None else "-"))
+
+    # p99 at 1,000 msgs/s, whole stack on one core.
+    fig, tgt = "p99 delivery at 1,000 msgs/s, whole stack on one core", "<= 3x and <= 10 ms"
+    o = next((s for s in _steps(stack) if s["rate"] == 1000), None)
+    t = next((s for s in _steps(bare) if s["rate"] == 1000), None)
+    if o is None or t is None:
+        rows.append((fig, tgt, "n/a" if bare else f"{nr} (bare)", "n/a" if stack else f"{nr} (stack)", "-", "-"))
+    else:
+        op, tp = o["delivery_ms"]["p99"], t["delivery_ms"]["p99"]
+        ratio = _ratio(op, tp)
+        ok = ratio is not None and op is not None and ratio <= 3 and op <= 10
+        worst = max(ratio / 3 if ratio else 0, op / 10 if op else 0)
+        flushed = (o.get("flush") or {}).get("rows")
+        rows.append((fig, tgt, f"{_n(tp, 2)} ms (p50 {_n(t['delivery_ms']['p50'], 2)})",
+                     f"{_n(op, 2)} ms (p50 {_n(o['delivery_ms']['p50'], 2)}; worker flushed {_n(flushed)} rows "
+                     f"meanwhile; others' load on the server core {o.get('server_core_foreign_share', 0):.0%})"
+                     + _run_note(latest, "stack", "bare"),
+                     f"{ratio}x", "met" if ok else f"missed by {100 * (worst - 1):.0f}%"))
+
+    first = ((storm or {}).get("server") or {}).get("first_connect") or {}
+    bfirst = ((storm or {}).get("bare") or {}).get("first_connect") or {}
+
+    # Idle memory per connection: the storm's first connect, the same N and method for both.
+    fig, tgt = "idle memory per connection", "<= 1.1x"
+    if not first or not bfirst:
+        rows.append((fig, tgt, nr, nr, "-", "-"))
+    else:
+        o_kb, t_kb = first.get("rss_per_connection_kb"), bfirst.get("rss_per_connection_kb")
+        ratio = _ratio(o_kb, t_kb)
+        extra = f"; idle scenario: {_n(idle['rss_per_connection_kb'], 1)} KiB" if idle else ""
+        rows.append((fig, tgt, f"{_n(t_kb, 1)} KiB ({_n(bfirst['connected'])} connections)",
+                     f"{_n(o_kb, 1)} KiB ({_n(first['connected'])} connections{extra})", f"{ratio}x",
+                     _missed(ratio, 1.1, False) if ratio is not None else "-"))
+
+    # Connections opened per second, at 5,000 and 10,000.
+    fig, tgt = "connections opened per second (5,000 and 10,000)", ">= 0.8x"
+    if not first or not bfirst:
+        rows.append((fig, tgt, nr, nr, "-", "-"))
+    else:
+        marks = [m for m in ("5000", "10000") if m in first.get("connects_per_s_at", {})] or \
+            [str(first["connected"])]
+        o_s = [(m, first["connects_per_s_at"].get(m), bfirst.get("connects_per_s_at", {}).get(m)) for m in marks]
+        ratios = [_ratio(o, t) for _m, o, t in o_s]
+        worst = min((r for r in ratios if r is not None), default=None)
+        rows.append((fig, tgt, ", ".join(f"{_n(t)}/s at {_n(int(m))}" for m, _o, t in o_s),
+                     ", ".join(f"{_n(o)}/s at {_n(int(m))}" for m, o, _t in o_s)
+                     + f" ({storm['concurrency']} handshakes in flight)",
+                     ", ".join(f"{r}x" for r in ratios), _missed(worst, 0.8, True) if worst is not None else "-"))
+
+    # The storm itself.
+    fig, tgt = "reconnect storm with `sync`: every client caught up", "<= 10 s"
+    st = ((storm or {}).get("server") or {}).get("storm")
+    if not st:
+        rows.append((fig, tgt, "-", nr if storm is None else "no storm (first connect incomplete)", "-", "-"))
+    else:
+        t_all = st["all_caught_up_s"]
+        ok_data = st["missed_expected"] is not None and st["missed_received"] == st["missed_expected"]
+        rows.append((fig, tgt, "n/a (the bare server has no sync)",
+                     (f"{_n(t_all, 1)} s" if t_all is not None else f"{st['caught_up']}/{st['clients']} caught up")
+                     + f" for {_n(st['clients'])} clients (hello p99 {_n(st['hello_s']['p99'], 2)} s; "
+                       f"{_n(st['missed_received'])}/{_n(st['missed_expected'])} missed messages; "
+                       f"retries {st['retries'] or 0})", "-",
+                     ("met" if t_all <= 10 else f"missed by {100 * (t_all / 10 - 1):.0f}%") if t_all is not None and ok_data
+                     else "missed (not everyone caught up)" if t_all is None else "missed (messages missing)"))
+
+    # Flush vs one COPY.
+    fig, tgt = "flush rows/s vs one COPY of 1,000,000 rows, same database", ">= 50%"
+    ceiling = (flush or {}).get("copy_ceiling")
+    if not flush or not ceiling:
+        rows.append((fig, tgt, "-", nr if not flush else "no COPY ceiling measured", "-", "-"))
+    else:
+        share = flush["share_of_copy_ceiling"]
+        rows.append((fig, tgt, f"COPY: {_n(ceiling['rows_per_s'])} rows/s ({_n(ceiling['rows'])} rows)",
+                     f"flush: {_n(flush['rows_per_s'])} rows/s ({_n(flush['messages'])} messages)",
+                     f"{100 * share:.0f}%", _missed(share, 0.5, True)))
+    return rows
+
+
 def _lifecycle_targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """Issue 12's performance rows, only for the lifecycle scenarios that were run."""
     rows: list[tuple[str, str, str, str]] = []
@@ -250,6 +371,11 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                 f"commit {meta.get('commit')}, pinning: {meta.get('pinning')}.", ""]
     out += ["## Targets", "", "| figure | target | measured | verdict |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(latest)]
+    out += ["", "## Targets, round two (issue 14)", "",
+            "Ratios to the bare `websockets` server (bench/bare.py) measured in the same run on the same "
+            "machine; the stack is `make run`'s whole tree (server, worker, scheduler) with its Redis on core 0.",
+            "", "| figure | target | bare `websockets` | this server | ratio | verdict |", "|---|---|---|---|---|---|"]
+    out += [f"| {' | '.join(r)} |" for r in targets_round_two(latest)]
     bare = latest.get("bare", {}).get("result")
     if bare:
         bb = _best_step(bare)
@@ -284,6 +410,14 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                        f"{res['db_calls']} database calls {res['db_calls_by_kind']}, "
                        f"{res['redis_commands']} Redis commands). Lost {res['lost']}, duplicates "
                        f"{res['duplicates']}, rooms with gaps {res['rooms_with_gaps']}.")
+            c = res.get("copy_ceiling")
+            if c:
+                out += ["", f"The ceiling, measured after it on the same database: one binary COPY of "
+                            f"{_n(c['rows'])} rows into `messages` (rows made by PostgreSQL beforehand, no Python "
+                            f"per row) took {c['seconds']} s: **{_n(c['rows_per_s'])} rows/s**; the flush reached "
+                            f"{100 * res['share_of_copy_ceiling']:.0f}% of it."]
+        elif name == "storm":
+            out += _storm_md(res)
         elif name == "history":
             out += ["| page | requests/s | p50 ms | p99 ms | errors | background sends (p99 delivery ms, lost) |",
                     "|---|---|---|---|---|---|"]
@@ -353,6 +487,35 @@ def _search_md(res: dict[str, Any]) -> list[str]:
         out.append(f"| {kind} | {r['queries']} | {_n(lat['p50'], 2)} | {_n(lat['p99'], 2)} | {_n(lat['max'], 2)} | "
                    f"{r['mean_items']} | {r['errors']} | {_n(db.get('p50'), 2)} / {_n(db.get('p99'), 2)} |")
     out += ["", f"p99 over both: {_n(res['p99_ms'], 2)} ms (target < 50 ms: {'met' if res['passed'] else 'missed'})."]
+    return out
+
+
+def _storm_md(res: dict[str, Any]) -> list[str]:
+    b = (res.get("bare") or {}).get("first_connect") or {}
+    srv = res.get("server") or {}
+    f, st = srv.get("first_connect") or {}, srv.get("storm")
+    out = [f"{_n(res['clients'])} clients in {_n(res['rooms'])} rooms of {res['room_size']}, "
+           f"{res['concurrency']} handshakes in flight; {res['missed_per_room']} messages per room sent over "
+           "HTTP while everyone was away; a client closed with 1013 retries after `retry_after_ms` plus jitter.", "",
+           "| | bare server | this server |", "|---|---|---|",
+           f"| first connect: all open | {_n(b.get('connect_s'), 2)} s | {_n(f.get('connect_s'), 2)} s |",
+           f"| connections opened per second | {b.get('connects_per_s_at')} | {f.get('connects_per_s_at')} |",
+           f"| memory per connection | {_n(b.get('rss_per_connection_kb'), 1)} KiB | "
+           f"{_n(f.get('rss_per_connection_kb'), 1)} KiB |"]
+    if st:
+        out += [f"| storm: every client has its hello | - | {_n(st['all_hello_s'], 2)} s "
+                f"(p50 {_n(st['hello_s']['p50'], 2)}, p99 {_n(st['hello_s']['p99'], 2)}) |",
+                f"| storm: every client caught up (hello + sync) | - | {_n(st['all_caught_up_s'], 2)} s "
+                f"(p50 {_n(st['caught_up_s']['p50'], 2)}, p99 {_n(st['caught_up_s']['p99'], 2)}) |",
+                f"| reconnects per second | - | {_n(st['reconnects_per_s'])} |",
+                f"| missed messages received / expected | - | {_n(st['missed_received'])} / "
+                f"{_n(st['missed_expected'])} (gaps {st['gaps']}) |",
+                f"| retries (why) | - | {st['retries'] or 'none'} |",
+                f"| failures | - | {st['failed'] or 'none'}; errors {st['errors'] or 'none'} |",
+                f"| server / Redis CPU during the storm | - | {st['server_cpu_share']:.0%} / "
+                f"{st['redis_cpu_share']:.0%} of a core |"]
+    elif srv.get("note"):
+        out += ["", srv["note"]]
     return out
 
 

@@ -135,7 +135,8 @@ async def flush(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
         cfg = {"env": stack.env, "rooms": pop.room_ids,
                "senders": [[pop.user_ids[u] for u in g] for g in groups],
                "messages": opts.flush_messages, "body_bytes": opts.body_bytes,
-               "concurrency": opts.flush_concurrency, "inject_tasks": 64}
+               "concurrency": opts.flush_concurrency, "inject_tasks": 64,
+               "copy_rows": opts.copy_ceiling_rows, "workdir": str(stack.workdir)}
         res = await _run_flush_child(stack, cfg)
         res["scenario"] = "flush"
         return res
