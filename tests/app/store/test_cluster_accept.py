@@ -92,3 +92,45 @@ async def test_message_rate_limit_counts_per_room_on_a_cluster(cluster) -> None:
     assert [(await accept(batcher, keys, a, rate_limit=2)).code for _ in range(3)] == \
         [cache.OK, cache.OK, cache.RATE_LIMITED]
     assert (await accept(batcher, keys, b, rate_limit=2)).code == cache.OK
+
+
+async def _move_slot(redis: Any, slot: int, src: Any, dst: Any) -> None:
+    """Migrate one slot with its keys from node `src` to node `dst`, as `redis-cli --cluster
+    reshard` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on both)."""
+    src_id = await redis.execute_command("CLUSTER MYID", target_nodes=src)
+    dst_id = await redis.execute_command("CLUSTER MYID", target_nodes=dst)
+    await redis.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id, target_nodes=dst)
+    await redis.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id, target_nodes=src)
+    while True:
+        names = await redis.execute_command("CLUSTER GETKEYSINSLOT", slot, 100, target_nodes=src)
+        if not names:
+            break
+        await redis.execute_command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *names, target_nodes=src)
+    for node in (dst, src):
+        await redis.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id, target_nodes=node)
+
+
+async def test_a_send_after_its_slot_moved_follows_the_redirect(cluster) -> None:
+    """The batcher's slot map is stale after a reshard: the node answers MOVED (the script did
+    not run), the send runs once through the cluster client, and the seqs go on gap-free."""
+    redis, keys, batcher = cluster
+    rid = (await rooms_on_every_node(redis, keys, 6))[0]
+    assert (await accept(batcher, keys, rid)).code == cache.OK
+    slot = redis.keyslot(keys.room_seq(rid))
+    src = redis.get_node_from_key(keys.room_seq(rid))
+    dst = next(n for n in redis.get_primaries() if n.name != src.name)
+    # Another client moves the slot: this one's map still says `src`.
+    other = await connect_redis(cluster_url(), cluster=True).initialize()
+    try:
+        await _move_slot(other, slot, other.get_node(src.host, src.port), other.get_node(dst.host, dst.port))
+        try:
+            assert [(await accept(batcher, keys, rid)).code for _ in range(3)] == [cache.OK] * 3
+            assert [e[0] for e in await redis.xrange(keys.room_log(rid))] == ["1-0", "2-0", "3-0", "4-0"]
+            assert redis.get_node_from_key(keys.room_seq(rid)).name == dst.name  # the map followed
+            assert rid in await pending.pending_rooms(redis, keys)
+        finally:
+            await other.aclose()
+            other = await connect_redis(cluster_url(), cluster=True).initialize()
+            await _move_slot(other, slot, other.get_node(dst.host, dst.port), other.get_node(src.host, src.port))
+    finally:
+        await other.aclose()
