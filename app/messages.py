@@ -240,7 +240,7 @@ async def _accept_direct(res: Resources, *, room_id: str, sender_id: str | None,
                     " WHERE room_id = $1 AND user_id = $2", [room_id, sender_id, seq])
             # Published while the room row is still locked: the next send of this room waits for
             # our commit, so events leave in seq order (a publish after commit could overtake).
-            await redis.publish(keys.events_channel(), events.message_payload(room_id, dumps(msg), conn_id))
+            await redis.publish(keys.room_channel(room_id), events.message_payload(room_id, dumps(msg), conn_id))
     except _Duplicate as dup:
         return dup.message, False
     except _NotMember:

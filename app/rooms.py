@@ -190,7 +190,22 @@ async def announce_join(redis: Redis, keys: Keys, m: Membership, version: int) -
     await cache_step(redis, keys, room_id, _applied(member_sets.apply(redis, keys, room_id, user_id, version, True)))
     await rooms_changed(redis, keys, (user_id,))
     frame = {"type": "member_joined", "membership": membership_out(m)}
-    await publish(events.member_joined(redis, keys, room_id, user_id, frame, version))
+    await publish(events.member_joined(redis, keys, room_id, user_id, frame, version,
+                                       await _seq_at_join(redis, keys, room_id)))
+
+
+async def _seq_at_join(redis: Redis, keys: Keys, room_id: str) -> int | None:
+    """FANOUT_CHANNELS=rooms: the room's last seq after the join committed, carried by the join
+    event, so a process that subscribes to the room only now catches up from there (read after
+    the member set has the user: every later message is one the joiner may see). None: not
+    needed (global channel) or unknown (no catch-up then; the client's sync covers it)."""
+    if not keys.fanout_rooms:
+        return None
+    try:
+        value = await redis.get(keys.room_seq(room_id))
+    except RedisError:
+        return None
+    return int(value) if value is not None else None
 
 
 async def announce_leave(redis: Redis, keys: Keys, room_id: str, user_id: str, version: int) -> None:
@@ -252,7 +267,8 @@ async def create_room(*, redis: Redis, keys: Keys, owner_id: str, data: CreateRo
     await rooms_changed(redis, keys, [owner_id, *others])
     for m in await Membership.filter(room_id=room_id).select_related("user").order_by("id"):
         frame = {"type": "member_joined", "membership": membership_out(m)}
-        await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version))
+        # a new room: every message is after the join (seq 0)
+        await publish(events.member_joined(redis, keys, room_id, str(m.user_id), frame, version, 0))
     return room_out(room, 1 + len(others), Role.OWNER.value)
 
 

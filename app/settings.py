@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Redis Cluster: REDIS_URL names any one node, the client discovers the others
     # (app/store/client.py); keys use the cluster layout (app/store/keys.py).
     redis_cluster: bool = False
+    # Fan-out channels (app/realtime/fanout.py): "global" = one channel every process receives
+    # in full; "rooms" = a channel per room and per user, each process subscribing only to those
+    # its own connections need (decode work per process shrinks as processes are added).
+    fanout_channels: Literal["global", "rooms"] = "global"
     # Redis connections per process; a request waits (up to 10 s) for one when all are busy.
     redis_pool_max: Positive = 256
     # Prefix of every Redis key and channel (and the Dramatiq namespace), so that

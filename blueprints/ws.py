@@ -166,6 +166,8 @@ class Session:
         since = self.registry.tick
         expiry: asyncio.TimerHandle | None = None
         try:
+            if self.registry.subs is not None:  # FANOUT_CHANNELS=rooms: joins published during the read reach us
+                await self.registry.subscribed(self.user_id)
             # One Redis round trip: the logout check and the user's cached room list (PostgreSQL
             # only when Redis has no list: app/store/user_rooms.py).
             revoked, listed, pg_markers = await rooms.connect_rooms(
@@ -179,6 +181,8 @@ class Session:
                 return
             self.registry.attach_fresh(conn, listed, since)
             room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
+            if self.registry.subs is not None:  # the rooms' channels live before last_seq is read
+                await self.registry.subscribed(room_ids=room_ids)
             # Per room: last_seq and last_version (the client's two catch-up cursors) and the
             # read state (its badges), one more round trip; PostgreSQL's markers are the floor
             # of Redis's, read only for rooms whose marker Redis lacks.
@@ -339,6 +343,8 @@ class Session:
         # The create publishes member_joined for every member (which attaches sockets everywhere);
         # attach this one now too, so a message sent right after the reply is not missed.
         self.registry.attach_fresh(self.conn, (room["id"],), since)
+        if self.registry.subs is not None:  # FANOUT_CHANNELS=rooms: the room's channel live before the reply
+            await self.registry.subscribed(room_ids=(room["id"],))
         out: dict[str, Any] = {"type": "room_created", "room": room}
         if isinstance(frame.get("client_id"), str):
             out["client_id"] = frame["client_id"]
@@ -351,6 +357,8 @@ class Session:
                                            settings=self.settings)
         # Unless a leave (a kick right after the join) or the join's own event came meanwhile.
         self.registry.attach_fresh(self.conn, (membership["room_id"],), since)
+        if self.registry.subs is not None:  # FANOUT_CHANNELS=rooms: the room's channel live before the reply
+            await self.registry.subscribed(room_ids=(membership["room_id"],))
         self.conn.send({"type": "joined", "membership": membership})
 
     async def on_leave(self, frame: dict[str, Any]) -> None:

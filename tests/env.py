@@ -127,8 +127,10 @@ def engine(name: str, cluster_url: str | None = None) -> Engine:
     elif name == "cluster":
         if cluster_url is None:
             raise RuntimeError("the cluster engine is not started (tests/conftest.py's redis_engine starts it)")
+        # The cluster engine also runs the per-room fan-out channels (spec G): [single] covers
+        # FANOUT_CHANNELS=global, [cluster] covers rooms, without a third run of the suite.
         env = {**TEST_ENV, "REDIS_URL": cluster_url, "REDIS_CLUSTER": "true", "BROKER_URL": REDIS_URL,
-               "REDIS_PREFIX": CLUSTER_PREFIX}
+               "REDIS_PREFIX": CLUSTER_PREFIX, "FANOUT_CHANNELS": "rooms"}
     else:
         raise ValueError(f"unknown Redis engine {name!r} (one of {ENGINES})")
     settings = Settings.load(env=env, env_file=None)

@@ -42,7 +42,7 @@ async def reseq(redis: Redis, keys: Keys, settings: Settings, room_id: str, reco
     resync = events.encode(events.room_route(room_id),
                            {"type": "resync", "room_id": room_id, "reason": "redis_rollback"})
     event_prefix, event_suffix = events.message_payload_parts(room_id)
-    args = [max(written.floor, top), top + 1, room_id, keys.events_channel(),
+    args = [max(written.floor, top), top + 1, room_id, keys.room_channel(room_id),
             settings.idempotency_ttl_s, resync, event_prefix, event_suffix, len(written.orphans), *per]
     flat = await scripts.RESEQ(redis, script_keys, args)
     moved = [(int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]

@@ -1,8 +1,8 @@
 """Publishing live events for fan-out (Zulip's send_event_on_commit, over Redis pub/sub).
 
 Services call these after their transaction commits; never blueprints. Every
-server process subscribes to one channel (`Keys.events_channel`) and delivers
-to its own sockets (see `app/realtime/fanout.py`). A payload is
+server process subscribes to one channel (`Keys.events_channel`), or with FANOUT_CHANNELS=rooms
+to the room and user channels its connections need, and delivers to its own sockets (see `app/realtime/fanout.py`). A payload is
 
     "<route>|<exclude_conn>|<frame JSON>"
 
@@ -13,6 +13,14 @@ where route is one of
     l:<room_id>:<user_id>:<version>  deliver to the room (the user included), then detach the user
     d:<room_id>              deliver to the room, then forget the room
     f:<user_id>:<family_id>  close the user's connections opened with that login (4401: logged out)
+
+With FANOUT_CHANNELS=rooms (Keys.fanout_rooms) r: and d: go to the room's channel
+(`Keys.room_channel`), u: and f: to the user's (`Keys.user_channel`), and a join or leave is two
+events: j:/l: (with `:<room last_seq>` appended on j:) to the user's channel, which attaches or
+detaches that user's connections and delivers the frame to them only, and
+    J:<room_id>:<user_id>:<version>  / L:...  to the room's channel: deliver to the room's
+                                     connections except that user's
+so no connection gets the frame twice.
 
 The version is the change's membership version (app/store/member_sets.py): a process
 ignores a join or leave older than the last one it applied for that user and room,
@@ -120,28 +128,46 @@ def message_of_frame(frame_json: str) -> str:
 
 
 async def to_room(redis: Redis, keys: Keys, room_id: str, frame: dict[str, Any], exclude_conn: str = "") -> None:
-    await redis.publish(keys.events_channel(), encode(room_route(room_id), frame, exclude_conn))
+    await redis.publish(keys.room_channel(room_id), encode(room_route(room_id), frame, exclude_conn))
 
 
 async def to_user(redis: Redis, keys: Keys, user_id: str, frame: dict[str, Any], exclude_conn: str = "") -> None:
-    await redis.publish(keys.events_channel(), encode(f"u:{user_id}", frame, exclude_conn))
+    await redis.publish(keys.user_channel(user_id), encode(f"u:{user_id}", frame, exclude_conn))
 
 
 async def member_joined(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any],
-                        version: int = 0) -> None:
-    await redis.publish(keys.events_channel(), encode(f"j:{room_id}:{user_id}:{version}", frame))
+                        version: int = 0, last_seq: int | None = None) -> None:
+    """Global channel: one j: event. Per-room channels (FANOUT_CHANNELS=rooms): the user's copy
+    (j:, with the room's `last_seq` at the join: a process that must first subscribe to the room
+    catches up from there) attaches the user's connections and delivers the frame to them; the
+    room's copy (J:) delivers it to the room's other connections. No connection gets both."""
+    text = dumps(frame)
+    route = f"j:{room_id}:{user_id}:{version}"
+    if not keys.fanout_rooms:
+        await redis.publish(keys.events_channel(), encode(route, text))
+        return
+    await redis.publish(keys.user_channel(user_id), encode(f"{route}:{'' if last_seq is None else last_seq}", text))
+    await redis.publish(keys.room_channel(room_id), encode(f"J:{room_id}:{user_id}:{version}", text))
 
 
 async def member_left(redis: Redis, keys: Keys, room_id: str, user_id: str, frame: dict[str, Any],
                       version: int = 0) -> None:
-    await redis.publish(keys.events_channel(), encode(f"l:{room_id}:{user_id}:{version}", frame))
+    """Like member_joined: l: to the user (deliver to their connections in the room, detach them),
+    L: to the room (its other connections)."""
+    text = dumps(frame)
+    route = f"l:{room_id}:{user_id}:{version}"
+    if not keys.fanout_rooms:
+        await redis.publish(keys.events_channel(), encode(route, text))
+        return
+    await redis.publish(keys.user_channel(user_id), encode(route, text))
+    await redis.publish(keys.room_channel(room_id), encode(f"L:{room_id}:{user_id}:{version}", text))
 
 
 async def family_revoked(redis: Redis, keys: Keys, user_id: str, family_id: str) -> None:
     """A login ended (logout, or a refresh token reused): every process closes its sockets (4401)."""
-    await redis.publish(keys.events_channel(), encode(f"f:{user_id}:{family_id}", {}))  # the close says it all
+    await redis.publish(keys.user_channel(user_id), encode(f"f:{user_id}:{family_id}", {}))  # the close says it all
 
 
 async def room_deleted(redis: Redis, keys: Keys, room_id: str) -> None:
     frame = {"type": "room_deleted", "room_id": room_id}
-    await redis.publish(keys.events_channel(), encode(f"d:{room_id}", frame))
+    await redis.publish(keys.room_channel(room_id), encode(f"d:{room_id}", frame))

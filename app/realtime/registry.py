@@ -7,21 +7,50 @@ last it applied for that user and room (a late join cannot re-attach a user
 removed after it, nor a join published after its room's deletion), and a
 connection being set up skips the rooms whose membership changed while it read
 them from PostgreSQL (`tick`, `attach_fresh`).
+
+With FANOUT_CHANNELS=rooms the registry also tells the process's `Subscriptions`
+(app/realtime/fanout.py) which channels it needs: a user's channel while the user has a
+connection here, a room's channel while a connection here is attached to the room. A room
+whose channel is subscribed only because a join event attached its user here catches up from
+the room's stream (`CatchUp`): messages published before the subscription took effect are
+delivered from there, later live duplicates dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+import orjson
 
 from app.realtime.connection import Connection, Frame
-from app.realtime.events import is_message_frame
+from app.realtime.events import is_message_frame, message_frame, message_of_frame
 from app.serialize import dumps
+
+if TYPE_CHECKING:
+    from app.realtime.fanout import Subscriptions
 
 log = logging.getLogger("chat.ws")
 
 RECENT_S = 300.0  # how long a join/leave version is remembered (a late event is late by ms, not minutes)
+
+
+class CatchUp:
+    """A room whose channel is being subscribed after a join attached its user here.
+
+    `from_seq`: the room's last seq at the join (the j: event carries it; None = unknown, no
+    catch-up). Once subscribed (`fetching`), the room's live events wait in `buffer` until the
+    room's stream has been read from from_seq + 1; then the stream's messages go out, followed
+    by the buffered events minus the messages the stream already gave.
+    """
+
+    __slots__ = ("from_seq", "fetching", "buffer")
+
+    def __init__(self, from_seq: int | None) -> None:
+        self.from_seq = from_seq
+        self.fetching = False
+        self.buffer: list[tuple[str, str]] = []  # (frame text, exclude) of live room events
 
 
 class Registry:
@@ -36,10 +65,18 @@ class Registry:
         # (room, user) -> (version, tick, monotonic time) of the last join/leave applied;
         # (room, "*") marks a deleted room. Insertion-ordered, oldest first, pruned after RECENT_S.
         self._recent: dict[tuple[str, str], tuple[float, int, float]] = {}
+        # FANOUT_CHANNELS=rooms only (None: the one global channel, nothing to manage)
+        self.subs: Subscriptions | None = None
+        self.catchups: dict[str, CatchUp] = {}  # room -> its catch-up while its channel is new
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
-        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        users = self.by_user.get(conn.user_id)
+        if users is None:
+            users = self.by_user[conn.user_id] = set()
+            if self.subs is not None:
+                self.subs.need_user(conn.user_id)
+        users.add(conn)
 
     def remove(self, conn: Connection) -> None:
         self.conns.pop(conn.id, None)
@@ -48,14 +85,29 @@ class Registry:
             users.discard(conn)
             if not users:
                 del self.by_user[conn.user_id]
+                if self.subs is not None:
+                    self.subs.release_user(conn.user_id)
         for room_id in conn.rooms:
             self._unlink(room_id, conn)
         conn.rooms.clear()
 
     def attach(self, conn: Connection, room_ids: Iterable[str]) -> None:
+        by_room, subs = self.by_room, self.subs
         for room_id in room_ids:
-            self.by_room.setdefault(room_id, set()).add(conn)
+            members = by_room.get(room_id)
+            if members is None:
+                members = by_room[room_id] = set()
+                if subs is not None:
+                    subs.need_room(room_id)
+            members.add(conn)
             conn.rooms.add(room_id)
+
+    async def subscribed(self, user_id: str | None = None, room_ids: Iterable[str] = ()) -> None:
+        """FANOUT_CHANNELS=rooms: wait until this process's subscription to the user's channel and
+        the rooms' channels is confirmed (bounded; a lost subscription ends in a resync anyway).
+        Callers check `subs is not None` first: the global channel needs no wait."""
+        if self.subs is not None:
+            await self.subs.ready(user_id, room_ids)
 
     def attach_fresh(self, conn: Connection, room_ids: Iterable[str], since_tick: int) -> None:
         """Attach a new connection to the rooms PostgreSQL listed, except those whose membership
@@ -95,10 +147,77 @@ class Registry:
                 break
             del recent[first]
 
-    def attach_user(self, user_id: str, room_id: str) -> None:
-        """Attach the user's connections (the caller checked note_membership)."""
-        for conn in self.by_user.get(user_id, ()):
+    def attach_user(self, user_id: str, room_id: str, from_seq: int | None = None) -> None:
+        """Attach the user's connections (the caller checked note_membership). Per-room channels:
+        if the room's channel is not subscribed here yet, catch up from `from_seq` once it is."""
+        conns = self.by_user.get(user_id)
+        if not conns:
+            return
+        subs = self.subs
+        if subs is not None and not subs.room_live(room_id):
+            entry = self.catchups.get(room_id)
+            if entry is None:
+                self.catchups[room_id] = CatchUp(from_seq)
+            elif not entry.fetching and from_seq is not None:  # the earliest join wins
+                entry.from_seq = from_seq if entry.from_seq is None else min(entry.from_seq, from_seq)
+        for conn in conns:
             self.attach(conn, (room_id,))
+
+    def user_in_room(self, user_id: str, room_id: str, text: str) -> None:
+        """Deliver to the user's connections attached to the room (a leave on the user's channel)."""
+        conns = self.by_user.get(user_id)
+        if conns:
+            frame = Frame(text)
+            for conn in conns:
+                if room_id in conn.rooms:
+                    conn.push(frame)
+
+    # -- catch-up of a newly subscribed room (FANOUT_CHANNELS=rooms) ---------------------------
+    def catch_up_start(self, room_id: str) -> CatchUp | None:
+        """The room's channel is confirmed: from now on its live events wait in the buffer while
+        the stream is read; None when nothing is to be read (no catch-up, or from_seq unknown)."""
+        entry = self.catchups.get(room_id)
+        if entry is None:
+            return None
+        if entry.from_seq is None or room_id not in self.by_room:
+            del self.catchups[room_id]
+            return None
+        entry.fetching = True
+        return entry
+
+    def catch_up_done(self, room_id: str, entries: list[tuple[int, str]] | None, has_more: bool = False) -> None:
+        """Deliver the stream's messages after from_seq (`entries`: (seq, message JSON); None:
+        the read failed), then the live events buffered meanwhile minus what the stream gave."""
+        entry = self.catchups.pop(room_id, None)
+        if entry is None:
+            return
+        conns = self.by_room.get(room_id)
+        floor = entry.from_seq or 0
+        if conns:
+            gap = entries is None or has_more or bool(entries and entries[0][0] != floor + 1)
+            if gap:  # the stream could not say everything: the client syncs the room itself
+                resync = Frame(dumps({"type": "resync", "room_id": room_id, "reason": "fanout_gap"}))
+                for conn in conns:
+                    conn.push(resync)
+            for seq, body in entries or ():
+                text = message_frame(body)
+                frame = Frame(text)
+                mid = _message_id(body)
+                for conn in conns:
+                    pending = conn._pending_acks  # its own message: the ack goes in its place
+                    if pending and mid in pending:
+                        conn.own_message(text)
+                    else:
+                        conn.push(frame)
+                floor = max(floor, seq)
+        for text, exclude in entry.buffer:
+            if is_message_frame(text) and _message_seq(message_of_frame(text)) <= floor:
+                continue  # the stream gave it already
+            self.to_room(room_id, text, exclude)
+
+    def live_channels(self) -> tuple[list[str], list[str]]:
+        """(users, rooms) this process needs channels for: everything, after a subscription loss."""
+        return list(self.by_user), list(self.by_room)
 
     def detach_user(self, user_id: str, room_id: str) -> None:
         for conn in self.by_user.get(user_id, ()):
@@ -107,8 +226,12 @@ class Registry:
 
     def forget_room(self, room_id: str) -> None:
         self._record((room_id, "*"), float("inf"))
-        for conn in self.by_room.pop(room_id, ()):
+        members = self.by_room.pop(room_id, None)
+        for conn in members or ():
             conn.rooms.discard(room_id)
+        if members is not None and self.subs is not None:
+            self.catchups.pop(room_id, None)
+            self.subs.release_room(room_id)
 
     def close_family(self, user_id: str, family_id: str, code: int, reason: str) -> int:
         """Close the user's connections opened with that login; how many."""
@@ -120,6 +243,7 @@ class Registry:
     def fanout_gap(self) -> None:
         """The subscription is back after a loss: a new generation, and every client resyncs."""
         self.gen += 1
+        self.catchups.clear()  # the resync covers what a catch-up would have delivered
         resync = Frame(dumps({"type": "resync", "room_id": None, "reason": "fanout_gap"}))  # framed once
         for conn in list(self.conns.values()):
             try:
@@ -149,9 +273,17 @@ class Registry:
             members.discard(conn)
             if not members:
                 del self.by_room[room_id]
+                if self.subs is not None:
+                    self.catchups.pop(room_id, None)
+                    self.subs.release_room(room_id)
 
     # -- delivery (the frame is framed once, whatever the number of recipients) --------
     def to_room(self, room_id: str, text: str, exclude: str = "") -> None:
+        if self.catchups:  # per-room channels only: a room catching up gets its events in order after
+            entry = self.catchups.get(room_id)
+            if entry is not None and entry.fetching:
+                entry.buffer.append((text, exclude))
+                return
         conns = self.by_room.get(room_id)
         own = self.conns.get(exclude) if exclude and not exclude.startswith("~") else None
         if conns:
@@ -174,3 +306,17 @@ class Registry:
             for conn in conns:
                 if conn.id != exclude and (only is None or conn.id == only):
                     conn.push(frame)
+
+
+def _message_id(body: str) -> str:
+    """A message JSON's id (the cache renders it first, app/messages.py); else parsed."""
+    if body.startswith('{"id":"') and body[43:44] == '"':
+        return body[7:43]
+    return str(orjson.loads(body).get("id"))
+
+
+def _message_seq(body: str) -> int:
+    try:
+        return int(orjson.loads(body).get("seq") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0

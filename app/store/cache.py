@@ -340,7 +340,7 @@ async def accept(batcher: Batcher, keys: Keys, policy: AcceptPolicy, *, room_id:
         *(keys.room_mentions(room_id, name) for name in mentions),
     ]
     args = [sender, policy.rate_limit if rate_limited and sender else 0, policy.rate_window_ms,
-            policy.idempotency_ttl_s, before_seq, after_seq, event[0], event[1], room_id, keys.events_channel(),
+            policy.idempotency_ttl_s, before_seq, after_seq, event[0], event[1], room_id, keys.room_channel(room_id),
             policy.backlog_threshold, policy.flush_queued_ttl_s, "1" if client_id else "", policy.mention_ttl_s]
     res: list[Any] = await batcher.call(scripts.ACCEPT, script_keys, args)
     code = int(res[0])

@@ -67,7 +67,7 @@ async def change(redis: Redis, keys: Keys, policy: ChangePolicy, *, op: str, roo
         keys.room_flushed(room_id), *(keys.room_mentions(room_id, n) for n in (mentions or ())),
     ]
     args = [op, actor, int(seq), "1" if moderator else "0", body, mentions_json, emoji, now,
-            policy.reactions_max, base, event[0], event[1], room_id, keys.events_channel(),
+            policy.reactions_max, base, event[0], event[1], room_id, keys.room_channel(room_id),
             policy.rate_limit, policy.rate_window_ms, keys.room_mentions_prefix(room_id), policy.mention_ttl_s]
     res = await scripts.CHANGE(redis, script_keys, args)
     code = int(res[0])

@@ -87,15 +87,20 @@ SLOT_TAGS = _SlotTags()
 class Keys:
     """Named key builders under one prefix; `cluster` chooses the Redis Cluster layout above."""
 
-    def __init__(self, prefix: str = "chat", cluster: bool = False) -> None:
+    def __init__(self, prefix: str = "chat", cluster: bool = False, fanout_rooms: bool = False) -> None:
         self.prefix = prefix
         self.cluster = cluster
         self._pending_global = f"{prefix}:pending_rooms"  # built once: the accept path asks per message
+        # FANOUT_CHANNELS=rooms: events go to per-room and per-user channels (room_channel,
+        # user_channel); otherwise both name the one global channel, built once.
+        self.fanout_rooms = fanout_rooms
+        self._events = f"{prefix}:events"
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Keys":
-        """The one place keys are built from settings (REDIS_PREFIX, REDIS_CLUSTER)."""
-        return cls(settings.redis_prefix, cluster=settings.redis_cluster)
+        """The one place keys are built from settings (REDIS_PREFIX, REDIS_CLUSTER, FANOUT_CHANNELS)."""
+        return cls(settings.redis_prefix, cluster=settings.redis_cluster,
+                   fanout_rooms=getattr(settings, "fanout_channels", "global") == "rooms")
 
     # -- per room (hash-tagged) -------------------------------------------
     def _room(self, room_id: str) -> str:
@@ -192,8 +197,28 @@ class Keys:
         return f"{self.prefix}:redis_run_id"
 
     def events_channel(self) -> str:
-        """Pub/sub channel every server process subscribes to for fan-out."""
-        return f"{self.prefix}:events"
+        """Pub/sub channel every server process subscribes to for fan-out (FANOUT_CHANNELS=global)."""
+        return self._events
+
+    # -- fan-out channels (app/realtime/fanout.py) -----------------------------------------
+    # FANOUT_CHANNELS=rooms: one channel per room, in the room's slot (a room's scripts publish
+    # it), and one per user, in the user's slot; a process subscribes to those its connections
+    # need. Plain PUBLISH has no key, so a script may publish a channel of another slot too.
+    def room_channel(self, room_id: str) -> str:
+        """Where a room's events go: `<prefix>:{room:<id>}:ev`, or the global channel."""
+        if not self.fanout_rooms:
+            return self._events
+        return f"{self._room(room_id)}:ev"
+
+    def user_channel(self, user_id: str) -> str:
+        """Where a user's events go: `<prefix>:{user:<id>}:ev`, or the global channel."""
+        if not self.fanout_rooms:
+            return self._events
+        return f"{self.prefix}:{{user:{user_id}}}:ev"
+
+    def channels_pattern(self) -> str:
+        """PSUBSCRIBE pattern matching every event channel of this prefix (tests, tools)."""
+        return f"{self.prefix}:{{*}}:ev" if self.fanout_rooms else self._events
 
     def revoked_family(self, family_id: str) -> str:
         """Marks a logged-out refresh family so its access tokens stop at once."""

@@ -39,7 +39,7 @@ async def mark_read(redis: Redis, keys: Keys, *, room_id: str, user_id: str, use
         redis,
         [keys.room_members(room_id), keys.room_seq(room_id), keys.room_reads(room_id),
          keys.room_reads_dirty(room_id), keys.pending_set(room_id), keys.room_mentions(room_id, username)],
-        [user_id, int(seq), "" if floor is None else int(floor), room_id, keys.events_channel(), *event, answer])
+        [user_id, int(seq), "" if floor is None else int(floor), room_id, keys.user_channel(user_id), *event, answer])
     code = int(res[0])
     if code != OK:
         return Marker(code)
