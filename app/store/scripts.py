@@ -52,8 +52,9 @@ class Script:
 
     def queue(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
         """Queue an EVALSHA on a pipeline; call `load` on the same Redis first (a pipeline
-        cannot retry one command after NOSCRIPT)."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        cannot retry one command after NOSCRIPT). As a generic command: redis-py's cluster
+        pipeline blocks its `evalsha` method, yet routes EVALSHA by its keys like any command."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def load(self, redis: Redis) -> None:
         await redis.script_load(self.source)
