@@ -34,6 +34,18 @@ def tools_missing() -> list[str]:
     return [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
 
 
+def server_major() -> int:
+    """redis-server's major version (`Redis server v=7.0.15 ...`); 0 if unreadable."""
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            try:
+                return int(word[2:].split(".")[0])
+            except ValueError:
+                return 0
+    return 0
+
+
 def _node(host: str, port: int) -> redis_sync.Redis:
     return redis_sync.Redis(host=host, port=port, socket_connect_timeout=2, socket_timeout=5,
                             decode_responses=True)
@@ -136,11 +148,23 @@ class RedisClusterNodes:
     def ports(self) -> list[int]:
         return [n.port for n in self.nodes]
 
-    def start(self) -> "RedisClusterNodes":
+    def start(self, attempts: int = 3) -> "RedisClusterNodes":
+        """Start the cluster; a port taken between free_port() and the bind is retried on new ports."""
         missing = tools_missing()
         if missing:
             raise RuntimeError(f"cannot start a Redis Cluster: {', '.join(missing)} not found on PATH "
                                "(Debian: apt-get install redis-server; redis-cli comes with redis-tools)")
+        if server_major() < 7:  # --cluster-port (a bus port of our choosing) is Redis 7's
+            raise RuntimeError("the Redis Cluster tests need redis-server >= 7 (--cluster-port)")
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        return self
+
+    def _start(self) -> "RedisClusterNodes":
         self.dir = tempfile.mkdtemp(prefix=f"chat-test-cluster-{self.tag}-")
         try:
             taken: set[int] = set()
@@ -150,13 +174,14 @@ class RedisClusterNodes:
                                                 os.path.join(self.dir, str(port))))
             for node in self.nodes:
                 node.wait_ready(15)
-            create = subprocess.run(
-                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-            if create.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed ({create.returncode}):\n"
-                                   f"{create.stdout[-2000:]}\n{create.stderr[-2000:]}")
+            # A Proc too (dies with us), though it only runs for a second or two.
+            create = Proc(f"redis-cluster-create-{self.tag}",
+                          ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                           "--cluster-replicas", "0", "--cluster-yes"], {})
+            code = create.wait_exit(60)
+            create.stop(2)
+            if code != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed ({code}):\n{create.log_tail(30)}")
             deadline = time.monotonic() + READY_TIMEOUT_S
             while not all(cluster_ok(f"redis://127.0.0.1:{p}", self.masters) for p in self.ports):
                 if time.monotonic() > deadline:
