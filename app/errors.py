@@ -189,6 +189,11 @@ def backing_service_error(exc: BaseException) -> ServiceUnavailable | None:
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.OutOfMemoryError,
                         rx.MasterDownError, rx.TryAgainError, rx.ClusterDownError)):
         return ServiceUnavailable("Redis is unavailable.", details={"service": "redis"})
+    # Redis Cluster (REDIS_CLUSTER): a slot no master serves, redirects that never settle ("TTL
+    # exhausted"), or no node reachable at all. (A cross-slot command is our bug: not here.)
+    if isinstance(exc, (rx.SlotNotCoveredError, rx.ClusterError)) or (
+            type(exc) is rx.RedisClusterException and "cannot be connected" in str(exc)):
+        return ServiceUnavailable("Redis is unavailable.", details={"service": "redis"})
     if isinstance(exc, rx.ResponseError):
         text = str(exc)
         if any(text.startswith(p) or f" {p}" in text for p in _REDIS_UNAVAILABLE_TEXT):
