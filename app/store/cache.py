@@ -180,6 +180,9 @@ class ClusterBatcher(Batcher):
     error reply fails only its own message. A script that did not run because its slot moved
     (MOVED/ASK/TRYAGAIN) or the cluster is failing over runs once more through the cluster
     client, which follows the redirect; NOSCRIPT loads the script on that node and queues again.
+    Uses the client's slot map and node pools (`nodes_manager`, `acquire_connection`, `_initialize`)
+    as redis-py 8.1 (requirements/base.txt pins it) has them; tests/app/store/test_cluster_accept.py
+    runs this on a real cluster, a reshard included.
     """
 
     def __init__(self, cluster: Any) -> None:
