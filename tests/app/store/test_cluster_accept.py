@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 import pytest
 from redis.exceptions import ResponseError
 
+from app import metrics
 from app.realtime import events
 from app.store import cache, member_sets, pending
 from app.store.client import connect_redis
@@ -51,13 +52,17 @@ async def accept(batcher: cache.Batcher, keys: Keys, room_id: str, sender: str =
                                 backlog_threshold=1000, flush_queued_ttl_s=30)
     return await cache.accept(
         batcher, keys, policy, room_id=room_id, sender_id=sender, client_id=None,
-        before_seq='{"id":"x","seq":', after_seq=',"body":"b"}', event=events.message_payload_parts(room_id, "c1"),
+        before_seq='{"id":"x","seq":', after_seq=',"body":"b","created_at":"2026-01-01T00:00:00Z"}', event=events.message_payload_parts(room_id, "c1"),
         rate_limited=True)
 
 
 async def rooms_on_every_node(redis: Any, keys: Keys, n: int) -> list[str]:
-    rooms = [str(uuid.uuid4()) for _ in range(n)]
-    assert len({redis.get_node_from_key(keys.room_seq(r)).name for r in rooms}) == 3
+    """`n` (>= 3) ready rooms, the first three on three different masters."""
+    first: dict[str, str] = {}
+    while len(first) < 3:  # room ids are random: draw until every master has one
+        r = str(uuid.uuid4())
+        first.setdefault(redis.get_node_from_key(keys.room_seq(r)).name, r)
+    rooms = [*first.values(), *(str(uuid.uuid4()) for _ in range(n - 3))]
     for r in rooms:
         await member_sets.room_created(redis, keys, r, ["u1"])
         await cache.seed_seq(redis, keys, r, 0)
@@ -73,6 +78,10 @@ async def test_concurrent_sends_over_every_node_get_gap_free_seqs_and_mark_rooms
     for r in rooms:
         assert [int(e[0].split("-")[0]) for e in await redis.xrange(keys.room_log(r))] == [1, 2, 3, 4, 5]
     assert await pending.pending_rooms(redis, keys) == set(rooms)
+    # What /metrics shows (chat_unflushed_rooms, _messages, _oldest_seconds) from the slot sets.
+    n_rooms, n_messages, oldest = await metrics.backlog(redis, keys, 1000)
+    assert (n_rooms, n_messages) == (30, 150) and oldest >= 0
+    assert (await metrics.backlog(redis, keys, 10))[:2] == (30, 50)  # bounded scrape: 10 rooms read
 
 
 async def test_one_error_reply_fails_only_its_own_send(cluster) -> None:
