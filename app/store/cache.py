@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import (AskError, ClusterDownError, ConnectionError as RedisConnectionError, DataError,
-                              MovedError, NoScriptError, ResponseError, TryAgainError)
+                              MaxConnectionsError, MovedError, NoScriptError, RedisClusterException, ResponseError,
+                              TryAgainError)
 
 from app.settings import Settings
 from app.store import scripts
@@ -203,13 +204,19 @@ class ClusterBatcher(Batcher):
         nodes = cluster.nodes_manager
         groups: dict[str, tuple[Any, list[tuple[Script, int, list[Any], asyncio.Future[Any]]]]] = {}
         for item in batch:
-            node = nodes.get_node_from_slot(cluster.keyslot(item[2][0]))
+            try:
+                node = nodes.get_node_from_slot(cluster.keyslot(item[2][0]))
+            except RedisClusterException as exc:  # a slot no master serves: only its sends fail
+                if not item[3].done():
+                    item[3].set_exception(exc)
+                continue
             groups.setdefault(node.name, (node, []))[1].append(item)
         outcomes = await asyncio.gather(*(self._run_node(node, items) for node, items in groups.values()),
                                         return_exceptions=True)
         for (node, items), outcome in zip(groups.values(), outcomes):
             if isinstance(outcome, BaseException):
-                if isinstance(outcome, (RedisConnectionError, TimeoutError, OSError)):
+                if isinstance(outcome, (RedisConnectionError, TimeoutError, OSError)) \
+                        and not isinstance(outcome, MaxConnectionsError):  # a full pool is ours, not the node's
                     # As redis-py does on a node failure: try that node last, re-read the slot map.
                     nodes.move_node_to_end_of_cached_nodes(node.name)
                     cluster._initialize = True
