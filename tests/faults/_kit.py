@@ -184,6 +184,7 @@ class Load:
     sent: list[Sent] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tag: str = "load"
+    acked_at: dict[str, float] = field(default_factory=dict)  # message id -> monotonic time of its ack
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def _sender(self, i: int) -> None:
@@ -205,7 +206,9 @@ class Load:
                     continue
                 t1 = time.monotonic()
                 if resp.status_code == 201:
-                    self.ledger.ack(resp.json())
+                    msg = resp.json()
+                    self.ledger.ack(msg)
+                    self.acked_at[msg["id"]] = t1
                     self.sent.append(Sent(t0, t1, 201))
                 else:
                     self.ledger.failed += 1
@@ -282,3 +285,26 @@ async def drained(redis: Redis, keys: Keys, db_url: str, want_ids: Iterable[str]
         if time.monotonic() - start > timeout:
             return Drain(None, ticks)
         await asyncio.sleep(0.2)
+
+
+async def missing_acks(redis: Redis, keys: Keys, ledger: Ledger, rows: list[tuple[str, str, int]],
+                       acked_at: dict[str, float], t_kill: float) -> list[dict[str, Any]]:
+    """Where each acked message that PostgreSQL lacks went: still in its room's Redis stream (the
+    flush did not get to it), or gone from Redis (Redis lost an acknowledged write), and whether
+    its seq was handed out again. `ack_s_before_kill`: how long before the kill its ack came."""
+    in_pg = {r[0] for r in rows}
+    pg_holder = {(r[1], r[2]): r[0] for r in rows}
+    acked_holders: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for mid, slot in ledger.acked.items():
+        acked_holders[slot].append(mid)
+    out = []
+    for mid, (room, seq) in ledger.acked.items():
+        if mid in in_pg:
+            continue
+        entries = await redis.xrange(keys.room_log(room), min=str(seq), max=str(seq))
+        in_redis = any(mid in str(fields) for _, fields in entries)
+        out.append({"id": mid, "room": room, "seq": seq, "in_redis": in_redis,
+                    "seq_reused": [m for m in acked_holders[(room, seq)] if m != mid],
+                    "pg_holder": pg_holder.get((room, seq)),
+                    "ack_s_before_kill": round(t_kill - acked_at[mid], 3) if mid in acked_at else None})
+    return out

@@ -129,9 +129,11 @@ class Proc(procs.Proc):
 # -- Redis ------------------------------------------------------------------------------
 
 class RedisServer:
-    """`redis-server` on a loopback port, AOF fsync every second, data in `data_dir`."""
+    """`redis-server` on a loopback port, AOF on (`appendfsync`: everysec unless set), data in `data_dir`."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, port: int | None = None, name: str = "redis") -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, port: int | None = None, name: str = "redis",
+                 appendfsync: str = "everysec") -> None:
+        self.appendfsync = appendfsync
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.port = port or free_port()
@@ -143,7 +145,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
                 "--protected-mode", "no", "--logfile", ""]
         self.starts += 1
         self.proc = Proc(f"{self.name}-{self.starts}", argv, dict(os.environ), self.log_dir)
@@ -161,6 +163,17 @@ class RedisServer:
         finally:
             client.close()
         return self
+
+    def set_appendfsync(self, policy: str) -> None:
+        """Switch the running server's fsync policy now, and keep it across restarts."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+        try:
+            client.config_set("appendfsync", policy)
+        finally:
+            client.close()
+        self.appendfsync = policy
 
     @property
     def pid(self) -> int:
