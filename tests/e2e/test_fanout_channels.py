@@ -181,3 +181,41 @@ async def test_after_losing_the_subscription_everything_is_subscribed_again_and_
     assert (await b.recv_until(lambda f: f["type"] == "message"))["message"] == ack["message"]
     for ws in (a, b):
         await ws.close()
+
+
+async def test_every_kind_of_event_reaches_its_recipients_on_room_and_user_channels(
+        srv: ServerProc, http: httpx.Client) -> None:
+    """Scripts publish room events on the room's channel and read events on the user's (on a
+    cluster a different slot than the script's keys: PUBLISH names no key, so it may)."""
+    alice, bob = make_user(http), make_user(http)
+    rid = make_room(http, alice, member_ids=[bob.id])["id"]
+    a = await WS.open(srv.ws_url, alice.access_token)
+    b1, b2 = await WS.open(srv.ws_url, bob.access_token), await WS.open(srv.ws_url, bob.access_token)
+    seq = (await a.request({"type": "send", "room_id": rid, "body": "hello"}, "ack"))["message"]["seq"]
+    for b in (b1, b2):
+        assert (await b.recv_until(lambda f: f["type"] == "message"))["message"]["seq"] == seq
+    await a.send({"type": "edit", "room_id": rid, "seq": seq, "body": "edited"})  # change.lua
+    for ws in (a, b1, b2):
+        upd = await ws.recv_until(lambda f: f["type"] == "message_updated")
+        assert upd["change"] == "edit" and upd["message"]["body"] == "edited"
+    await b1.send({"type": "typing", "room_id": rid})  # Python's publish to the room
+    assert (await a.recv_until(lambda f: f["type"] == "typing"))["user_id"] == bob.id
+    await b1.send({"type": "read", "room_id": rid, "seq": seq})  # mark_read.lua, the user's channel
+    for b in (b1, b2):
+        read = await b.recv_until(lambda f: f["type"] == "read")
+        assert read["room_id"] == rid and read["last_read_seq"] == seq and read["unread_count"] == 0
+    # a kick: bob's sockets get member_left once and are detached; alice gets it once too
+    resp = http.delete(f"/rooms/{rid}/members/{bob.id}", headers=alice.headers)
+    assert resp.status_code in (200, 204), resp.text
+    for ws in (a, b1, b2):
+        assert (await ws.recv_until(lambda f: f["type"] == "member_left"))["user_id"] == bob.id
+    await a.send({"type": "send", "room_id": rid, "body": "after the kick"})
+    await a.recv_until(lambda f: f["type"] == "ack")
+    for ws in (a, b1, b2):
+        await ws.send({"type": "ping"})
+        frames = []
+        while not frames or frames[-1] != "pong":
+            frames.append((await ws.recv(5))["type"])
+        assert "member_left" not in frames and "message" not in frames, frames  # no duplicate, no leak
+    for ws in (a, b1, b2):
+        await ws.close()
