@@ -39,7 +39,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -49,12 +48,11 @@ from redis.asyncio import ConnectionPool, Redis
 from app.flush.changes import flush_changes, flush_markers
 from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
-                             _write)
+                             _write, gc_paused, rows_of)
 from app.counters import FLUSHED_ROWS
 from app.store import pending, scripts
 from app.store.client import is_cluster
 from app.store.keys import Keys
-from app.serialize import loads
 from app.settings import Settings
 
 log = logging.getLogger("chat.flush")
@@ -126,55 +124,16 @@ class _ClusterRawReader:
                      decode_responses=False)
 
 
-def _message_json(fields: list[str]) -> str:
-    """The "m" field of a raw stream entry (the only field the accept path writes)."""
-    if fields[0] == "m":
-        return fields[1]
-    return dict(zip(fields[::2], fields[1::2]))["m"]
-
-
-def _entry_bytes(fields: list[Any]) -> bytes:
-    """The entry as stored for a dead letter: the "m" field, or every field when it has none."""
-    def b(v: Any) -> bytes:
-        return v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogatepass")
-    if len(fields) == 2 and b(fields[0]) == b"m":
-        return b(fields[1])
-    return b"\n".join(b(k) + b"=" + b(v) for k, v in zip(fields[::2], fields[1::2]))
-
-
 async def _read(raw: Redis, keys: Keys, room_id: str, after: int, count: int) -> _Batch:
     """The next `count` cache entries after seq `after`, parsed into rows (`raw`: _raw_reader)."""
-    try:
-        entries = await raw.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
-    except UnicodeDecodeError:
-        # An entry that is not UTF-8 (nothing the accept path writes): read this batch as bytes.
-        entries = await _read_bytes(raw, keys, room_id, after, count)
-    records: list[tuple[Any, ...]] = []
-    raws: list[str] = []
-    dead: list[DeadRow] = []
-    top = after
-    for entry_id, fields in entries:
-        seq = int(entry_id.partition("-")[0])
-        top = seq
-        m: Any = None
+    with gc_paused():  # the reply's parse and the rows (write.py: why)
         try:
-            js = _message_json(fields)
-            if isinstance(js, bytes):
-                js = js.decode("utf-8")
-            m = loads(js)
-            f = m.get("file")
-            rt = m.get("reply_to")
-            # mentions: a list, absent, or {} (an empty array as Lua's cjson writes it): NULL when empty
-            records.append((m["id"], room_id, seq, m.get("sender_id"), m["kind"], m.get("body") or "",
-                            f["id"] if f else None, m.get("client_id"),
-                            datetime.fromisoformat(m["created_at"]), rt["seq"] if rt else None,
-                            m.get("mentions") or None))
-            raws.append(js)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            # Skipping would lose it silently; refusing would block every later message of the
-            # room and grow Redis without bound. Set aside, committed with the rest of the batch.
-            mid = _id_or_none(m.get("id")) if isinstance(m, dict) else None
-            dead.append(DeadRow(seq, mid, _entry_bytes(fields), _error_text(exc)))
+            entries = await raw.xrange(keys.room_log(room_id), min=str(after + 1), max="+", count=count)
+        except UnicodeDecodeError:
+            # An entry that is not UTF-8 (nothing the accept path writes): read this batch as bytes.
+            entries = await _read_bytes(raw, keys, room_id, after, count)
+        records, raws, dead = rows_of(room_id, entries)
+    top = int(entries[-1][0].partition("-")[0]) if entries else after
     return _Batch(len(entries), records, raws, top, dead)
 
 
