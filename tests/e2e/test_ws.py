@@ -387,6 +387,7 @@ def limited(own_server: OwnServers) -> ServerProc:
                       RATE_JOINS_WINDOW_S="60")
 
 
+@pytest.mark.redis_engines("single")  # global rate keys, one INCR each (no script): same on a cluster
 async def test_room_creation_and_joins_are_limited_per_user_over_http_and_ws(limited: ServerProc) -> None:
     with httpx.Client(base_url=limited.base_url, timeout=10) as api:
         owner, joiner = make_user(api), make_user(api)
