@@ -333,7 +333,10 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     # fails with "Too many connections" when a flush of many pending rooms runs in a test.
     from app.store.client import connect_redis_for
 
-    client = connect_redis_for(settings)
+    client = connect_redis_for(settings)  # a RedisCluster on the cluster engine
+    if settings.redis_cluster:
+        # A cold cluster client fails concurrent first calls (app/store/client.py): learn the map now.
+        await client.initialize()
     yield client
     await client.aclose()
 
