@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 import orjson
 
@@ -28,12 +28,21 @@ from app.realtime.connection import Connection, Frame
 from app.realtime.events import is_message_frame, message_frame, message_of_frame
 from app.serialize import dumps
 
-if TYPE_CHECKING:
-    from app.realtime.fanout import Subscriptions
-
 log = logging.getLogger("chat.ws")
 
 RECENT_S = 300.0  # how long a join/leave version is remembered (a late event is late by ms, not minutes)
+
+
+class Subscriptions(Protocol):
+    """What the registry asks of the process's channel subscriptions (app/realtime/fanout.py's
+    Subscriptions, which imports this module), FANOUT_CHANNELS=rooms only."""
+
+    def need_user(self, user_id: str) -> None: ...
+    def need_room(self, room_id: str) -> None: ...
+    def release_user(self, user_id: str) -> None: ...
+    def release_room(self, room_id: str) -> None: ...
+    def room_live(self, room_id: str) -> bool: ...
+    async def ready(self, user_id: str | None, room_ids: Iterable[str]) -> None: ...
 
 
 class CatchUp:
