@@ -1,6 +1,7 @@
 """The accept script on a real Redis Cluster through the cluster batcher (app/store/cache.py).
 
-Needs TEST_REDIS_CLUSTER_URL (any one node; tests/cluster.py's harness sets it), else skips.
+On TEST_REDIS_CLUSTER_URL (any one node) or the session's own cluster (tests/cluster.py);
+skipped when neither is possible.
 Rooms are spread over all three masters; the scripts are flushed from every primary first, so
 the NOSCRIPT reload runs too.
 """
@@ -21,19 +22,29 @@ from app.store import cache, member_sets, pending
 from app.store.client import connect_redis
 from app.store.keys import Keys
 
+# A cluster is processes (the session's, started on first use, unless TEST_REDIS_CLUSTER_URL).
+pytestmark = pytest.mark.e2e
 
-
-def cluster_url() -> str:
-    """Read when a test runs, not at import: the harness sets it once it started its cluster."""
-    url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
-    if not url:
-        pytest.skip("TEST_REDIS_CLUSTER_URL is not set (no Redis Cluster)")
-    return url
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[tuple[Any, Keys, cache.Batcher]]:
-    redis = await connect_redis(cluster_url(), cluster=True).initialize()  # before concurrent calls
+def cluster_url(request: pytest.FixtureRequest) -> str:
+    """TEST_REDIS_CLUSTER_URL, else the session's own cluster (tests/conftest.py's
+    redis_cluster_url starts it on first use) when redis-server and redis-cli are installed;
+    else the test is skipped."""
+    url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
+    if url:
+        return url
+    from tests import cluster
+
+    if cluster.tools_missing():
+        pytest.skip(f"TEST_REDIS_CLUSTER_URL is not set and {', '.join(cluster.tools_missing())} is missing")
+    return request.getfixturevalue("redis_cluster_url")
+
+
+@pytest.fixture
+async def cluster(cluster_url: str) -> AsyncIterator[tuple[Any, Keys, cache.Batcher]]:
+    redis = await connect_redis(cluster_url, cluster=True).initialize()  # before concurrent calls
     keys = Keys(f"t{uuid.uuid4().hex[:8]}", cluster=True)
     batcher = cache.make_batcher(redis)
     assert isinstance(batcher, cache.ClusterBatcher)
@@ -119,7 +130,7 @@ async def _move_slot(redis: Any, slot: int, src: Any, dst: Any) -> None:
         await redis.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id, target_nodes=node)
 
 
-async def test_a_send_after_its_slot_moved_follows_the_redirect(cluster) -> None:
+async def test_a_send_after_its_slot_moved_follows_the_redirect(cluster, cluster_url: str) -> None:
     """The batcher's slot map is stale after a reshard: the node answers MOVED (the script did
     not run), the send runs once through the cluster client, and the seqs go on gap-free."""
     redis, keys, batcher = cluster
@@ -129,7 +140,7 @@ async def test_a_send_after_its_slot_moved_follows_the_redirect(cluster) -> None
     src = redis.get_node_from_key(keys.room_seq(rid))
     dst = next(n for n in redis.get_primaries() if n.name != src.name)
     # Another client moves the slot: this one's map still says `src`.
-    other = await connect_redis(cluster_url(), cluster=True).initialize()
+    other = await connect_redis(cluster_url, cluster=True).initialize()
     try:
         await _move_slot(other, slot, other.get_node(src.host, src.port), other.get_node(dst.host, dst.port))
         try:
@@ -139,7 +150,7 @@ async def test_a_send_after_its_slot_moved_follows_the_redirect(cluster) -> None
             assert rid in await pending.pending_rooms(redis, keys)
         finally:
             await other.aclose()
-            other = await connect_redis(cluster_url(), cluster=True).initialize()
+            other = await connect_redis(cluster_url, cluster=True).initialize()
             await _move_slot(other, slot, other.get_node(dst.host, dst.port), other.get_node(src.host, src.port))
     finally:
         await other.aclose()

@@ -2,7 +2,7 @@
 
 The pure checks run everywhere; the ones that ask a real cluster (the slot Redis itself gives
 a key, scripts that touch a room's pending set and rate key) need TEST_REDIS_CLUSTER_URL (any
-one node; tests/cluster.py's harness sets it) and skip without it.
+one node) or the session's own cluster (tests/cluster.py), and skip when neither is possible.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from app.store.keys import SLOT_TAGS, Keys, _SlotTags
 
 
 
-def cluster_url() -> str:
-    """Read when a test runs, not at import: the harness sets it once it started its cluster."""
+@pytest.fixture
+def cluster_url(request: pytest.FixtureRequest) -> str:
+    """TEST_REDIS_CLUSTER_URL, else the session's own cluster (tests/conftest.py's
+    redis_cluster_url starts it on first use) when redis-server and redis-cli are installed;
+    else the test is skipped."""
     url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
-    if not url:
-        pytest.skip("TEST_REDIS_CLUSTER_URL is not set (no Redis Cluster)")
-    return url
+    if url:
+        return url
+    from tests import cluster
+
+    if cluster.tools_missing():
+        pytest.skip(f"TEST_REDIS_CLUSTER_URL is not set and {', '.join(cluster.tools_missing())} is missing")
+    return request.getfixturevalue("redis_cluster_url")
 
 
 def _slot(key: str) -> int:
@@ -64,8 +71,8 @@ def test_one_pending_set_per_slot_with_stable_names() -> None:
 
 
 @pytest.fixture
-async def cluster():
-    redis = await connect_redis(cluster_url(), cluster=True).initialize()  # before concurrent calls (client.py)
+async def cluster(cluster_url: str):
+    redis = await connect_redis(cluster_url, cluster=True).initialize()  # before concurrent calls (client.py)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}", cluster=True)
     try:
         yield redis, keys
@@ -75,6 +82,7 @@ async def cluster():
         await redis.aclose()
 
 
+@pytest.mark.e2e  # a cluster is processes (the session's, unless TEST_REDIS_CLUSTER_URL)
 async def test_cluster_agrees_on_the_slots(cluster) -> None:
     redis, keys = cluster
     for _ in range(50):
@@ -82,6 +90,7 @@ async def test_cluster_agrees_on_the_slots(cluster) -> None:
         assert await redis.cluster_keyslot(keys.pending_set(room)) == await redis.cluster_keyslot(keys.room_log(room))
 
 
+@pytest.mark.e2e
 async def test_pending_rooms_read_every_slot_set(cluster) -> None:
     """Rooms spread over every primary are all found by the readers (SCARD per slot set)."""
     redis, keys = cluster
