@@ -5,8 +5,8 @@ Chromium, the launcher, the bench, a CLI) or uses one the session started, so th
 `-m 'not e2e'` is an in-process inner loop. Three signs, any one suffices:
 
 - it lives under a directory whose tests all start processes (E2E_DIRS);
-- it uses a process fixture: a fixture whose body starts a process (PROCESS_CALLS) or that
-  depends on such a fixture, found by reading every fixture under tests/ (so a new server
+- it uses a process fixture: a fixture whose body starts a process (PROCESS_CALLS) or names
+  the cluster fixture (CLUSTER_FIXTURE, even through getfixturevalue), or that depends on such a fixture, found by reading every fixture under tests/ (so a new server
   fixture needs no list to be kept up to date), pytest's own closure giving the indirect uses;
 - its module's source starts processes itself (PROCESS_CALLS anywhere in the module);
 - it runs on the Redis Cluster engine (`redis_engine` param "cluster": the cluster's nodes are
@@ -28,6 +28,10 @@ E2E_DIRS = frozenset({"e2e", "faults", "browser", "bench", "fuzz"})
 # app/ops), the stacks built on them, the launcher, Playwright's browser, and subprocess itself.
 PROCESS_CALLS = ("subprocess.", "Proc(", "OwnServers(", "Stack(", "RedisServer(", "PgCluster(",
                  "start_worker(", "start_server(", "start_scheduler(", "Launcher(", "sync_playwright(")
+
+# The session's Redis Cluster (tests/conftest.py, started on first use): a fixture that names it
+# starts redis-server processes.
+CLUSTER_FIXTURE = "redis_cluster_url"
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -69,7 +73,10 @@ def process_fixtures(files: Iterable[Path] | None = None) -> dict[str, str]:
                 continue
             params = {a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs}
             body = ast.get_source_segment(text, node) or ""
-            defs.append((name, params, starts_processes(body), f"{path}:{node.lineno}"))
+            # A fixture naming the cluster fixture (requesting it, even through getfixturevalue)
+            # starts the session's Redis Cluster on first use.
+            direct = starts_processes(body) or CLUSTER_FIXTURE in body
+            defs.append((name, params, direct, f"{path}:{node.lineno}"))
     found = {name: where for name, _, direct, where in defs if direct}
     grew = True
     while grew:
@@ -87,8 +94,8 @@ def engine_reason(params: Mapping[str, object], fixturenames: Iterable[str] = ()
     `redis_cluster_url`."""
     if params.get("redis_engine") == "cluster":
         return "runs on the Redis Cluster engine (redis-server processes)"
-    if "redis_cluster_url" in fixturenames:
-        return "uses the Redis Cluster (redis_cluster_url: redis-server processes)"
+    if CLUSTER_FIXTURE in fixturenames:
+        return f"uses the Redis Cluster ({CLUSTER_FIXTURE}: redis-server processes)"
     return None
 
 
