@@ -1,11 +1,12 @@
-"""`python -m bench [realtime|direct|flush|history|idle|bare|reads|lifecycle_micro|search|all|report] [options]`
+"""`python -m bench [realtime|direct|flush|history|idle|bare|stack|storm|reads|lifecycle_micro|search|all|report] [options]`
 (`make bench` runs `all`; `make bench-lifecycle` the lifecycle scenarios of issue 12, bench/lifecycle.py).
 
-Every scenario starts its own Redis, database and server, measures, and removes them
-again; results go to bench/results/<scenario>.json and bench/results/summary.md.
-The defaults make `all` take about two minutes; docs/performance.md gives the longer
-command for the published figures.
-"""
+Every scenario starts its own Redis, database and server (`stack`: `make run`'s whole tree),
+measures, and removes them again; results go to bench/results/<scenario>.json and
+bench/results/summary.md. `all` runs the bare yardstick, stack and storm first (issue 14's
+ratios need them from the same run), then the others; docs/performance.md gives its duration
+and the options that size it down (--storm-connections, --flush-messages, --copy-ceiling-rows,
+--idle-connections, --rates, --stack-rates)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
                    help="each room's backlog triggers a flush about this often at 1,000 msgs/s")
     g.add_argument("--stack-flush-threshold", type=int, default=0,
                    help="FLUSH_BACKLOG_THRESHOLD given directly (0: from --stack-flush-every-s)")
+    g.add_argument("--stack-ab", default="", metavar="NICE_A,NICE_B",
+                   help="paired before/after in one run: each rate is run 2*--stack-ab-rounds times, the "
+                        "worker's and scheduler's niceness flipping between A and B from step to step")
+    g.add_argument("--stack-ab-rounds", type=int, default=3, help="A/B pairs per rate with --stack-ab")
     g.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the stack (e.g. WORKER_NICE=0 for a before/after pair)")
     g = p.add_argument_group("storm (reconnect storm; the bare server's connect rate measured the same way)")

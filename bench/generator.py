@@ -119,7 +119,10 @@ async def _realtime(load: Load, cfg: dict[str, Any], sampler: FlushSampler | Non
     steps: list[dict[str, Any]] = []
     best: float | None = None
     k0 = 0
-    for rate in cfg["rates"]:
+    for i, rate in enumerate(cfg["rates"]):
+        if cfg.get("await_each_step"):  # the bench changes something between steps (stack --stack-ab)
+            emit("await", what="step", index=i)
+            await wait_stdin_go(float(cfg.get("await_timeout_s", 120)))
         emit("progress", msg=f"rate {rate:g} msgs/s: {cfg['warmup_s']}s warm-up + {cfg['duration_s']}s measured")
         res = await load.run_step(rate, float(cfg["warmup_s"]), float(cfg["duration_s"]), k0, senders,
                                   float(cfg.get("drain_s", 5)))

@@ -344,9 +344,14 @@ def sender_list(conns: list[WSConn | None], specs: list[dict[str, Any]],
     return [s for rank in sorted(by_rank) for s in by_rank[rank]]
 
 
+_stdin: asyncio.StreamReader | None = None
+
+
 async def wait_stdin_go(timeout: float) -> None:
-    """Block until the bench writes a line on stdin (bounded)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await asyncio.wait_for(reader.readline(), timeout)
+    """Block until the bench writes a line on stdin (bounded); may be called again and again."""
+    global _stdin
+    if _stdin is None:  # stdin is connected to the loop once: a second pipe transport would fail
+        loop = asyncio.get_running_loop()
+        _stdin = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(_stdin), sys.stdin)  # type: ignore[arg-type]
+    await asyncio.wait_for(_stdin.readline(), timeout)

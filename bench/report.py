@@ -77,6 +77,10 @@ def _missed(value: float, target: float, higher_is_better: bool) -> str:
     return "met" if value <= target else f"missed by {100 * (value / target - 1):.0f}%"
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def _steps(res: dict[str, Any] | None) -> list[dict[str, Any]]:
     return (res or {}).get("steps", [])
 
@@ -346,8 +350,8 @@ def _lifecycle_targets(latest: dict[str, dict[str, Any]]) -> list[tuple[str, str
 def _step_table(res: dict[str, Any]) -> list[str]:
     lines = ["| offered msgs/s | acked/s | deliveries/s | delivery p50 / p95 / p99 ms | ack p99 ms | lost | dup "
              "| rejected | server us/msg | Redis us/msg | PostgreSQL us/msg | server+Redis core | RSS MB "
-             "| generator core, send lag p99 ms | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| generator core, send lag p99 ms | others on the server core | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in _steps(res):
         d = s["delivery_ms"]
         sat = " (saturated)" if s.get("generator_saturated") else ""
@@ -358,7 +362,7 @@ def _step_table(res: dict[str, Any]) -> list[str]:
             f"{_n(s['redis_cpu_s_per_1000_msgs'] * 1000)} | {_n(s.get('postgres_cpu_s_per_1000_msgs', 0) * 1000)} | "
             f"{s['server_redis_cpu_share']:.0%} | {_n(s['server_rss_mb'], 1)} | "
             f"{s['generator_cpu_share']:.0%}, {_n(s['send_lag_ms']['p99'], 1)}{sat} | "
-            f"{'pass' if s['passed'] else 'FAIL'} |")
+            f"{_pct(s.get('server_core_foreign_share'))} | {'pass' if s['passed'] else 'FAIL'} |")
     return lines
 
 
@@ -398,6 +402,19 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
                        f"{res['senders']} senders, {target}; highest passing rate: "
                        f"{_n(res['highest_passing_rate'])} msgs/s.")
             out += [""] + _step_table(res)
+            if res.get("ab"):
+                out += ["", "Paired in one run (`--stack-ab`): the worker's and scheduler's niceness flipped "
+                            "between consecutive steps.", "",
+                        "| msgs/s | worker nice | steps | delivery p50 ms (each) | delivery p99 ms (each) "
+                        "| median p50 / p99 ms | others on the server core |", "|---|---|---|---|---|---|---|"]
+                for row in res["ab"]:
+                    for key, v in row.items():
+                        if key.startswith("nice_"):
+                            out.append(f"| {_n(row['rate'])} | {key[5:]} | {v['steps']} | "
+                                       f"{', '.join(_n(x, 1) for x in v['p50_ms'])} | "
+                                       f"{', '.join(_n(x, 1) for x in v['p99_ms'])} | "
+                                       f"{_n(v['median_p50_ms'], 2)} / {_n(v['median_p99_ms'], 2)} | "
+                                       f"{', '.join(f'{x:.0%}' for x in v['others_on_core'] if x is not None)} |")
             if res.get("profile"):
                 from bench.profile import markdown
 
@@ -414,7 +431,7 @@ def summary_markdown(latest: dict[str, dict[str, Any]]) -> str:
             if c:
                 out += ["", f"The ceiling, measured after it on the same database: one binary COPY of "
                             f"{_n(c['rows'])} rows into `messages` (rows made by PostgreSQL beforehand, no Python "
-                            f"per row) took {c['seconds']} s: **{_n(c['rows_per_s'])} rows/s**; the flush reached "
+                            f"per row; FK triggers {c.get('fk_triggers', 'fired')}) took {c['seconds']} s: **{_n(c['rows_per_s'])} rows/s**; the flush reached "
                             f"{100 * res['share_of_copy_ceiling']:.0f}% of it."]
         elif name == "storm":
             out += _storm_md(res)

@@ -93,6 +93,52 @@ def stack_flush_threshold(opts: argparse.Namespace) -> int:
     return max(1, round(per_room_per_s * opts.stack_flush_every_s))
 
 
+def renice_workers(launcher_pid: int, nice: int) -> int:
+    """Every thread of the worker's and scheduler's processes (in our launcher's tree) to `nice`.
+
+    Only processes this bench started; going back down to 0 needs CAP_SYS_NICE (root here),
+    else OSError says so."""
+    import os
+    from pathlib import Path
+
+    count = 0
+    for pid in procs.tree_pids(launcher_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        if b"dramatiq" in cmd or b"tasks.scheduler" in cmd:
+            for tid in tids:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                    count += 1
+                except ProcessLookupError:
+                    pass
+    return count
+
+
+def ab_summary(steps: list[dict[str, Any]], ab: list[int]) -> list[dict[str, Any]]:
+    """Per rate and niceness: the median p50/p99 over the steps, and the pairs' p99 ratios."""
+    import statistics
+
+    out = []
+    for rate in sorted({s["rate"] for s in steps}):
+        row: dict[str, Any] = {"rate": rate}
+        for nice in ab:
+            mine = [s for s in steps if s["rate"] == rate and s.get("worker_nice") == nice]
+            p50s = [s["delivery_ms"]["p50"] for s in mine if s["delivery_ms"]["p50"] is not None]
+            p99s = [s["delivery_ms"]["p99"] for s in mine if s["delivery_ms"]["p99"] is not None]
+            row[f"nice_{nice}"] = {
+                "steps": len(mine), "p50_ms": p50s, "p99_ms": p99s,
+                "median_p50_ms": round(statistics.median(p50s), 3) if p50s else None,
+                "median_p99_ms": round(statistics.median(p99s), 3) if p99s else None,
+                "others_on_core": [s.get("server_core_foreign_share") for s in mine],
+                "tree_us_per_msg": [s["server_cpu_us_per_msg"] for s in mine]}
+        out.append(row)
+    return out
+
+
 async def stack_scenario(opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
     """The realtime load against `make run`'s whole process tree (server, worker, scheduler) and its
     Redis on the server core, the worker flushing every few seconds meanwhile."""
@@ -111,8 +157,26 @@ async def stack_scenario(opts: argparse.Namespace, run_id: str) -> dict[str, Any
         cfg = {"mode": "realtime", "ws_url": stack.server.ws_url, "rooms": pop.room_ids,  # type: ignore[union-attr]
                "conns": _conn_specs(pop, groups, opts.senders_share), "rates": rates,
                "stop_on_fail": not opts.no_stop, "flush_db_url": stack.db_url, **_common(opts)}
+        on_await = None
+        ab: list[int] = []
+        if opts.stack_ab:
+            # A paired before/after inside one run: the worker's and scheduler's niceness flips
+            # between consecutive steps (A, B, A, B, ...), so the neighbours' load on this shared
+            # machine falls on both halves alike instead of on whichever run came second.
+            ab = [int(x) for x in opts.stack_ab.split(",")]
+            rates = cfg["rates"] = [r for r in rates for _ in range(2 * opts.stack_ab_rounds)]
+            cfg["stop_on_fail"], cfg["await_each_step"] = False, True
+
+            async def on_await(event: dict[str, Any]) -> None:
+                nice = ab[event["index"] % len(ab)]
+                n = renice_workers(stack.server.pid, nice)  # type: ignore[union-attr]
+                say(f"[{name}] step {event['index'] + 1}: worker and scheduler at nice {nice} ({n} threads)")
         per_step = opts.warmup + opts.duration + opts.drain + 5
-        res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300)
+        res = await run_generator(stack, cfg, name, timeout_s=len(rates) * per_step + 300, on_await=on_await)
+        if ab:
+            for i, step in enumerate(res["steps"]):
+                step["worker_nice"] = ab[i % len(ab)]
+            res["ab"] = ab_summary(res["steps"], ab)
         res.update({"scenario": name, "write_mode": "cache", "room_size": len(groups[0]),
                     "senders_share": opts.senders_share, "flush_backlog_threshold": threshold,
                     "processes": "app.ops.launcher: server, worker, scheduler", "extra_env": env})

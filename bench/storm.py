@@ -31,7 +31,10 @@ from bench.stats import summarize
 from bench.wsclient import WSConn
 
 RETRY_RE = re.compile(r"retry_after_ms=(\d+)")
-ATTEMPT_TIMEOUT_S = 15.0
+# How long a client waits for its hello before it drops the connection and tries again. Long:
+# a server that queues connects (admission control) answers late rather than never, and a
+# client that gives up early only joins the back of the queue again.
+ATTEMPT_TIMEOUT_S = 30.0
 
 
 class Client:
