@@ -52,7 +52,7 @@ flush: $(VENV)/.runtime
 status: $(VENV)/.runtime
 	@$(SERVERS_ENV) $(PY) -m app.ops.cli status
 
-## bench: load benchmark, about two minutes (own Redis, database and server; BENCH_ARGS, docs/performance.md)
+## bench: load benchmark, about ten minutes (own Redis, database and servers; bare, stack, storm and the rest; BENCH_ARGS sizes it down, docs/performance.md)
 bench: $(VENV)/.dev
 	$(PY) -m bench $(BENCH_ARGS)
 
