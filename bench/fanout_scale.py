@@ -42,7 +42,7 @@ class Room:
 
 
 async def measure(stack: Stack, servers: list[ChatServerProc], pop: Any, rooms: int, members: int,
-                  rate: float, seconds: float, warmup: float) -> dict[str, Any]:
+                  rate: float, seconds: float, warmup: float, idle_s: float = 3.0) -> dict[str, Any]:
     n = len(servers)
     delivered = [0] * n  # per process
     bad: list[str] = []
@@ -82,6 +82,12 @@ async def measure(stack: Stack, servers: list[ChatServerProc], pop: Any, rooms: 
                 senders.append(conn)
             index += 1
     await asyncio.sleep(1.0)  # hellos in
+    # idle baseline: what each process burns with its connections open and no traffic
+    # (heartbeat, timers), so the per-message figure can be given with and without it
+    idle0 = [tree_cpu_seconds(s.pid) for s in servers]
+    t_idle = time.perf_counter()
+    await asyncio.sleep(idle_s)
+    idle_rate = [(tree_cpu_seconds(s.pid) - c) / (time.perf_counter() - t_idle) for s, c in zip(servers, idle0)]
 
     state = [Room(pop.room_ids[r]) for r in range(rooms)]
     stop = {"t": 0.0}
@@ -124,12 +130,16 @@ async def measure(stack: Stack, servers: list[ChatServerProc], pop: Any, rooms: 
     for conn, *_ in conns:
         conn.close()
     per_proc = [1e6 * c / d if d else None for c, d in zip(cpu, delivered)]
+    net = [1e6 * (c - i * elapsed) / d if d else None for c, i, d in zip(cpu, idle_rate, delivered)]
     return {
         "processes": n, "elapsed_s": round(elapsed, 2), "sent": sum(s.sent for s in state),
         "delivered_per_process": delivered,
         "cpu_s_per_process": [round(c, 3) for c in cpu],
         "cpu_us_per_delivered_per_process": [round(x, 1) if x else None for x in per_proc],
         "cpu_us_per_delivered_all": round(1e6 * sum(cpu) / max(1, sum(delivered)), 1),
+        "idle_cpu_per_s_per_process": [round(i, 4) for i in idle_rate],
+        "net_cpu_us_per_delivered_per_process": [round(x, 1) if x else None for x in net],
+        "net_cpu_us_per_delivered_all": round(1e6 * (sum(cpu) - sum(idle_rate) * elapsed) / max(1, sum(delivered)), 1),
         "redis_cpu_s": round(redis_cpu, 3),
         "missing": missing, "out_of_order": bad,
     }
@@ -182,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump({"options": vars(opts), "results": results}, f, indent=1)
-    print(f"{'mode':7} {'N':>2} {'sent':>6} {'us/deliv per proc':>28} {'all':>6} {'redis s':>7} missing")
+    print(f"{'mode':7} {'N':>2} {'sent':>6} {'us/deliv per proc':>28} {'all':>6} {'net all':>7} {'redis s':>7} missing")
     for r in results:
         per = " ".join(f"{x:6.0f}" if x else "     -" for x in r["cpu_us_per_delivered_per_process"])
         print(f"{r['mode']:7} {r['processes']:>2} {r['sent']:>6} {per:>28} {r['cpu_us_per_delivered_all']:6.0f} "
-              f"{r['redis_cpu_s']:7.2f} {r['missing']}")
+              f"{r['net_cpu_us_per_delivered_all']:7.0f} {r['redis_cpu_s']:7.2f} {r['missing']}")
     return 0
 
 
