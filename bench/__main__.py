@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--idle-connections", type=int, default=10_000)
     g.add_argument("--idle-hold", type=float, default=3.0, help="seconds the connections are held")
     lifecycle.add_arguments(p)
+    p.add_argument("--redis-appendfsync", choices=["always", "everysec", "no"], default="everysec",
+                   help="AOF fsync policy of the bench's private Redis")
     p.add_argument("--out", type=Path, default=report.RESULTS, help="directory of the results and summary.md")
     return p
 
@@ -161,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(report.ALL) if opts.scenario == "all" else [opts.scenario]
     run_id = uuid.uuid4().hex[:8]
     procs.raise_fd_limit()
+    procs.REDIS_APPENDFSYNC = opts.redis_appendfsync
     pinning = "server+Redis on core 0, generator on core 1" if procs.can_pin() else "none (taskset missing or 1 core)"
     meta = {**report.machine(), "argv": shlex.join(sys.argv[1:] if argv is None else argv), "pinning": pinning,
-            "run_id": run_id}
+            "run_id": run_id, "redis_appendfsync": opts.redis_appendfsync}
     say(f"bench run {run_id}: {', '.join(names)}; pinning: {pinning}")
     started = time.monotonic()
     try:

@@ -131,8 +131,13 @@ class Proc(procs.Proc):
                          core=core, stdout=stdout, stdin=stdin)
 
 
+# The AOF fsync policy of the bench's Redis (`--redis-appendfsync`): everysec unless a run pairs
+# policies, since the cost of always/everysec/no on delivery is what decides the shipped one.
+REDIS_APPENDFSYNC = "everysec"
+
+
 class RedisProc(Proc):
-    """A private redis-server on a free loopback port, with AOF (appendfsync everysec)."""
+    """A private redis-server on a free loopback port, with AOF (appendfsync REDIS_APPENDFSYNC)."""
 
     def __init__(self, workdir: Path, run_id: str, core: int | None = SERVER_CORE) -> None:
         self.port = free_port()
@@ -140,7 +145,7 @@ class RedisProc(Proc):
         workdir.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server") or str(ROOT / ".venv" / "bin" / "redis-server")
         argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir),
+                "--appendonly", "yes", "--appendfsync", REDIS_APPENDFSYNC, "--dir", str(workdir),
                 "--maxclients", "20000", "--protected-mode", "no", "--daemonize", "no"]
         super().__init__("redis", argv, core=core, run_id=run_id)
 
