@@ -51,15 +51,19 @@ class CatchUp:
     `from_seq`: the room's last seq at the join (the j: event carries it; None = unknown, no
     catch-up). Once subscribed (`fetching`), the room's live events wait in `buffer` until the
     room's stream has been read from from_seq + 1; then the stream's messages go out, followed
-    by the buffered events minus the messages the stream already gave.
+    by the buffered events minus the messages the stream already gave. Then (`floor` set) live
+    messages up to the last seq the stream gave are still dropped: a message published between
+    the confirmation and the stream read may have its live copy still unread on the subscriber
+    connection; the first newer message ends that (a channel's events come in order).
     """
 
-    __slots__ = ("from_seq", "fetching", "buffer")
+    __slots__ = ("from_seq", "fetching", "buffer", "floor")
 
     def __init__(self, from_seq: int | None) -> None:
         self.from_seq = from_seq
         self.fetching = False
         self.buffer: list[tuple[str, str]] = []  # (frame text, exclude) of live room events
+        self.floor: int | None = None  # after the catch-up: live messages <= floor are duplicates
 
 
 class Registry:
@@ -188,7 +192,7 @@ class Registry:
         entry = self.catchups.get(room_id)
         if entry is None:
             return None
-        if entry.from_seq is None or room_id not in self.by_room:
+        if entry.from_seq is None or entry.floor is not None or room_id not in self.by_room:
             del self.catchups[room_id]
             return None
         entry.fetching = True
@@ -197,8 +201,8 @@ class Registry:
     def catch_up_done(self, room_id: str, entries: list[tuple[int, str]] | None, has_more: bool = False) -> None:
         """Deliver the stream's messages after from_seq (`entries`: (seq, message JSON); None:
         the read failed), then the live events buffered meanwhile minus what the stream gave."""
-        entry = self.catchups.pop(room_id, None)
-        if entry is None:
+        entry = self.catchups.get(room_id)
+        if entry is None or not entry.fetching:
             return
         conns = self.by_room.get(room_id)
         floor = entry.from_seq or 0
@@ -219,9 +223,11 @@ class Registry:
                     else:
                         conn.push(frame)
                 floor = max(floor, seq)
-        for text, exclude in entry.buffer:
-            if is_message_frame(text) and _message_seq(message_of_frame(text)) <= floor:
-                continue  # the stream gave it already
+        log.debug("room %s caught up after a join: %d message(s) from the stream after seq %s, %d live event(s) held",
+                  room_id, len(entries or ()), entry.from_seq, len(entry.buffer))
+        held, entry.buffer = entry.buffer, []
+        entry.fetching, entry.floor = False, floor
+        for text, exclude in held:  # to_room drops what the stream gave (floor), in order
             self.to_room(room_id, text, exclude)
 
     def live_channels(self) -> tuple[list[str], list[str]]:
@@ -290,9 +296,14 @@ class Registry:
     def to_room(self, room_id: str, text: str, exclude: str = "") -> None:
         if self.catchups:  # per-room channels only: a room catching up gets its events in order after
             entry = self.catchups.get(room_id)
-            if entry is not None and entry.fetching:
-                entry.buffer.append((text, exclude))
-                return
+            if entry is not None:
+                if entry.fetching:
+                    entry.buffer.append((text, exclude))
+                    return
+                if entry.floor is not None and is_message_frame(text):
+                    if _message_seq(message_of_frame(text)) <= entry.floor:
+                        return  # the stream gave it already
+                    del self.catchups[room_id]  # a newer one: no duplicate can follow
         conns = self.by_room.get(room_id)
         own = self.conns.get(exclude) if exclude and not exclude.startswith("~") else None
         if conns:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -219,3 +220,68 @@ async def test_every_kind_of_event_reaches_its_recipients_on_room_and_user_chann
         assert "member_left" not in frames and "message" not in frames, frames  # no duplicate, no leak
     for ws in (a, b1, b2):
         await ws.close()
+
+
+async def test_a_room_subscribed_because_of_a_join_catches_up_from_its_stream_without_duplicates(
+        redis_engine: Engine) -> None:
+    """The fan-out's own parts on the real engine (no server): a join event for a user with a
+    connection here arrives on the user's channel for a room this process holds no channel of;
+    the messages already in the room's stream after the join's seq are delivered from there, and
+    their live copies (which may still be on their way) are dropped: each seq once, in order."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from app.realtime.connection import Connection
+    from app.realtime.events import message_payload
+    from app.realtime.fanout import Subscriptions, subscribe_forever
+    from app.realtime.registry import Registry
+    from app.serialize import dumps
+    from app.store.client import connect_redis_for
+    from app.store.keys import Keys
+    from tests.app.realtime.test_connection import FakeSocket, message
+
+    iso = isolated_env("fc", {**redis_engine.env, "FANOUT_CHANNELS": "rooms"})
+    keys = Keys(iso.prefix, cluster=redis_engine.cluster, fanout_rooms=True)
+    cmd = connect_redis_for(iso.settings)
+    sub = Redis.from_url(iso.settings.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0), protocol=2,
+                         socket_timeout=None)
+    reg = Registry()
+    subs = reg.subs = Subscriptions(keys, reg, cmd)
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(subs.write_forever()),
+             asyncio.create_task(subscribe_forever(sub, keys, reg, ready, None, subs))]
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        for attempt in range(5):  # each round a new room: the race differs from round to round
+            user, room = f"u{attempt}", str(uuid.uuid4())
+            ws = FakeSocket()
+            conn = Connection(ws, user, registry=reg)
+            reg.add(conn)
+            conn.start()
+            await reg.subscribed(user)
+            msgs = [message(room, seq, "someone") for seq in range(1, 6)]
+            for m in msgs[:3]:  # sent after the join, before this process holds the room's channel
+                await cmd.xadd(keys.room_log(room), {"m": dumps(m)}, id=f"{m['seq']}-0")
+            joined = {"type": "member_joined", "membership": {"room_id": room, "user_id": user}}
+            await cmd.publish(keys.user_channel(user), f"j:{room}:{user}:1:0||{dumps(joined)}")
+            await eventually(lambda: subs.room_live(room), 5)
+            # live copies: 3 (its live event raced the subscription) and the new 4 and 5
+            for m in msgs[2:]:
+                if m["seq"] > 3:
+                    await cmd.xadd(keys.room_log(room), {"m": dumps(m)}, id=f"{m['seq']}-0")
+                await cmd.publish(keys.room_channel(room), message_payload(room, dumps(m)))
+            await eventually(lambda: sum(f["type"] == "message" for f in ws.frames) >= 5, 5)
+            await asyncio.sleep(0.2)
+            seqs = [f["message"]["seq"] for f in ws.frames if f["type"] == "message"]
+            assert seqs == [1, 2, 3, 4, 5], seqs
+            assert [f["type"] for f in ws.frames][0] == "member_joined"  # the join first, then the room
+            reg.remove(conn)
+            conn.stop()
+            await cmd.delete(keys.room_log(room))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sub.aclose()
+        await cmd.aclose()
