@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import resource
+import threading
+import time
 from functools import partial
 
 from sanic import Sanic
@@ -26,6 +30,36 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+# Longer than Sanic's graceful shutdown (15 s): an orphaned manager first gets its normal stop.
+ORPHAN_GRACE_S = 20.0
+
+
+def watch_for_orphaning(grace_s: float = ORPHAN_GRACE_S) -> threading.Thread | None:
+    """In Sanic's manager: once the process that started us is gone, allow `grace_s` for the
+    normal shutdown its death signal (PR_SET_PDEATHSIG) began, then kill our children and exit.
+
+    The death signal alone is not enough: a SIGTERM that lands while the manager is starting a
+    worker (the worker dies inside its start-up hooks) leaves Sanic's manager running forever
+    (seen: > 60 s at ~18% of a core), and nothing would ever stop it. Not armed when we have no
+    parent to lose (PID 1 in a container)."""
+    parent = os.getppid()
+    if parent <= 1:
+        return None
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        time.sleep(grace_s)
+        for child in multiprocessing.active_children():
+            child.kill()
+        logging.getLogger("chat.server").error("orphaned manager did not stop within %.0f s: exiting", grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=run, name="orphan-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     # Imported here, not at the top: Sanic's processes started by multiprocessing "spawn"
     # (its shared-context manager) re-import this module, and the whole app (every blueprint,
@@ -43,6 +77,7 @@ def main() -> None:
             "WORKERS>1 without PROMETHEUS_MULTIPROC_DIR: each GET /metrics shows the counters of "
             "the one worker that answers it (make run sets it)")
     raise_open_files_limit()  # before Sanic forks its workers, which inherit it
+    watch_for_orphaning()
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
