@@ -12,8 +12,9 @@ process tree during the window / messages delivered to its connections (acks cou
 deliveries). Global mode: every process reads and decodes every room's events; rooms mode:
 only its own rooms'. Every connection must get every message of its room once, in order.
 
-Uses bench.stack.Stack (its own Redis, database and first server) plus N-1 more servers on
-the same Redis and database. Results: bench/results/fanout_scale.json.
+Uses bench.stack.Stack (its own Redis and database; its server only creates the rooms), then
+per step N servers of one mode on them, the modes alternated at each N so that neighbours'
+load falls on both. Results: bench/results/fanout_scale.json.
 """
 
 from __future__ import annotations
@@ -145,29 +146,43 @@ async def measure(stack: Stack, servers: list[ChatServerProc], pop: Any, rooms: 
     }
 
 
-async def run_mode(mode: str, opts: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
-    stack = Stack(run_id, f"fo_{mode}", extra_env={"FANOUT_CHANNELS": mode, "WS_HEARTBEAT_S": "60"})
-    servers: list[ChatServerProc] = []
+async def run_all(opts: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
+    """One Redis and database; for each step its own N servers in one mode, started and stopped
+    around it. Steps alternate the modes at each N (global, rooms, rooms, global, ...), so a
+    neighbour's load on the shared machine falls on both halves of each pair."""
+    stack = Stack(run_id, "fanout", extra_env={"WS_HEARTBEAT_S": "60"})
     out = []
+    servers: list[ChatServerProc] = []
     try:
         await stack.start()
-        assert stack.server is not None
-        servers.append(stack.server)  # type: ignore[arg-type]
         n_users = opts.rooms * opts.members
         groups = [list(range(r * opts.members, (r + 1) * opts.members)) for r in range(opts.rooms)]
         pop = await stack.populate(n_users, groups)
+        if stack.server is not None:  # it made the rooms; each step starts servers of its own
+            stack.server.stop()
+            stack.server = None
+        step = 0
         for n in opts.processes:
-            while len(servers) < n:
-                proc = ChatServerProc(stack.env, stack.tag, name=f"server{len(servers)}")
-                await asyncio.get_running_loop().run_in_executor(None, proc.wait_ready)
-                servers.append(proc)
-            res = await measure(stack, servers[:n], pop, opts.rooms, opts.members, opts.rate, opts.seconds,
-                                opts.warmup)
-            res["mode"] = mode
-            print(json.dumps(res), flush=True)
-            out.append(res)
+            for rep in range(opts.repeat):
+                modes = opts.modes if rep % 2 == 0 else list(reversed(opts.modes))
+                for mode in modes:
+                    env = {**stack.env, "FANOUT_CHANNELS": mode}
+                    servers = []
+                    for i in range(n):
+                        proc = ChatServerProc(env, stack.tag, name=f"s{step}-{mode}-{i}")
+                        servers.append(proc)
+                        await asyncio.get_running_loop().run_in_executor(None, proc.wait_ready)
+                    step += 1
+                    res = await measure(stack, servers, pop, opts.rooms, opts.members, opts.rate, opts.seconds,
+                                        opts.warmup)
+                    res["mode"], res["repeat"] = mode, rep
+                    print(json.dumps(res), flush=True)
+                    out.append(res)
+                    for proc in servers:
+                        proc.stop()
+                    servers = []
     finally:
-        for proc in servers[1:]:
+        for proc in servers:
             proc.stop()
         stack.close()
     return out
@@ -182,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     p.add_argument("--modes", type=lambda s: s.split(","), default=["global", "rooms"])
+    p.add_argument("--repeat", type=int, default=2, help="pairs per process count (modes alternated)")
     opts = p.parse_args(argv)
     if can_pin():  # the generator on its own core, the servers and Redis on the other (bench/procs.py)
         os.sched_setaffinity(0, {GENERATOR_CORE})
     run_id = os.urandom(3).hex()
-    results = []
-    for mode in opts.modes:
-        results += asyncio.run(run_mode(mode, opts, run_id))
+    results = asyncio.run(run_all(opts, run_id))
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump({"options": vars(opts), "results": results}, f, indent=1)
