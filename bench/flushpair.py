@@ -11,7 +11,8 @@ per row (steadier than rows/s on a shared machine).
 
 VARIANT: `new` (the working tree) or `before=<commit>` (that commit's app/flush/__init__.py
 and write.py, imported as a package of their own), optionally `,gin_pending_list_limit=..`,
-`,work_mem=..` (set on the scratch database) or `,nogin` (the search index dropped for it).
+`,work_mem=..` (set on the scratch database), `,nogin` (the search index dropped for it) or
+`,conc=N` (rooms flushed at once, default 4).
 Run it pinned as the bench pins the flush: `taskset -c 1 python -m bench.flushpair ...`.
 """
 from __future__ import annotations
@@ -137,14 +138,17 @@ async def main() -> None:
             await admin.execute("TRUNCATE messages CASCADE; TRUNCATE dead_letters; UPDATE rooms SET last_seq = 0")
             await restore(bredis, snap)
             await admin.execute("CHECKPOINT")
-            pool = await asyncpg.create_pool(settings.database_url, min_size=4, max_size=4)
+            conc = int(opts.get("conc", 4))
+            pool = await asyncpg.create_pool(settings.database_url, min_size=conc, max_size=conc)
             calls.clear()
-            async with pool.acquire() as c1, pool.acquire() as c2, pool.acquire() as c3, pool.acquire() as c4:
-                pids = [await c.fetchval("SELECT pg_backend_pid()") for c in (c1, c2, c3, c4)]
+            held = [await pool.acquire() for _ in range(conc)]
+            pids = [await c.fetchval("SELECT pg_backend_pid()") for c in held]
+            for c in held:
+                await pool.release(c)
             pg0 = pg_cpu(pids)
             cpu0 = time.process_time()
             t = time.perf_counter()
-            res = await mod.flush_all_pending(redis=redis, keys=keys, settings=settings, pool=pool, concurrency=4)
+            res = await mod.flush_all_pending(redis=redis, keys=keys, settings=settings, pool=pool, concurrency=conc)
             el = time.perf_counter() - t
             cpu = time.process_time() - cpu0
             pgcpu = pg_cpu(pids) - pg0
