@@ -75,8 +75,29 @@ async def primaries_info(redis: Any, section: str) -> dict[str, dict[str, Any]]:
     return {"": await redis.info(section)}
 
 
+async def primaries_config(redis: Any, name: str) -> dict[str, str]:
+    """CONFIG GET <name> of every primary ("host:port" -> value); one entry on a single node."""
+    if is_cluster(redis):
+        # One call per node: a single target returns the node's own reply, not a merged dict.
+        return {node.name: (await redis.config_get(name, target_nodes=node)).get(name, "")
+                for node in redis.get_primaries()}
+    return {"": (await redis.config_get(name)).get(name, "")}
+
+
+# What each AOF fsync policy loses (docs/reliability.md, "Redis process crash"; README, Durability).
+# `always` loses nothing on a process or host crash; the others are worth one warning line.
+FSYNC_RISK = {
+    "everysec": ("Redis runs with appendfsync everysec: a crash of the Redis process alone can lose up "
+                 "to ~2 s of acknowledged messages (Redis postpones the AOF write while a background "
+                 "fsync runs, and replies meanwhile), a host crash as much. Use appendfsync always to lose none."),
+    "no": ("Redis runs with appendfsync no: a host crash can lose up to ~30 s of acknowledged messages "
+           "(the kernel's writeback), a Redis process crash none. Use appendfsync always to lose none."),
+}
+
+
 async def check_persistence(redis: Any, settings: Settings) -> None:
     """Warn when Redis keeps nothing on disk; refuse in production unless explicitly allowed.
+    Warn (never refuse) when its fsync policy can lose acknowledged messages on a crash.
     On a cluster every primary must keep an AOF."""
     try:
         infos = await primaries_info(redis, "persistence")
@@ -85,9 +106,21 @@ async def check_persistence(redis: Any, settings: Settings) -> None:
         return
     aof = all(str(info.get("aof_enabled", 0)) == "1" for info in infos.values())
     if aof:
+        await _warn_fsync_policy(redis)
         return
     msg = ("Redis runs without AOF persistence: acknowledged messages not yet flushed to "
-           "PostgreSQL are lost if Redis restarts. Use appendonly yes, appendfsync everysec.")
+           "PostgreSQL are lost if Redis restarts. Use appendonly yes, appendfsync always.")
     if settings.production and not settings.allow_redis_without_persistence:
         raise RuntimeError(msg + " Refusing to start (set ALLOW_REDIS_WITHOUT_PERSISTENCE=true to override).")
     log.warning(msg)
+
+
+async def _warn_fsync_policy(redis: Any) -> None:
+    try:
+        policies = await primaries_config(redis, "appendfsync")
+    except Exception:  # noqa: BLE001 - managed Redis often disables CONFIG: the AOF check above stands
+        log.info("could not read Redis's appendfsync (CONFIG GET refused): its crash losses are unchecked")
+        return
+    # Each policy in use among the primaries once (they lose different things: see FSYNC_RISK).
+    for policy in sorted({p.lower() for p in policies.values()} & FSYNC_RISK.keys()):
+        log.warning(FSYNC_RISK[policy])

@@ -163,7 +163,7 @@ def test_embedded_servers_start_serve_survive_a_restart_and_stop_on_ctrl_c(tmp_p
             client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
             try:
                 assert client.config_get("appendonly")["appendonly"] == "yes"
-                assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+                assert client.config_get("appendfsync")["appendfsync"] == "always"  # README, Durability
                 if run == 1:
                     client.set(f"launch-{RUN_ID}:probe", "kept")
                 else:  # written before the previous Ctrl-C: the AOF brought it back

@@ -161,6 +161,8 @@ class Stack:
                     return False
             wait_until(up, 15, "redis-server to answer PING")
             assert client.config_get("appendonly")["appendonly"] == "yes", "redis.conf must enable the AOF"
+            # everysec loses acks on a mere process crash (README, Durability): always is shipped.
+            assert client.config_get("appendfsync")["appendfsync"] == "always"
             assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         finally:
             client.close()
