@@ -93,3 +93,32 @@ async def test_a_redis_refusing_config_still_gets_the_aof_check_and_starts(
         admin.acl_deluser("noconfig")
         admin.config_set("appendfsync", "always")
         admin.close()
+
+
+async def test_on_a_cluster_every_primarys_policy_is_read(redis_cluster_url: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # The session's own cluster: one primary on everysec among always ones is one warning.
+    from redis.cluster import RedisCluster
+
+    sync = RedisCluster.from_url(redis_cluster_url)
+    primaries = sync.get_primaries()
+    before = {n.name: sync.config_get("*", target_nodes=n) for n in primaries}
+    try:
+        for i, node in enumerate(primaries):
+            sync.config_set("appendonly", "yes", target_nodes=node)
+            sync.config_set("appendfsync", "everysec" if i == 1 else "always", target_nodes=node)
+        client = connect_redis(redis_cluster_url, cluster=True)
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="chat.redis"):
+                await check_persistence(client, PROD)
+        finally:
+            await client.aclose()
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "appendfsync everysec" in lines[0]
+    finally:
+        for node in primaries:
+            old = before[node.name]
+            sync.config_set("appendfsync", old.get(b"appendfsync", b"everysec"), target_nodes=node)
+            sync.config_set("appendonly", old.get(b"appendonly", b"no"), target_nodes=node)
+        sync.close()
