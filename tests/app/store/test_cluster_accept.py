@@ -9,7 +9,6 @@ the NOSCRIPT reload runs too.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from typing import Any, AsyncIterator
 
@@ -24,22 +23,6 @@ from app.store.keys import Keys
 
 # A cluster is processes (the session's, started on first use, unless TEST_REDIS_CLUSTER_URL).
 pytestmark = pytest.mark.e2e
-
-
-
-@pytest.fixture
-def cluster_url(request: pytest.FixtureRequest) -> str:
-    """TEST_REDIS_CLUSTER_URL, else the session's own cluster (tests/conftest.py's
-    redis_cluster_url starts it on first use) when redis-server and redis-cli are installed;
-    else the test is skipped."""
-    url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
-    if url:
-        return url
-    from tests import cluster
-
-    if cluster.tools_missing():
-        pytest.skip(f"TEST_REDIS_CLUSTER_URL is not set and {', '.join(cluster.tools_missing())} is missing")
-    return request.getfixturevalue("redis_cluster_url")
 
 
 @pytest.fixture

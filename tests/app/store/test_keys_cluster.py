@@ -8,7 +8,6 @@ one node) or the session's own cluster (tests/cluster.py), and skip when neither
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
@@ -17,22 +16,6 @@ from redis.crc import key_slot
 from app.store import pending
 from app.store.client import connect_redis
 from app.store.keys import SLOT_TAGS, Keys, _SlotTags
-
-
-
-@pytest.fixture
-def cluster_url(request: pytest.FixtureRequest) -> str:
-    """TEST_REDIS_CLUSTER_URL, else the session's own cluster (tests/conftest.py's
-    redis_cluster_url starts it on first use) when redis-server and redis-cli are installed;
-    else the test is skipped."""
-    url = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
-    if url:
-        return url
-    from tests import cluster
-
-    if cluster.tools_missing():
-        pytest.skip(f"TEST_REDIS_CLUSTER_URL is not set and {', '.join(cluster.tools_missing())} is missing")
-    return request.getfixturevalue("redis_cluster_url")
 
 
 def _slot(key: str) -> int:
