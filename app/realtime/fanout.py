@@ -17,7 +17,7 @@ and ignored (its frame too): membership versions follow commit order.
 FANOUT_CHANNELS=rooms (`Subscriptions` below): instead of the one channel, the process's
 subscriber connection holds the channel of every user with a connection here and of every
 room a connection here is attached to (Keys.room_channel / user_channel), and drops them
-(batched, UNSUB_DELAY_S after the last connection left). Joins and leaves come as two events
+(batched, FANOUT_UNSUB_DELAY_S after the last connection left). Joins and leaves come as two events
 (app/realtime/events.py): j:/l: on the user's channel attach/detach that user's connections
 and deliver to them alone; J:/L: on the room's channel deliver to the room's other connections.
 A room subscribed because a join attached its user here catches up from its stream (the j:
@@ -61,12 +61,7 @@ REFRESH_BATCH = 500  # users per PostgreSQL query when re-reading rooms after a 
 log = logging.getLogger("chat.fanout")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
-# Per-room channels: a channel no connection needs any more is dropped this long after (a user
-# reconnecting or a room re-attached within it costs no round trip), in one UNSUBSCRIBE.
-UNSUB_DELAY_S = 1.0
 SUBSCRIBE_BATCH = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
-READY_TIMEOUT_S = 5.0  # a connect waits at most this for its channels (then the gap resync covers it)
-CATCH_UP_MAX = 1000  # stream entries read for a newly subscribed room; more: the clients resync
 HEARTBEAT_SLICE = 250  # connections pinged per loop iteration: a beat never stalls delivery for long
 
 
@@ -130,13 +125,18 @@ class Subscriptions:
     The registry says what it needs (`need_user`/`need_room` when a user's first connection
     comes or a room's first connection attaches; `release_*` when the last goes) without
     waiting; one writer task sends the SUBSCRIBEs at once and the UNSUBSCRIBEs in batches
-    UNSUB_DELAY_S later, for channels still unneeded then. The reader (subscribe_forever) reads
+    unsub_delay_s later, for channels still unneeded then. The reader (subscribe_forever) reads
     the confirmations: `ready()` waits for them. Redis answers a connection's commands in
     order, so a channel unsubscribed and subscribed again is live at the last confirmation of
     its SUBSCRIBEs (`_inflight` counts them).
     """
 
-    def __init__(self, keys: Keys, registry: Registry, redis: Redis | None = None) -> None:
+    def __init__(self, keys: Keys, registry: Registry, redis: Redis | None = None, *, unsub_delay_s: float = 1.0,
+                 ready_timeout_s: float = 5.0, catch_up_max: int = 1000) -> None:
+        # FANOUT_UNSUB_DELAY_S: a user reconnecting or a room re-attached within it costs no round
+        # trip; FANOUT_READY_TIMEOUT_S: then the connect goes on (a lost subscription ends in a
+        # resync anyway); FANOUT_CATCH_UP_MAX: stream entries a catch-up reads (more: resync).
+        self.unsub_delay_s, self.ready_timeout_s, self.catch_up_max = unsub_delay_s, ready_timeout_s, catch_up_max
         self.keys = keys
         self.registry = registry
         self.redis = redis  # the command client: catch-up reads of a room's stream
@@ -188,7 +188,7 @@ class Subscriptions:
         return ident in (self.registry.by_user if kind == "u" else self.registry.by_room) or channel in self._waiters
 
     async def ready(self, user_id: str | None, room_ids: Iterable[str]) -> None:
-        """Wait until the channels of the user and rooms are confirmed (at most READY_TIMEOUT_S:
+        """Wait until the channels of the user and rooms are confirmed (at most ready_timeout_s:
         Redis down means the reconnect's resync covers what the wait would have)."""
         channels = [self.keys.room_channel(r) for r in room_ids]
         if user_id is not None:
@@ -209,9 +209,9 @@ class Subscriptions:
         if not futures:
             return
         try:
-            await asyncio.wait_for(asyncio.gather(*(f for _, f in futures)), READY_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(*(f for _, f in futures)), self.ready_timeout_s)
         except asyncio.TimeoutError:
-            log.warning("fan-out: %d channel(s) not confirmed within %.0fs", len(futures), READY_TIMEOUT_S)
+            log.warning("fan-out: %d channel(s) not confirmed within %.1fs", len(futures), self.ready_timeout_s)
         finally:
             for channel, fut in futures:
                 waiting = self._waiters.get(channel)
@@ -279,10 +279,10 @@ class Subscriptions:
         try:
             if self.redis is not None:
                 raw = await self.redis.xrange(self.keys.room_log(room_id), min=f"{from_seq + 1}-0", max="+",
-                                              count=CATCH_UP_MAX + 1)
+                                              count=self.catch_up_max + 1)
                 entries = [(int(str(eid).partition("-")[0]), fields["m"]) for eid, fields in raw if "m" in fields]
-                more = len(entries) > CATCH_UP_MAX
-                entries = entries[:CATCH_UP_MAX]
+                more = len(entries) > self.catch_up_max
+                entries = entries[:self.catch_up_max]
         except (RedisError, OSError, ValueError, KeyError):
             log.warning("catch-up read of room %s failed; its new connections resync", room_id, exc_info=True)
             entries = None
@@ -291,16 +291,17 @@ class Subscriptions:
         self.registry.catch_up_done(room_id, entries, more)
 
     def _due_unsubs(self, now: float) -> tuple[list[str], float | None]:
-        """Channels unneeded for UNSUB_DELAY_S (and still unneeded); when the next is due."""
+        """Channels unneeded for unsub_delay_s (and still unneeded); when the next is due."""
         due, later = [], None
+        delay = self.unsub_delay_s
         for channel, since in list(self._to_unsub.items()):
             if self._needed(channel):
                 del self._to_unsub[channel]
-            elif now - since >= UNSUB_DELAY_S:
+            elif now - since >= delay:
                 del self._to_unsub[channel]
                 due.append(channel)
             else:
-                later = since + UNSUB_DELAY_S if later is None else min(later, since + UNSUB_DELAY_S)
+                later = since + delay if later is None else min(later, since + delay)
         return due, later
 
     async def write_forever(self) -> None:
@@ -525,7 +526,10 @@ def setup_fanout(app: Sanic) -> None:
             alternates = lambda: [(n.host, int(n.port)) for n in cluster.get_nodes()]  # noqa: E731
         subs = None
         if app.ctx.keys.fanout_rooms:  # FANOUT_CHANNELS=rooms: only the channels our connections need
-            subs = registry.subs = Subscriptions(app.ctx.keys, registry, app.ctx.redis)
+            subs = registry.subs = Subscriptions(app.ctx.keys, registry, app.ctx.redis,
+                                                 unsub_delay_s=settings.fanout_unsub_delay_s,
+                                                 ready_timeout_s=settings.fanout_ready_timeout_s,
+                                                 catch_up_max=settings.fanout_catch_up_max)
             app.ctx.fanout_writer = asyncio.create_task(subs.write_forever())
         app.ctx.fanout_task = asyncio.create_task(
             subscribe_forever(app.ctx.fanout_redis, app.ctx.keys, registry, ready, alternates, subs))
