@@ -7,6 +7,7 @@ from sanic import Sanic
 from app.db import setup_db
 from app.door import setup_request_limits
 from app.errors import register_error_handlers
+from app.gc_tuning import setup_gc
 from app.logs import configure_logging
 from app.realtime.fanout import setup_fanout
 from app.resources import setup_resources
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None, name: str = "chat") -> Sanic:
         app.blueprint(bp)
     setup_fanout(app)
     setup_metrics(app)  # GET /metrics, request ids, JSON for Sanic's loggers (blueprints/metrics.py)
+    setup_gc(app)  # a started server: start-up frozen, fewer collections (app/gc_tuning.py)
     return app

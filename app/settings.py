@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # in full; "rooms" = a channel per room and per user, each process subscribing only to those
     # its own connections need (decode work per process shrinks as processes are added).
     fanout_channels: Literal["global", "rooms"] = "global"
+    # FANOUT_CHANNELS=rooms only: a channel no connection needs is dropped this long after (a
+    # reconnect within it costs no round trip); a connect waits at most this long for its
+    # channels; a room subscribed after a join catches up at most this many stream entries
+    # (more: its connections get a resync).
+    fanout_unsub_delay_s: Seconds = 1.0
+    fanout_ready_timeout_s: Seconds = 5.0
+    fanout_catch_up_max: Positive = 1000
     # Redis connections per process; a request waits (up to 10 s) for one when all are busy.
     redis_pool_max: Positive = 256
     # Prefix of every Redis key and channel (and the Dramatiq namespace), so that
@@ -134,6 +141,10 @@ class Settings(BaseSettings):
     ws_max_frame_bytes: Positive = 64 * 1024
     ws_heartbeat_s: Positive = 20
     ws_outbox_frames: Positive = 1000  # frames queued for one slow client before it is closed (1013)
+    # Net allocations between two collections of Python's first GC generation in a started
+    # server (Python's default is 700), which also freezes what start-up left (app/gc_tuning.py);
+    # 0 keeps Python's defaults.
+    gc_gen0_threshold: NonNegative = 10_000
     # Connect admission (blueprints/ws.py): connects being set up at once per process, and how
     # many may wait for a slot; past that a connect is closed at once with 1013 and a retry hint
     # (base + random jitter), so a reconnect storm becomes a queue, not a pegged core.

@@ -1,0 +1,54 @@
+"""A started server freezes what start-up left and collects its first GC generation less often
+(app/gc_tuning.py); GC_GEN0_THRESHOLD=0 leaves Python's collector as it is."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+
+from app.gc_tuning import setup_gc
+from app.settings import Settings
+
+
+class _App:
+    """Just enough of a Sanic app to register and run the after_server_start listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ctx = SimpleNamespace(settings=settings)
+        self.listeners: list[Callable[[Any], Any]] = []
+
+    def after_server_start(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        self.listeners.append(fn)
+        return fn
+
+
+@pytest.fixture
+def restore_gc() -> Any:
+    before = gc.get_threshold()
+    gc.unfreeze()  # a clean start, whatever ran before in this process
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+async def test_a_started_server_freezes_start_up_and_raises_the_first_threshold(restore_gc: None) -> None:
+    app = _App(Settings.load(env={"GC_GEN0_THRESHOLD": "12345"}))
+    setup_gc(app)
+    second, third = gc.get_threshold()[1:]
+    for listener in app.listeners:
+        await listener(app)
+    assert gc.get_threshold() == (12345, second, third)
+    assert gc.get_freeze_count() > 1000  # this process's modules, classes and functions
+
+
+async def test_zero_keeps_pythons_collector(restore_gc: None) -> None:
+    app = _App(Settings.load(env={"GC_GEN0_THRESHOLD": "0"}))
+    setup_gc(app)
+    before = gc.get_threshold()
+    for listener in app.listeners:
+        await listener(app)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
