@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # The worker and the scheduler run at this niceness (0-19, set in their own processes): on a
     # shared core the flush and image conversion yield to the server's live traffic.
     worker_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    worker_uvloop: bool = True  # the worker's event loop: uvloop (false: the stdlib loop)
     worker_threads: Positive = 4  # `make run`'s worker: Dramatiq --threads (jobs in flight at once)
     log_level: str = "INFO"
     # `make run` (app.ops.launcher) only: auto = start embedded PostgreSQL/Redis for whichever is

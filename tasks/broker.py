@@ -11,6 +11,7 @@ process never boots a worker and opens nothing.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -87,6 +88,29 @@ def lower_priority(nice: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
+class FastEventLoop(Middleware):
+    """The worker's event loop is uvloop's, as the server's (Sanic) is (WORKER_UVLOOP).
+
+    Must come before AsyncIO: its before_worker_boot makes the loop with asyncio.new_event_loop,
+    which asks the policy set here. A flush is a dozen Redis and PostgreSQL round trips, and the
+    stdlib loop's transport calls showed in its profile; measured (bench stack at 1,000 msgs/s,
+    10 s windows): the worker's CPU 1.34-1.37 s -> 1.31 s, about 3%, on the server's core.
+    Only in booted workers: importing this module (the scheduler, tests) changes no policy.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            import uvloop
+        except ImportError:  # an install without it: the stdlib loop works the same, slower
+            return
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 class WorkerResources(Middleware):
     """Opens Tortoise and Redis on the event loop thread at worker boot, closes them at shutdown.
 
@@ -135,6 +159,7 @@ logging.getLogger("chat").setLevel(settings.log_level)
 if settings.chat_log_format == "json":
     json_everywhere()  # the handlers dramatiq's and periodiq's CLIs set up before importing us
 broker = build_broker(settings)
+broker.add_middleware(FastEventLoop(settings.worker_uvloop))
 broker.add_middleware(AsyncIO())
 # A scheduled job still queued after skip_delay seconds is dropped: the next tick replaces it.
 broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
