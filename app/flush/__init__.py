@@ -183,7 +183,11 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
     token = uuid.uuid4().hex
     lease_key = keys.room_flush_lease(room_id)
     lease_ms = settings.flush_lease_s * 1000
-    if not await redis.set(lease_key, token, nx=True, px=lease_ms):
+    # The lease, the trigger re-armed (what arrives from now on may ask for another run) and
+    # where the flush stands: one script, one round trip.
+    started_run = await scripts.FLUSH_LEASE(redis, [lease_key, keys.room_flush_queued(room_id),
+                                                    keys.room_flushed(room_id)], [token, lease_ms])
+    if not int(started_run[0]):
         # The holder reads on to the end of the stream, so it also writes what made us run.
         result.busy = True
         return result
@@ -192,9 +196,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                    keys.room_reads_dirty(room_id), keys.room_version(room_id), keys.room_state(room_id)]
     read_ahead: asyncio.Task[_Batch] | None = None
     try:
-        # Re-arm the backlog trigger: what arrives from now on may ask for another run.
-        await redis.delete(keys.room_flush_queued(room_id))
-        flushed = int(await redis.get(keys.room_flushed(room_id)) or 0)
+        flushed = int(started_run[1])
         size = settings.flush_batch_size
         raw = _raw_reader(redis)
         while True:
@@ -253,9 +255,9 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
         if read_ahead is not None:
             read_ahead.cancel()
             await asyncio.gather(read_ahead, return_exceptions=True)
-        await scripts.FLUSH_RELEASE(redis, [lease_key], [token])
-        # Re-arm again: messages that arrived after our last read may need a new run.
-        await redis.delete(keys.room_flush_queued(room_id))
+        # Releasing re-arms the trigger again: messages that arrived after our last read may
+        # need a new run.
+        await scripts.FLUSH_RELEASE(redis, [lease_key, keys.room_flush_queued(room_id)], [token])
     result.ms = (time.perf_counter() - started) * 1000
     # One line per run that wrote anything (tests count them per job).
     if result.rows or result.skipped or result.changes or result.markers:
