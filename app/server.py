@@ -81,7 +81,7 @@ def main() -> None:
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
-                access_log=False, motd=False, )
+                access_log=False, motd=False, backlog=settings.listen_backlog)
     Sanic.serve(primary=app, app_loader=loader)
 
 

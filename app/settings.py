@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Positive = 8000
     workers: Positive = 1
+    # The listen socket's accept queue (the kernel caps it at net.core.somaxconn). Sanic's
+    # default, 100, overflowed in a reconnect storm (500 handshakes in flight): every dropped
+    # SYN waits out a 1 s, then 3 s retransmit, which held connects/s far below the core's rate.
+    listen_backlog: Positive = 2048
     # The worker and the scheduler run at this niceness (0-19, set in their own processes): on a
     # shared core the flush and image conversion yield to the server's live traffic.
     worker_nice: Annotated[int, Field(ge=0, le=19)] = 10
