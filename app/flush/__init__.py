@@ -45,7 +45,7 @@ import asyncpg
 from redis.asyncio import ConnectionPool, Redis
 
 # Re-exported: callers (the tick, the CLI, tests) know the flush by this module.
-from app.flush.changes import flush_changes, flush_markers
+from app.flush.changes import ChangesResult, flush_changes, flush_markers
 from app.flush.reseq import check_redis_restart, reseq  # noqa: F401
 from app.flush.write import (DATA_ERRORS, DeadRow, FkSkip, Written, _error_text, _id_or_none,  # noqa: F401
                              _write, gc_paused, rows_of)
@@ -224,7 +224,7 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
                     result.reseq += len(await reseq(redis, keys, settings, room_id, batch.records, batch.top,
                                                     written))
             result.batches += 1 if batch.entries else 0
-            flushed, drained, held = await scripts.FLUSH_COMMIT(
+            flushed, drained, held, changes_waiting, markers_waiting = await scripts.FLUSH_COMMIT(
                 redis, commit_keys, [batch.top, tail, room_id, token, lease_ms, settings.room_cache_idle_ttl_s])
             result.flushed, result.drained = int(flushed), bool(drained)
             # A short batch means we reached the end of the stream as it was when read. What
@@ -238,14 +238,16 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
             # stop, messages too: then the changes of what is written still go now).
             if held:
                 deadline = started + max_run_s
+                # Only what the commit script saw waiting (a change or marker that arrives after
+                # it keeps the room pending: the judging commit below sees it, the next run writes it).
                 ch = await flush_changes(room_id, redis=redis, keys=keys, settings=settings, pool=pool,
-                                         deadline=deadline)
+                                         deadline=deadline) if int(changes_waiting) else ChangesResult()
                 mk = await flush_markers(room_id, redis=redis, keys=keys, settings=settings, pool=pool,
-                                         deadline=deadline)
+                                         deadline=deadline) if int(markers_waiting) else ChangesResult()
                 result.changes, result.markers, result.files = ch.changes, mk.markers, ch.files
                 result.skipped += ch.skipped
                 result.left = not (ch.complete and mk.complete)
-                flushed, drained, held = await scripts.FLUSH_COMMIT(
+                flushed, drained, held, *_ = await scripts.FLUSH_COMMIT(
                     redis, commit_keys, [result.flushed, settings.cache_tail, room_id, token, lease_ms,
                                          settings.room_cache_idle_ttl_s])
                 result.flushed, result.drained = int(flushed), bool(drained)

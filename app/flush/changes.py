@@ -331,11 +331,11 @@ async def flush_markers(room_id: str, *, redis: Redis, keys: Keys, settings: Set
         if time.perf_counter() > deadline:
             result.complete = False
             return result
-        # SRANDMEMBER with a count: up to `size` distinct users, all of them when fewer.
-        users = await redis.srandmember(dirty_key, size)
-        if not users:
+        # Up to `size` distinct users and their markers, one round trip.
+        found = await scripts.MARKERS_READ(redis, [reads_key, dirty_key], [size])
+        if not found:
             return result
-        values = await redis.hmget(reads_key, users)
+        users, values = found
         ids: list[uuid.UUID] = []
         marks: list[int] = []
         done: list[str] = []

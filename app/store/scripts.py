@@ -102,6 +102,7 @@ CHANGE = SCRIPTS["change"]
 SEED_VERSION = SCRIPTS["seed_version"]
 CHANGES_COMMIT = SCRIPTS["changes_commit"]
 READS_COMMIT = SCRIPTS["reads_commit"]
+MARKERS_READ = SCRIPTS["markers_read"]  # app/flush/changes.flush_markers
 CHANGES_READ = SCRIPTS["changes_read"]  # app/messages.changes_since
 MARK_READ = SCRIPTS["mark_read"]  # app/store/reads.py
 READ_STATE = SCRIPTS["read_state"]

@@ -4,7 +4,8 @@
 -- Nothing left = every message flushed AND no change (`changed`) AND no read marker (`rdirty`)
 -- waiting for PostgreSQL (app/flush/changes.py writes those after the message batches and
 -- calls this script once more to judge the room).
--- Returns {flushed, drained, lease_held}.
+-- Returns {flushed, drained, lease_held, changes_waiting, markers_waiting} (the last two 1/0:
+-- whether `changed` / `rdirty` hold anything, so the caller skips reading an empty one).
 local log_key = KEYS[1]
 local flushed_key = KEYS[2]
 local seq_key = KEYS[3]
@@ -24,7 +25,9 @@ local lease_ms = ARGV[5]
 local idle_ttl_s = tonumber(ARGV[6])        -- 0 = keep a drained room's keys
 
 local flushed = tonumber(redis.call('GET', flushed_key) or '0')
-local idle = redis.call('ZCARD', changed_key) == 0 and redis.call('SCARD', rdirty_key) == 0
+local changes_waiting = redis.call('ZCARD', changed_key) > 0 and 1 or 0
+local markers_waiting = redis.call('SCARD', rdirty_key) > 0 and 1 or 0
+local idle = changes_waiting == 0 and markers_waiting == 0
 if redis.call('EXISTS', log_key) == 0 then
   -- the room's cache is gone (room deleted, or an idle room's stream expired): no message left
   -- to flush, but a change or a read marker may still be (they outlive the stream)
@@ -36,9 +39,9 @@ if redis.call('EXISTS', log_key) == 0 then
         if redis.call('TTL', k) == -1 then redis.call('EXPIRE', k, idle_ttl_s) end
       end
     end
-    return {flushed, 1, 1}
+    return {flushed, 1, 1, 0, 0}
   end
-  return {flushed, 0, 1}
+  return {flushed, 0, 1, changes_waiting, markers_waiting}
 end
 if batch_max > flushed then
   flushed = batch_max
@@ -95,4 +98,4 @@ if holder == token or not holder then
   redis.call('SET', lease_key, token, 'PX', lease_ms)
   held = 1
 end
-return {flushed, drained, held}
+return {flushed, drained, held, changes_waiting, markers_waiting}
