@@ -12,6 +12,9 @@ from dramatiq.middleware import AsyncIO
 
 def _made_loop(enabled: bool) -> asyncio.AbstractEventLoop:
     before = asyncio.get_event_loop_policy()
+    # A fresh worker process starts on the stdlib policy; earlier tests in this process
+    # (Sanic's) may have left uvloop's installed.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     try:
         FastEventLoop(enabled).before_worker_boot(None, None)
         return asyncio.new_event_loop()  # what AsyncIO's EventLoopThread calls
