@@ -40,6 +40,16 @@ def count_round_trips() -> list[int]:
         return await original(self, *args, **kwargs)
 
     rconn.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    # The accept batcher writes its pipelined batch itself (app/store/cache.py _write_packed).
+    from app.store import cache
+
+    write_packed = cache._write_packed
+
+    async def counted_batch(conn: Any, data: bytes) -> None:
+        box[0] += 1
+        await write_packed(conn, data)
+
+    cache._write_packed = counted_batch  # type: ignore[assignment]
     return box
 
 
