@@ -148,8 +148,9 @@ class Settings(BaseSettings):
     ws_outbox_frames: Positive = 1000  # frames queued for one slow client before it is closed (1013)
     # Net allocations between two collections of Python's first GC generation in a started
     # server (Python's default is 700), which also freezes what start-up left (app/gc_tuning.py);
-    # 0 keeps Python's defaults.
-    gc_gen0_threshold: NonNegative = 0  # off: one idle-machine pair showed no gain (docs/performance.md)
+    # 0 keeps Python's defaults. With thousands of connections open, Python's defaults spent
+    # most of a connect storm's CPU in full collections (docs/performance.md, connect path).
+    gc_gen0_threshold: NonNegative = 10_000
     # Connect admission (blueprints/ws.py): connects being set up at once per process, and how
     # many may wait for a slot; past that a connect is closed at once with 1013 and a retry hint
     # (base + random jitter), so a reconnect storm becomes a queue, not a pegged core.

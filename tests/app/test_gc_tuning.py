@@ -52,3 +52,14 @@ async def test_zero_keeps_pythons_collector(restore_gc: None) -> None:
         await listener(app)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_on_by_default(restore_gc: None) -> None:
+    # Thousands of open connections made Python's defaults spend most of a reconnect storm in
+    # full collections (app/gc_tuning.py): a server started with no setting is tuned.
+    app = _App(Settings.load(env={}))
+    setup_gc(app)
+    for listener in app.listeners:
+        await listener(app)
+    assert gc.get_threshold()[0] == 10_000
+    assert gc.get_freeze_count() > 1000
