@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import dramatiq
 from periodiq import cron
@@ -42,28 +41,15 @@ async def flush_rooms(room_ids: list[str]) -> None:
     by then go out again as a new job, so one hot room cannot hold the others back for long.
     """
     res = resources()
-    rooms = list(dict.fromkeys(room_ids))  # a room once
-    started = time.monotonic()
-    failed: list[str] = []
-    first: BaseException | None = None
-    for i, room_id in enumerate(rooms):
-        left = flush.MAX_RUN_S - (time.monotonic() - started)
-        if left <= 0:
-            rest = rooms[i:]
-            await asyncio.get_running_loop().run_in_executor(None, flush_rooms.send, rest)
-            log.info("flush_rooms: %d rooms left for a new job (this one ran %.0f s)", len(rest),
-                     time.monotonic() - started)
-            break
-        try:
-            await flush.flush_room(room_id, redis=res.redis, keys=res.keys, settings=res.settings,
-                                   pool=res.pool(), max_run_s=left, fk=res.fk_skip)
-        except Exception as exc:  # noqa: BLE001 - the other rooms still go; raised below
-            log.warning("flush_rooms: room %s failed", room_id, exc_info=True)
-            failed.append(room_id)
-            if first is None:
-                first = exc
-    if failed:
-        raise RoomsFailed(f"{len(failed)} of {len(rooms)} rooms failed: {', '.join(failed)}") from first
+    done = await flush.flush_rooms(room_ids, redis=res.redis, keys=res.keys, settings=res.settings,
+                                   pool=res.pool(), fk=res.fk_skip)
+    if done.left:
+        await asyncio.get_running_loop().run_in_executor(None, flush_rooms.send, done.left)
+        log.info("flush_rooms: %d rooms left for a new job", len(done.left))
+    if done.failed:
+        first = next(iter(done.failed.values()))
+        raise RoomsFailed(f"{len(done.failed)} of {len(set(room_ids))} rooms failed: "
+                          f"{', '.join(done.failed)}") from first
 
 
 # No retries for scheduled actors: the next tick does the same work.
