@@ -176,8 +176,9 @@ async def _pg_max_seq(room_id: str) -> int:
 
 def _trigger_flush(res: Resources, room_id: str) -> None:
     """Backlog over the threshold: ask the worker to flush this room now (never awaited by the
-    send; if the enqueue fails, the periodic flush picks the room up anyway)."""
-    res.jobs.enqueue_soon("flush_room", room_id)
+    send; gathered with other rooms into one flush_rooms job, app/jobs.py; if the enqueue
+    fails, the periodic flush picks the room up anyway)."""
+    res.jobs.trigger_flush(room_id)
 
 
 # -- direct mode -------------------------------------------------------------------

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     flush_batch_size: Positive = 5000
     cache_tail: NonNegative = 200  # 0: nothing kept in Redis once flushed
     flush_backlog_threshold: NonNegative = 1000
+    # The backlog trigger's rooms are gathered for this long (or until FLUSH_JOB_ROOMS of them)
+    # and queued as one flush_rooms job: each job costs the worker Dramatiq's fetch and ack and
+    # the server one executor call, whatever its number of rooms. 0: no wait (still one job
+    # for the triggers of one event-loop turn).
+    flush_coalesce_ms: NonNegative = 50
+    flush_job_rooms: Positive = 32  # rooms per flush_rooms job (trigger and schedule)
     # Renewed every batch, so it only has to outlast one batch; short, so a room whose
     # flushing worker was killed is picked up again within seconds.
     flush_lease_s: Positive = 10

@@ -271,6 +271,39 @@ async def flush_room(room_id: str, *, redis: Redis, keys: Keys, settings: Settin
     return result
 
 
+@dataclass
+class RoomsResult:
+    """What one multi-room job (tasks/flush.py flush_rooms) did."""
+
+    results: list[FlushResult] = field(default_factory=list)  # the rooms that ran, in order
+    failed: dict[str, BaseException] = field(default_factory=dict)  # room id -> what it raised
+    left: list[str] = field(default_factory=list)  # not started: the job's time was up
+
+
+async def flush_rooms(room_ids: list[str], *, redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool,
+                      max_run_s: float = MAX_RUN_S, fk: FkSkip | None = None) -> RoomsResult:
+    """Flush several rooms one after another (a room named twice runs once).
+
+    A room that raises does not stop the others (its error is logged and returned). The job as
+    a whole keeps to one run's bound: each room gets what is left of `max_run_s`, and the rooms
+    not started once it is spent are returned in `left` (the first room always runs)."""
+    out = RoomsResult()
+    started = time.monotonic()
+    rooms = list(dict.fromkeys(room_ids))
+    for i, room_id in enumerate(rooms):
+        left = max_run_s - (time.monotonic() - started)
+        if i and left <= 0:
+            out.left = rooms[i:]
+            break
+        try:
+            out.results.append(await flush_room(room_id, redis=redis, keys=keys, settings=settings, pool=pool,
+                                                max_run_s=max(left, 0.0), fk=fk))
+        except Exception as exc:  # noqa: BLE001 - the other rooms still go; the caller decides
+            log.warning("flush_rooms: room %s failed", room_id, exc_info=True)
+            out.failed[room_id] = exc
+    return out
+
+
 async def flush_all_pending(*, redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool,
                             concurrency: int = 4, wait_s: float | None = None,
                             fk: FkSkip | None = None) -> list[FlushResult]:

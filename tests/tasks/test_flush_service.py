@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from app.flush import _write, flush_all_pending, flush_room
+from app.flush import _write, flush_all_pending, flush_room, flush_rooms
 from app.serialize import dumps
 from models.room import Room
 from models.user import User
@@ -180,6 +180,31 @@ async def test_a_flush_clears_the_backlog_trigger_flag(settings, keys, redis, po
     await flush_room(room, redis=redis, keys=keys, settings=settings, pool=pool)
 
     assert await redis.exists(keys.room_flush_queued(room)) == 0
+
+
+async def test_flush_rooms_goes_on_past_a_failing_room_and_hands_back_the_rest_when_time_is_up(
+        settings, keys, redis, pool):
+    (s1, a), (s2, bad), (s3, b) = [await make_room() for _ in range(3)]
+    for sender, room in ((s1, a), (s2, bad), (s3, b)):
+        await push(redis, keys, room, sender, 20)
+    # The bad room's flushed mark is not a string: its run's first script fails (WRONGTYPE).
+    await redis.delete(keys.room_flushed(bad))
+    await redis.hset(keys.room_flushed(bad), "x", "1")
+    try:
+        done = await flush_rooms([a, bad, b, a], redis=redis, keys=keys, settings=settings, pool=pool)
+        assert [(r.room_id, r.rows, r.drained) for r in done.results] == [(a, 20, True), (b, 20, True)]
+        assert list(done.failed) == [bad] and done.left == []
+        assert await _db_seqs(pool, a) == list(range(1, 21)) == await _db_seqs(pool, b)
+        assert await _db_seqs(pool, bad) == []
+
+        # The job's time is up: the first room still runs, the others are handed back untouched.
+        await push(redis, keys, a, s1, 5)
+        await push(redis, keys, b, s3, 5)
+        done = await flush_rooms([a, b], redis=redis, keys=keys, settings=settings, pool=pool, max_run_s=0)
+        assert [(r.room_id, r.rows) for r in done.results] == [(a, 5)] and done.left == [b]
+        assert len(await _db_seqs(pool, b)) == 20
+    finally:
+        await redis.delete(keys.room_flushed(bad))
 
 
 async def test_flush_all_pending_drains_every_pending_room(isolated, redis, pool):

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from app.jobs import enqueue_flush_room
+from app.jobs import enqueue, enqueue_flush_room
 from tests.fill import make_room, push, start_worker, wait_for, wait_worker_ready
 
 pytestmark = pytest.mark.e2e
@@ -122,3 +122,33 @@ async def test_a_worker_killed_mid_flush_is_finished_by_the_next(isolated, setti
         first.stop()
         if second:
             second.stop()
+
+
+async def test_a_failing_room_does_not_stop_the_other_rooms_of_its_job(isolated, settings, keys, redis, pool):
+    (s1, good1), (s2, good2), (s3, bad) = [await make_room() for _ in range(3)]
+    for sender, room in ((s1, good1), (s2, good2), (s3, bad)):
+        await push(redis, keys, room, sender, 30)
+    # The bad room's flushed mark is not a string: its run's first script fails (WRONGTYPE).
+    await redis.delete(keys.room_flushed(bad))
+    await redis.hset(keys.room_flushed(bad), "x", "1")
+    worker = start_worker("worker-rooms", isolated.env)
+    try:
+        await wait_worker_ready(worker)
+        await enqueue(settings, "flush_rooms", [good1, bad, good2])  # the bad one in the middle
+
+        async def goods_flushed() -> bool:
+            return all([int(await redis.get(keys.room_flushed(r)) or 0) == 30 for r in (good1, good2)])
+        await wait_for(goods_flushed, 30, "the good rooms of the job", worker)
+        await _check_exact(pool, good1, 30)
+        await _check_exact(pool, good2, 30)
+
+        # The job raised after trying all three, so Dramatiq retries it.
+        async def retried() -> bool:
+            return "Retrying message" in worker.output()
+        await wait_for(retried, 30, "Dramatiq to retry the job", worker)
+        out = worker.output()
+        assert f"flush_rooms: room {bad} failed" in out and "RoomsFailed: 1 of 3 rooms failed" in out
+        assert await pool.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", uuid.UUID(bad)) == 0
+    finally:
+        worker.stop()
+        await redis.delete(keys.room_flushed(bad))
