@@ -212,3 +212,17 @@ async def test_a_client_id_key_holds_the_seq_and_an_old_style_key_still_answers(
     dup = await accept(batcher, keys, rid, client_id="b")
     assert (dup.code, dup.message) == (cache.DUPLICATE, '{"id":"old","seq":9}')
     assert await redis.get(keys.room_seq(rid)) == "1"
+
+
+async def test_is_member_tells_a_loaded_set_from_a_lost_one(redis: Redis, keys: Keys) -> None:
+    # One SMISMEMBER of the sentinel and the user: a lost set (None: ask PostgreSQL) must not
+    # read as "not a member", and a loaded set with nobody left in it must not read as lost.
+    rid = room()
+    assert await member_sets.is_member(redis, keys, rid, "u1") is None
+    await member_sets.room_created(redis, keys, rid, ["u1"])
+    assert await member_sets.is_member(redis, keys, rid, "u1") is True
+    assert await member_sets.is_member(redis, keys, rid, "u2") is False
+    await redis.srem(keys.room_members(rid), "u1")  # the last member left: only the sentinel stays
+    assert await member_sets.is_member(redis, keys, rid, "u1") is False
+    await redis.delete(keys.room_members(rid))  # Redis lost the set
+    assert await member_sets.is_member(redis, keys, rid, "u1") is None
