@@ -171,9 +171,10 @@ async def _hello_states(res: Resources, user_id: str, name: str,
     ids, keys = list(floors), res.keys
     calls = [([keys.room_seq(rid), keys.room_version(rid), keys.room_reads(rid), keys.room_mentions(rid, name)],
               [user_id, "" if floors[rid] is None else int(floors[rid])]) for rid in ids]  # type: ignore[arg-type]
-    if isinstance(res.redis, RedisCluster):
+    if isinstance(res.redis, RedisCluster) or len(calls) == 1:
         # redis-py's cluster pipeline refuses EVALSHA: one call per room, all in flight at once
-        # (each room's keys are one slot), so still one round trip of latency.
+        # (each room's keys are one slot), so still one round trip of latency. One room: a
+        # plain call, which costs redis-py less than a pipeline of one.
         values: list[Any] = list(await asyncio.gather(*(HELLO_STATE(res.redis, k, a) for k, a in calls)))
         return {rid: tuple(int(x) for x in v) for rid, v in zip(ids, values)}  # type: ignore[misc]
     for _ in range(2):
