@@ -9,6 +9,7 @@ The algorithm is pinned on decode (no `alg: none`, no algorithm confusion).
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -51,8 +52,37 @@ def issue(settings: Settings, *, user_id: str, family_id: str, kind: str,
     return token, Claims(user_id, family_id, jti, kind, exp, name)
 
 
+# Access tokens this process has verified: (secret, algorithm, audience, issuer, token) ->
+# (claims, exp). A client presents the same access token on every request and every reconnect
+# until it expires, and PyJWT's decode (base64, JSON, HMAC, claim checks) was 7% of a reconnect
+# storm's server samples; a hit is a dict lookup and the expiry check. Only a token that
+# passed every check is kept, under the exact bytes and the settings that checked it, and time
+# only moves forward, so a hit cannot accept what a fresh decode would refuse except by expiry,
+# which is checked on each hit. Revocation (logout) is not a property of the token: callers
+# check it every time (app/auth.py). Bounded by TOKEN_CACHE_SIZE (oldest out first).
+_verified: dict[tuple[str, str, str, str, str], tuple[Claims, int]] = {}
+
+
 def verify(settings: Settings, token: str, kind: str) -> Claims:
     """Decode and check a token of `kind`; raise InvalidToken/TokenExpired (401)."""
+    size = settings.token_cache_size if kind == ACCESS else 0
+    if size:
+        key = (settings.jwt_secret, settings.jwt_algorithm, settings.jwt_audience, settings.jwt_issuer, token)
+        hit = _verified.get(key)
+        if hit is not None:
+            if hit[1] > time.time():  # PyJWT's rule, leeway 0: expired once exp <= now
+                return hit[0]
+            del _verified[key]
+            raise TokenExpired()
+    claims, exp = _decode(settings, token, kind)
+    if size:
+        while len(_verified) >= size:
+            del _verified[next(iter(_verified))]
+        _verified[key] = (claims, exp)
+    return claims
+
+
+def _decode(settings: Settings, token: str, kind: str) -> tuple[Claims, int]:
     try:
         payload = jwt.decode(
             token, settings.jwt_secret, algorithms=[settings.jwt_algorithm],
@@ -67,4 +97,5 @@ def verify(settings: Settings, token: str, kind: str) -> Claims:
         raise InvalidToken(f"This is not an {kind} token." if kind == ACCESS else f"This is not a {kind} token.")
     usr = payload.get("usr")
     return Claims(payload["sub"], payload["fam"], payload["jti"], kind,
-                  datetime.fromtimestamp(payload["exp"], timezone.utc), usr if isinstance(usr, str) and usr else None)
+                  datetime.fromtimestamp(payload["exp"], timezone.utc),
+                  usr if isinstance(usr, str) and usr else None), payload["exp"]

@@ -68,6 +68,31 @@ async def test_expired_access_token_is_refused_as_expired(settings: Settings, re
         await auth.check_access_token(settings, redis, keys, forge(settings, iat=old, exp=old + 60))
 
 
+async def test_a_remembered_access_token_still_expires_and_still_logs_out(settings: Settings, redis: Redis,
+                                                                          keys: Keys) -> None:
+    # TOKEN_CACHE_SIZE: a token verified once is not decoded again (app/tokens.py), but
+    # a remembered token must still expire on time, and a logout must still close it.
+    now = int(time.time())
+    token = forge(settings, iat=now, exp=now + 2)
+    first = await auth.check_access_token(settings, redis, keys, token)
+    assert await auth.check_access_token(settings, redis, keys, token) == first  # remembered
+    await redis.set(keys.revoked_family(first.family_id), "1", ex=60)
+    with pytest.raises(InvalidToken):
+        await auth.check_access_token(settings, redis, keys, token)
+    await redis.delete(keys.revoked_family(first.family_id))
+    await asyncio.sleep(max(0.0, now + 2 - time.time()) + 0.05)
+    with pytest.raises(TokenExpired):
+        tokens.verify(settings, token, tokens.ACCESS)
+
+
+async def test_a_remembered_access_token_is_not_accepted_under_another_secret(settings: Settings) -> None:
+    token = forge(settings)
+    tokens.verify(settings, token, tokens.ACCESS)
+    other = settings.model_copy(update={"jwt_secret": "another-secret-that-is-long-enough-0123456789"})
+    with pytest.raises(InvalidToken):
+        tokens.verify(other, token, tokens.ACCESS)
+
+
 async def test_password_hashing_roundtrip(settings: Settings) -> None:
     hashed = await auth.hash_password(settings, "s3cret-password")
     assert hashed.startswith("$argon2id$") and "s3cret" not in hashed
