@@ -60,11 +60,14 @@ async def apply(redis: Redis, keys: Keys, room_id: str, user_id: str, version: i
 
 
 async def room_created(redis: Redis, keys: Keys, room_id: str, member_ids: Iterable[str], version: int = 0) -> None:
-    """A new room: its seq counter starts at 0 and its member set is the creation's snapshot."""
+    """A new room: its seq and change counters start at 0 and its member set is the creation's
+    snapshot. (A change counter Redis lacks is re-seeded from PostgreSQL by the first hello or
+    change that needs it: one query per room on the first connect after the creation, saved here.)"""
     ids = list(member_ids)
     if version == 0:  # no version allocated (tests, tools): start the counter now
         version = await snapshot_version(redis, keys, room_id)
     await redis.set(keys.room_seq(room_id), 0, nx=True)
+    await redis.set(keys.room_version(room_id), 0, nx=True)
     await scripts.MEMBER_LOAD(redis, _keys3(keys, room_id), [str(version), *ids])
 
 
