@@ -23,6 +23,7 @@ from app.realtime.registry import Registry
 from app.realtime.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, MessageNotFound, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
+from app.glue import release_handshake
 from app.ids import BIGINT_MAX, parse_uuid
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.schemas import CreateRoom
@@ -88,6 +89,7 @@ def _admission(app: Any) -> Admission:
 async def ws_endpoint(request: Request, ws: Any) -> None:
     adm = _admission(request.app)
     session = Session(request, ws)
+    release_handshake(request, ws)  # what an idle socket would keep of its HTTP request (app/glue.py)
     if not await adm.enter():
         await session.refuse(CLOSE_TRY_AGAIN, adm.retry_reason())
         return
