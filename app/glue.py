@@ -46,7 +46,9 @@ life, so each attribute is emptied, not the object):
   R1 `request.head` (the raw header bytes), `request.headers` (a `sanic.compat.Header`),
      `request.parsed_args` / `request.parsed_not_grouped_args` (query-string caches, dicts),
      and `request.stream.url` (`Http.url`, the request line's target): read while routing
-     and in the handshake middleware, never after the upgrade.
+     and in the handshake middleware, never after the upgrade; `request.raw_url` and
+     `request._parsed_url` (an httptools URL; `path`, `query_string` and `url` read it) keep
+     the path only (log lines name it), not the query that carried the token.
   R2 the protocol's `websocket_url`: Sanic keeps the whole URL (token included) only for its
      access log's OPEN/CLOSE lines, which return early without `access_log` (we run without).
   R3 the protocol's `_callback_check_timeouts`: the TimerHandle of Sanic's HTTP timeout check,
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from httptools import parse_url
 from sanic.compat import Header
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -190,6 +193,10 @@ def release_handshake(request: Any, ws: Any) -> None:
     an idle connection would otherwise keep of its HTTP request and Sanic's unused per-socket
     state (R1-R4, S11; ~4 KB per connection)."""
     request.head = b""
+    path = request._parsed_url.path or b"/"
+    if path != request.raw_url:
+        request.raw_url = path
+        request._parsed_url = parse_url(path)
     request.headers = Header()  # empty (about 100 bytes), not shared: a mutable mapping
     for cache in (request.parsed_args, request.parsed_not_grouped_args):
         cache.clear()
