@@ -164,7 +164,6 @@ class Session:
         # Register before reading the rooms, so a join or leave published meanwhile reaches us
         # too (see _set_up).
         self.registry.add(conn)
-        expiry: asyncio.TimerHandle | None = None
         try:
             try:
                 # Its own coroutine: the set-up's locals (the hello, the room lists, the Redis
@@ -175,17 +174,15 @@ class Session:
             finally:
                 if admitted is not None:
                     admitted()  # set up: the slot goes to the next connect in the queue
-            left = self.claims.expires_at.timestamp() - time.time()
-            expiry = asyncio.get_running_loop().call_later(max(left, 0.0), conn.close, CLOSE_TOKEN,
-                                                           "token expired")
+            # One timer per process for all expiries (the registry), not one per connection.
+            self.registry.close_at(conn, self.claims.expires_at.timestamp() - time.time(), CLOSE_TOKEN,
+                                   "token expired")
             recv, handle = self.inbox.recv, self.handle
             while not conn.closing:
                 await handle(await recv())
             await conn.drain()  # a close we queued (4429, 4401) goes out after the frames before it
         finally:
-            if expiry is not None:
-                expiry.cancel()
-            self.registry.remove(conn)
+            self.registry.remove(conn)  # a pending expiry of a connection that left does nothing
             conn.stop()
 
     async def _set_up(self) -> bool:
