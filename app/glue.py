@@ -37,6 +37,26 @@ the `ws` a handler receives):
   S9 `await ws.send_data(list[bytes])`: writes what the protocol generated (pong, close).
   S10 `ws.fail_connection(code, reason)`: closes at once (1007, 1011, 1013).
 
+  S11 `ws.recv_lock`, `ws.process_event_mutex`: asyncio locks only Sanic's recv*() and its
+     own process_events take; unused once the Inbox reads (S5, S6), dropped (~350 bytes each).
+
+What an idle WebSocket keeps of the HTTP request that opened it, released after the upgrade
+(`release_handshake`; Sanic's frames hold the Request and its protocol for the connection's
+life, so each attribute is emptied, not the object):
+  R1 `request.head` (the raw header bytes), `request.headers` (a `sanic.compat.Header`),
+     `request.parsed_args` / `request.parsed_not_grouped_args` (query-string caches, dicts),
+     and `request.stream.url` (`Http.url`, the request line's target): read while routing
+     and in the handshake middleware, never after the upgrade; `request.raw_url` and
+     `request._parsed_url` (an httptools URL; `path`, `query_string` and `url` read it) keep
+     the path only (log lines name it), not the query that carried the token.
+  R2 the protocol's `websocket_url`: Sanic keeps the whole URL (token included) only for its
+     access log's OPEN/CLOSE lines, which return early without `access_log` (we run without).
+  R3 the protocol's `_callback_check_timeouts`: the TimerHandle of Sanic's HTTP timeout check,
+     which stops rescheduling itself once the stage is HANDLER with `upgrade_websocket`.
+  R4 the protocol's `_data_received` and `_can_write` (asyncio.Event): their `_waiters` deque
+     (760 bytes each even when empty) becomes a list; Event only appends, removes and
+     iterates it (asyncio/locks.py).
+
 Sanic's HTTP/1.1 stream (`sanic.http.Http`, `request.stream`), for the door:
   H1 `.request_body` (falsy once read or when there is none), `.expecting_continue`,
      `.request_max_size`, `.keep_alive`, and `.protocol.request_max_size`: Sanic drains an
@@ -53,10 +73,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from httptools import parse_url
+from sanic.compat import Header
 from websockets.frames import Opcode
 from websockets.protocol import State
 
-__all__ = ["Opcode", "State", "RawSocket", "bind", "drain_refused_body"]
+__all__ = ["Opcode", "State", "RawSocket", "bind", "drain_refused_body", "release_handshake"]
 
 OPEN, CLOSING, CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 
@@ -164,6 +186,36 @@ def bind(ws: Any) -> RawSocket | None:
     if all(hasattr(ws, a) for a in ("ws_proto", "io_proto", "conn_mutex")):
         return RawSocket(ws)
     return None
+
+
+def release_handshake(request: Any, ws: Any) -> None:
+    """After the upgrade, once the handler has read what it needs of the request: let go of what
+    an idle connection would otherwise keep of its HTTP request and Sanic's unused per-socket
+    state (R1-R4, S11; ~4 KB per connection)."""
+    request.head = b""
+    path = request._parsed_url.path or b"/"
+    if path != request.raw_url:
+        request.raw_url = path
+        request._parsed_url = parse_url(path)
+    request.headers = Header()  # empty (about 100 bytes), not shared: a mutable mapping
+    for cache in (request.parsed_args, request.parsed_not_grouped_args):
+        cache.clear()
+    stream = request.stream
+    if stream is not None:
+        stream.url = None
+    io = getattr(ws, "io_proto", None)
+    if io is not None:
+        if not getattr(io, "access_log", True):
+            io.websocket_url = None
+        timer = getattr(io, "_callback_check_timeouts", None)
+        if timer is not None:
+            timer.cancel()  # the stage is HANDLER with a websocket: the check would only return
+            io._callback_check_timeouts = None
+        for event in (io._data_received, io._can_write):
+            if not event._waiters:
+                event._waiters = []
+    if hasattr(ws, "recv_lock"):
+        ws.recv_lock = ws.process_event_mutex = None
 
 
 def drain_refused_body(request: Any, limit: int) -> None:

@@ -23,6 +23,7 @@ from app.realtime.registry import Registry
 from app.realtime.inbox import Inbox
 from app.errors import (ChatError, Forbidden, InvalidToken, MessageNotFound, NotMember, RateLimited, RoomNotFound,
                         UnknownFrameType, ValidationFailed, to_chat_error)
+from app.glue import release_handshake
 from app.ids import BIGINT_MAX, parse_uuid
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.schemas import CreateRoom
@@ -88,6 +89,7 @@ def _admission(app: Any) -> Admission:
 async def ws_endpoint(request: Request, ws: Any) -> None:
     adm = _admission(request.app)
     session = Session(request, ws)
+    release_handshake(request, ws)  # what an idle socket would keep of its HTTP request (app/glue.py)
     if not await adm.enter():
         await session.refuse(CLOSE_TRY_AGAIN, adm.retry_reason())
         return
@@ -158,55 +160,63 @@ class Session:
     async def run(self, admitted: Callable[[], None] | None = None) -> None:
         """Serve the connection; `admitted` (the admission slot's release) is called once, as
         soon as the hello is queued or the set-up ends otherwise."""
-        conn, loop = self.conn, asyncio.get_running_loop()
+        conn = self.conn
         # Register before reading the rooms, so a join or leave published meanwhile reaches us
-        # too; then attach only the rooms whose membership did not change during the read (a
-        # kick that landed meanwhile must not be undone by our older read).
+        # too (see _set_up).
         self.registry.add(conn)
-        since = self.registry.tick
-        expiry: asyncio.TimerHandle | None = None
         try:
-            if self.registry.subs is not None:  # FANOUT_CHANNELS=rooms: joins published during the read reach us
-                await self.registry.subscribed(self.user_id)
-            # One Redis round trip: the logout check and the user's cached room list (PostgreSQL
-            # only when Redis has no list: app/store/user_rooms.py).
-            revoked, listed, pg_markers = await rooms.connect_rooms(
-                self.redis, self.keys, self.settings, user_id=self.user_id, family_id=self.claims.family_id)
-            if revoked:
-                # Logged out between the handshake check and our registration (whose close
-                # event found nothing to close yet).
-                conn.start()
-                conn.close(CLOSE_TOKEN, "logged out")
-                await conn.drain()
-                return
-            self.registry.attach_fresh(conn, listed, since)
-            room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
-            if self.registry.subs is not None:  # the rooms' channels live before last_seq is read
-                await self.registry.subscribed(room_ids=room_ids)
-            # Per room: last_seq and last_version (the client's two catch-up cursors) and the
-            # read state (its badges), one more round trip; PostgreSQL's markers are the floor
-            # of Redis's, read only for rooms whose marker Redis lacks.
-            hello = {"type": "hello", "user_id": self.user_id,
-                     "rooms": await reads.hello_rooms(self.resources, self.user_id, self.claims.username, room_ids,
-                                                      pg_markers),
-                     "heartbeat_s": self.settings.ws_heartbeat_s}
-            conn.start(first=Frame(dumps(hello)))
-            if admitted is not None:
-                admitted, release = None, admitted
-                release()  # set up: the slot goes to the next connect in the queue
-            left = self.claims.expires_at.timestamp() - time.time()
-            expiry = loop.call_later(max(left, 0.0), conn.close, CLOSE_TOKEN, "token expired")
+            try:
+                # Its own coroutine: the set-up's locals (the hello, the room lists, the Redis
+                # replies) are freed once it returns instead of living in this frame for the
+                # connection's whole life (~1 KB per idle connection).
+                if not await self._set_up():
+                    return
+            finally:
+                if admitted is not None:
+                    admitted()  # set up: the slot goes to the next connect in the queue
+            # One timer per process for all expiries (the registry), not one per connection.
+            self.registry.close_at(conn, self.claims.expires_at.timestamp() - time.time(), CLOSE_TOKEN,
+                                   "token expired")
             recv, handle = self.inbox.recv, self.handle
             while not conn.closing:
                 await handle(await recv())
             await conn.drain()  # a close we queued (4429, 4401) goes out after the frames before it
         finally:
-            if admitted is not None:
-                admitted()
-            if expiry is not None:
-                expiry.cancel()
-            self.registry.remove(conn)
+            self.registry.remove(conn)  # a pending expiry of a connection that left does nothing
             conn.stop()
+
+    async def _set_up(self) -> bool:
+        """Attach the user's rooms and queue the hello; False: logged out meanwhile (closed)."""
+        conn = self.conn
+        # Attach only the rooms whose membership did not change during the read (a kick that
+        # landed meanwhile must not be undone by our older read).
+        since = self.registry.tick
+        if self.registry.subs is not None:  # FANOUT_CHANNELS=rooms: joins published during the read reach us
+            await self.registry.subscribed(self.user_id)
+        # One Redis round trip: the logout check and the user's cached room list (PostgreSQL
+        # only when Redis has no list: app/store/user_rooms.py).
+        revoked, listed, pg_markers = await rooms.connect_rooms(
+            self.redis, self.keys, self.settings, user_id=self.user_id, family_id=self.claims.family_id)
+        if revoked:
+            # Logged out between the handshake check and our registration (whose close
+            # event found nothing to close yet).
+            conn.start()
+            conn.close(CLOSE_TOKEN, "logged out")
+            await conn.drain()
+            return False
+        self.registry.attach_fresh(conn, listed, since)
+        room_ids = [r for r in listed if r in conn.rooms] + sorted(conn.rooms.difference(listed))
+        if self.registry.subs is not None:  # the rooms' channels live before last_seq is read
+            await self.registry.subscribed(room_ids=room_ids)
+        # Per room: last_seq and last_version (the client's two catch-up cursors) and the
+        # read state (its badges), one more round trip; PostgreSQL's markers are the floor
+        # of Redis's, read only for rooms whose marker Redis lacks.
+        hello = {"type": "hello", "user_id": self.user_id,
+                 "rooms": await reads.hello_rooms(self.resources, self.user_id, self.claims.username, room_ids,
+                                                  pg_markers),
+                 "heartbeat_s": self.settings.ws_heartbeat_s}
+        conn.start(first=Frame(dumps(hello)))
+        return True
 
     async def handle(self, data: str | bytes) -> None:
         ref = kind = None

@@ -18,6 +18,8 @@ delivered from there, later live duplicates dropped.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import logging
 import time
 from typing import Iterable, Protocol
@@ -81,6 +83,11 @@ class Registry:
         # FANOUT_CHANNELS=rooms only (None: the one global channel, nothing to manage)
         self.subs: Subscriptions | None = None
         self.catchups: dict[str, CatchUp] = {}  # room -> its catch-up while its channel is new
+        # Token expiries: (loop time, connection id, close code, reason), earliest first, and one
+        # timer for the earliest, instead of a TimerHandle per connection (~600 bytes each idle).
+        self._expiries: list[tuple[float, str, int, str]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_when = 0.0
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
@@ -103,6 +110,42 @@ class Registry:
         for room_id in conn.rooms:
             self._unlink(room_id, conn)
         conn.rooms.clear()
+
+    def close_at(self, conn: Connection, delay_s: float, code: int, reason: str) -> None:
+        """Close `conn` (`conn.close(code, reason)`) in `delay_s` unless it has gone by then."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay_s, 0.0)
+        heap = self._expiries
+        # Entries of connections that left wait for their time; rebuild when they dominate, so
+        # a reconnecting crowd does not pile up a token lifetime's worth of them.
+        if len(heap) > 2 * len(self.conns) + 1024:
+            heap[:] = [e for e in heap if e[1] in self.conns]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, conn.id, code, reason))
+        if self._expiry_timer is None or when < self._expiry_when:
+            self._arm_expiry(loop)
+
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if self._expiries:
+            self._expiry_when = self._expiries[0][0]
+            self._expiry_timer = loop.call_at(self._expiry_when, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        loop = asyncio.get_running_loop()
+        heap, now = self._expiries, loop.time()
+        while heap and heap[0][0] <= now:
+            _, conn_id, code, reason = heapq.heappop(heap)
+            conn = self.conns.get(conn_id)
+            if conn is not None:
+                try:
+                    conn.close(code, reason)
+                except Exception:  # noqa: BLE001 - one broken socket must not stop the others' expiry
+                    log.debug("expiry close of %s failed", conn_id, exc_info=True)
+        self._arm_expiry(loop)
 
     def attach(self, conn: Connection, room_ids: Iterable[str]) -> None:
         by_room, subs = self.by_room, self.subs

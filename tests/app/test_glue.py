@@ -11,6 +11,7 @@ connection, and a refused request body drained.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import uuid
@@ -104,6 +105,27 @@ def _h1() -> None:
     assert "request_max_size" in _slots(HttpProtocol)
 
 
+def _r1_to_r4_s11() -> None:
+    from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+
+    assert {"head", "headers", "parsed_args", "parsed_not_grouped_args", "stream", "raw_url",
+            "_parsed_url"} <= _slots(Request), "R1 Request"
+    assert "_parsed_url" in inspect.getsource(Request.path.fget), "R1 Request.path"
+    assert "url" in _slots(Http), "R1 Http.url"
+    assert {"websocket_url"} <= _slots(WebSocketProtocol) and "access_log" in _slots(HttpProtocol), "R2"
+    assert "_callback_check_timeouts" in _slots(HttpProtocol), "R3 HttpProtocol._callback_check_timeouts"
+    assert "return" in inspect.getsource(HttpProtocol.check_timeouts).split("upgrade_websocket", 1)[1][:200], \
+        "R3 check_timeouts no longer stops for an upgraded connection"
+    assert {"_data_received", "_can_write"} <= _slots(SanicProtocol), "R4 SanicProtocol events"
+    ev = asyncio.Event()
+    assert isinstance(ev._waiters, collections.deque), "R4 asyncio.Event._waiters"
+    src = inspect.getsource(asyncio.Event)
+    uses = {m for m in ("append(", "remove(", "popleft(", "appendleft(", "rotate(") if f"_waiters.{m}" in src}
+    assert uses <= {"append(", "remove("}, f"R4 asyncio.Event now calls {uses} on its waiters"
+    ws = _impl()
+    assert isinstance(ws.recv_lock, asyncio.Lock) and isinstance(ws.process_event_mutex, asyncio.Lock), "S11"
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "W1 websockets State and Opcode": _w1,
     "W2 websockets sans-I/O receive_data/data_to_send/events_received/state": _w2,
@@ -111,6 +133,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "S1-S10 Sanic WebsocketImplProtocol attributes": _s1_to_s10,
     "S2/S3 Sanic SanicProtocol transport, send, _can_write": _s2_s3,
     "H1 Sanic Http stream body-size attributes": _h1,
+    "R1-R4, S11 what release_handshake empties": _r1_to_r4_s11,
 }
 
 
@@ -153,6 +176,10 @@ def _app(seen: dict[str, Any]) -> Sanic:
         inbox.conn = conn
         io = ws.io_proto
         seen["can_write_is_event"] = isinstance(io._can_write, asyncio.Event)  # S3 on a live connection
+        glue.release_handshake(request, ws)  # everything below runs on a released connection
+        seen["released"] = (request.head, request.url.split("/", 3)[-1], len(request.headers), request.stream.url,
+                            io.websocket_url,
+                            io._callback_check_timeouts, type(io._can_write._waiters), ws.recv_lock)
         conn.start()
         try:
             while True:
@@ -217,7 +244,7 @@ async def _ask(c: Any, msg: str) -> str:
 
 async def test_frames_round_trip_through_the_inbox_and_the_raw_writes(served: tuple[int, dict[str, Any]]) -> None:
     port, seen = served
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as c:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token=secret") as c:
         assert await _ask(c, "hi") == "echo:hi"
         assert await _ask(c, "x" * 70_000) == "echo:" + "x" * 70_000  # 64-bit length header
         assert await _ask(c, "queued") == "queued:ok" and await c.recv() == "queued:2"
@@ -234,6 +261,7 @@ async def test_frames_round_trip_through_the_inbox_and_the_raw_writes(served: tu
         await asyncio.sleep(0.02)
     assert seen.get("read_ended_by_close"), f"S7 ws.recv_cancel: a closing client no longer ends the read {seen}"
     assert seen["can_write_is_event"], "S3 io_proto._can_write is no longer an asyncio.Event"
+    assert seen["released"] == (b"", "ws", 0, None, None, None, list, None), f"R1-R4, S11: {seen['released']}"
     assert seen["inbox"].chunks >= 8, "S5 Sanic no longer calls ws.data_received: frames take its slow path"
 
 

@@ -154,3 +154,35 @@ def test_close_family_closes_only_that_login() -> None:
         reg.add(c)
     dispatch(reg, "f:u:fam-a||{}")
     assert a.closing and not b.closing
+
+
+async def test_token_expiries_close_in_time_order_with_one_timer_and_skip_connections_gone() -> None:
+    reg = Registry()
+    late, early, gone = (Connection(FakeSocket(), u) for u in ("late", "early", "gone"))
+    for c in (late, early, gone):
+        reg.add(c)
+        c.start()
+    reg.close_at(late, 0.15, 4401, "token expired")
+    reg.close_at(early, 0.05, 4401, "token expired")  # earlier than the armed timer: re-armed
+    reg.close_at(gone, 0.05, 4401, "token expired")
+    reg.remove(gone)
+    gone.stop()
+    await asyncio.sleep(0.1)
+    await settle()
+    assert early.ws.closed == (4401, "token expired") and late.ws.closed is None
+    await asyncio.sleep(0.1)
+    await settle()
+    assert late.ws.closed == (4401, "token expired")
+    assert gone.ws.closed is None  # it left before its expiry
+    assert reg._expiries == [] and reg._expiry_timer is None
+
+
+async def test_expiries_of_connections_that_left_do_not_pile_up() -> None:
+    reg = Registry()
+    for _ in range(3000):
+        c = Connection(FakeSocket(), "u")
+        reg.add(c)
+        reg.close_at(c, 900.0, 4401, "token expired")
+        reg.remove(c)
+    assert len(reg._expiries) <= 1024 + 1
+    reg._expiry_timer.cancel()
