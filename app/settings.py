@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     jwt_audience: str = "chat-clients"
     access_token_ttl_s: Positive = 900
     # Access tokens each process keeps after verifying them once (app/tokens.py; 0: decode
-    # every time). About 1 KB each; a hit still checks expiry, and logout is checked anyway.
+    # every time). About 200 bytes each; a hit still checks expiry, and logout is checked anyway.
     token_cache_size: NonNegative = 20_000
     refresh_token_ttl_s: Positive = 30 * 24 * 3600
     # argon2id password hashing cost (OWASP minimum: t=2, m=19 MiB); tests and load runs lower it.

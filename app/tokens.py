@@ -9,6 +9,7 @@ The algorithm is pinned on decode (no `alg: none`, no algorithm confusion).
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,22 +53,26 @@ def issue(settings: Settings, *, user_id: str, family_id: str, kind: str,
     return token, Claims(user_id, family_id, jti, kind, exp, name)
 
 
-# Access tokens this process has verified: (secret, algorithm, audience, issuer, token) ->
-# (claims, exp). A client presents the same access token on every request and every reconnect
-# until it expires, and PyJWT's decode (base64, JSON, HMAC, claim checks) was 7% of a reconnect
-# storm's server samples; a hit is a dict lookup and the expiry check. Only a token that
-# passed every check is kept, under the exact bytes and the settings that checked it, and time
-# only moves forward, so a hit cannot accept what a fresh decode would refuse except by expiry,
-# which is checked on each hit. Revocation (logout) is not a property of the token: callers
-# check it every time (app/auth.py). Bounded by TOKEN_CACHE_SIZE (oldest out first).
-_verified: dict[tuple[str, str, str, str, str], tuple[Claims, int]] = {}
+# Access tokens this process has verified: digest -> (claims, exp). A client presents the same
+# access token on every request and every reconnect until it expires, and PyJWT's decode
+# (base64, JSON, HMAC, claim checks) was 7% of a reconnect storm's server samples; a hit is one
+# SHA-256, a dict lookup and the expiry check. Only a token that passed every check is kept,
+# under the SHA-256 of the settings that checked it and its exact bytes (a forged token would
+# need a second preimage), and time only moves forward, so a hit cannot accept what a fresh
+# decode would refuse except by expiry, which is checked on each hit. Revocation (logout) is
+# not a property of the token: callers check it every time (app/auth.py). The digest, not the
+# token, is the key: every idle connection has its own token, and keeping the token strings
+# cost ~0.7 KiB per connection (docs/performance.md, item 4). Bounded by TOKEN_CACHE_SIZE
+# (oldest out first).
+_verified: dict[bytes, tuple[Claims, int]] = {}
 
 
 def verify(settings: Settings, token: str, kind: str) -> Claims:
     """Decode and check a token of `kind`; raise InvalidToken/TokenExpired (401)."""
     size = settings.token_cache_size if kind == ACCESS else 0
     if size:
-        key = (settings.jwt_secret, settings.jwt_algorithm, settings.jwt_audience, settings.jwt_issuer, token)
+        key = hashlib.sha256("\x00".join((settings.jwt_secret, settings.jwt_algorithm, settings.jwt_audience,
+                                          settings.jwt_issuer, token)).encode()).digest()
         hit = _verified.get(key)
         if hit is not None:
             if hit[1] > time.time():  # PyJWT's rule, leeway 0: expired once exp <= now
