@@ -46,6 +46,7 @@ def env_name(field_name: str) -> str:
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
 CSV = Annotated[tuple[str, ...], NoDecode]  # NoDecode: the variable is "a,b", not JSON
 
 
@@ -154,6 +155,11 @@ class Settings(BaseSettings):
     # 0 keeps Python's defaults. With thousands of connections open, Python's defaults spent
     # most of a connect storm's CPU in full collections (docs/performance.md, connect path).
     gc_gen0_threshold: NonNegative = 10_000
+    # With the above: young-generation collections between two full ones (Python: 10; 0 keeps
+    # Python's), and how often a calm process runs a full collection that is due (0: never; see
+    # app/gc_tuning.py): a reconnect storm's full collections each walked every open connection.
+    gc_gen2_threshold: NonNegative = 100
+    gc_calm_collect_s: NonNegativeSeconds = 1.0
     # Connect admission (blueprints/ws.py): connects being set up at once per process, and how
     # many may wait for a slot; past that a connect is closed at once with 1013 and a retry hint
     # (base + random jitter), so a reconnect storm becomes a queue, not a pegged core.

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
 
-from app.gc_tuning import setup_gc
+from app.gc_tuning import calm_step, setup_gc
 from app.settings import Settings
 
 
@@ -19,10 +20,15 @@ class _App:
     def __init__(self, settings: Settings) -> None:
         self.ctx = SimpleNamespace(settings=settings)
         self.listeners: list[Callable[[Any], Any]] = []
+        self.tasks: list[str] = []
 
     def after_server_start(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         self.listeners.append(fn)
         return fn
+
+    def add_task(self, coro: Any, name: str = "") -> None:
+        self.tasks.append(name)
+        coro.close()
 
 
 @pytest.fixture
@@ -35,12 +41,12 @@ def restore_gc() -> Any:
 
 
 async def test_a_started_server_freezes_start_up_and_raises_the_first_threshold(restore_gc: None) -> None:
-    app = _App(Settings.load(env={"GC_GEN0_THRESHOLD": "12345"}))
+    app = _App(Settings.load(env={"GC_GEN0_THRESHOLD": "12345", "GC_GEN2_THRESHOLD": "0"}))
     setup_gc(app)
     second, third = gc.get_threshold()[1:]
     for listener in app.listeners:
         await listener(app)
-    assert gc.get_threshold() == (12345, second, third)
+    assert gc.get_threshold() == (12345, second, third)  # GC_GEN2_THRESHOLD=0: Python's third
     assert gc.get_freeze_count() > 1000  # this process's modules, classes and functions
 
 
@@ -62,4 +68,35 @@ async def test_on_by_default(restore_gc: None) -> None:
     for listener in app.listeners:
         await listener(app)
     assert gc.get_threshold()[0] == 10_000
+    assert gc.get_threshold()[2] == 100  # full collections rarer, and run when calm instead
     assert gc.get_freeze_count() > 1000
+    assert app.tasks == ["gc_calm_collect"]
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _old_cycle() -> "weakref.ref[_Cycle]":
+    """A cycle that lived long enough to reach the oldest generation, then became garbage
+    (a closed connection's objects), and enough young collections for a full one to be due."""
+    obj = _Cycle()
+    ref = weakref.ref(obj)
+    for _ in range(12):  # each collection of generation 1 promotes into 2 and counts there
+        gc.collect(1)
+    del obj
+    return ref
+
+
+def test_a_calm_process_runs_the_due_full_collection(restore_gc: None) -> None:
+    gc.disable()  # no automatic collection in between
+    try:
+        ref = _old_cycle()
+        assert not calm_step(busy_share=0.9)  # busy: not now
+        assert ref() is not None
+        assert calm_step(busy_share=0.1)
+        assert ref() is None
+        assert not calm_step(busy_share=0.0)  # nothing due any more
+    finally:
+        gc.enable()
