@@ -388,22 +388,35 @@ async def _finish(redis: Redis, keys: Keys, settings: Settings, room_id: str, it
     return [message_view(m, viewer_id) for m in items]
 
 
+class MembershipUnknown(Exception):
+    """history(member=...): the room's loaded member set does not hold the user (or Redis lost
+    the set); nothing was read. The caller runs the full check (app/access.authorize: it heals a
+    lost set, or raises the right 403/404) and reads again without `member`. Never reaches a client."""
+
+
 async def history(*, redis: Redis, keys: Keys, settings: Settings, room_id: str, before: int | None,
-                  after: int | None, limit: int, viewer_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+                  after: int | None, limit: int, viewer_id: str | None = None,
+                  member: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """(items ascending by seq, has_more). Newest `limit` by default; with `after` the oldest after it;
     with both, strictly between. has_more: more exist in the paging direction.
 
     Each message in its latest state: the highest version among its stream entry, the change
     overlay (read with the entries, atomically) and its PostgreSQL row; quotes and `me` per
-    `viewer_id` (message_view)."""
+    `viewer_id` (message_view). `member`: read only for this user as a member the Redis set
+    knows, checked in the same script as the read, else MembershipUnknown (a WebSocket sync's
+    check and read in one round trip)."""
     room_id = parse_uuid(room_id, RoomNotFound)
     ascending = after is not None
     lo = (after or 0) + 1
     hi = before - 1 if before is not None else None
     if hi is not None and hi < lo:
+        if member is not None:
+            raise MembershipUnknown()  # nothing to read, but the answer still needs the check
         return [], False
     want = limit + 1  # one extra tells has_more
-    got = await cache.read(redis, keys, room_id, ascending=ascending, lo=lo, hi=hi, count=want)
+    got = await cache.read(redis, keys, room_id, ascending=ascending, lo=lo, hi=hi, count=want, member=member)
+    if got is None:
+        raise MembershipUnknown()
     overlay = {s: m for s, raw in got.overlay.items() if (m := _cached(s, raw)) is not None}
     # Past the retention window a message is gone wherever it still is: the Redis tail of an
     # idle room, or a PostgreSQL row the daily prune has not reached yet.

@@ -282,13 +282,29 @@ class Session:
             raise ValidationFailed({"after_seq": f"must be between 0 and {BIGINT_MAX - 1}"})
         # Versions count changes like seqs count messages: bigints; changes are read after it.
         after_version = _bounded(frame, "after_version", 0, BIGINT_MAX - 1, required=False)
-        room_id = await self._require_member(raw_room)
         limit = _field(frame, "limit", int, required=False)
         if limit is None:
             limit = DEFAULT_LIMIT
         elif limit < 1:
             raise ValidationFailed({"limit": "must be at least 1"})
         limit = min(limit, MAX_LIMIT)
+        if after_version is None:
+            # The membership check rides the read's own script (one round trip; a reconnect
+            # storm syncs every room of every client): only when the Redis set does not say
+            # "member" does the full check run (it heals a lost set or raises 403/404).
+            try:
+                items, has_more = await messages.history(
+                    redis=self.redis, keys=self.keys, settings=self.settings, room_id=raw_room, before=None,
+                    after=after, limit=limit, viewer_id=self.user_id, member=self.user_id)
+                room_id = parse_uuid(raw_room, RoomNotFound)
+            except messages.MembershipUnknown:
+                room_id = await self._require_member(raw_room)
+                items, has_more = await messages.history(
+                    redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id, before=None,
+                    after=after, limit=limit, viewer_id=self.user_id)
+            self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more})
+            return
+        room_id = await self._require_member(raw_room)
         found: dict[str, Any] = {}
         if after_version is not None:
             # The older messages (seq <= after_seq) changed since after_version, latest state

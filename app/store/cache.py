@@ -423,19 +423,27 @@ async def seed_seq(redis: Redis, keys: Keys, room_id: str, pg_max: int) -> int:
 
 
 async def read(redis: Redis, keys: Keys, room_id: str, *, ascending: bool, lo: int, hi: int | None,
-               count: int) -> CacheRange:
+               count: int, member: str | None = None) -> CacheRange | None:
     """Entries with lo <= seq <= hi (hi None = no bound), at most `count`, plus the stream's first
     seq, the overlay for the seqs such a page can hold (seqs are gap-free: the `count` seqs from
-    lo up, or down from hi / the room's last seq) and the room's version counter."""
+    lo up, or down from hi / the room's last seq) and the room's version counter.
+
+    `member`: read only if the room's loaded member set holds this user, else None (nothing
+    read; the caller runs the full check, app/access.py): a check and a read in one round trip."""
     lo = max(lo, 0)
     if ascending:
         win_lo, win_hi = lo, lo + count - 1 if hi is None else min(hi, lo + count - 1)
     else:
         win_lo, win_hi = (lo, "+") if hi is None else (max(lo, hi - count + 1), hi)
     args = ["asc" if ascending else "desc", lo, "+" if hi is None else hi, count, win_lo, win_hi, count]
-    first, flat, over, version, wlo, whi = await scripts.READ(
-        redis, [keys.room_log(room_id), keys.room_state(room_id), keys.room_version(room_id), keys.room_seq(room_id)],
-        args)
+    names = [keys.room_log(room_id), keys.room_state(room_id), keys.room_version(room_id), keys.room_seq(room_id)]
+    if member is not None:
+        names.append(keys.room_members(room_id))
+        args.append(member)
+    got = await scripts.READ(redis, names, args)
+    if len(got) == 1:  # {"!"}: not a member the set knows
+        return None
+    first, flat, over, version, wlo, whi = got
     entries = [(_seq_of(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
     overlay = {int(over[i]): over[i + 1] for i in range(0, len(over), 2)}
     return CacheRange(_seq_of(first) if first else None, entries, overlay, int(version) if version else None,

@@ -170,6 +170,29 @@ async def test_lost_member_set_is_rebuilt_from_postgres(redis: Redis, keys: Keys
         await send(redis, keys, settings, room_id, outsider)
 
 
+async def test_history_for_a_member_checks_the_set_in_the_same_read(redis: Redis, keys: Keys, settings: Settings,
+                                                                    room: tuple[str, str]) -> None:
+    # A WebSocket sync reads with member=...: the read's script checks the Redis set first.
+    # Only "a member the loaded set holds" reads; a stranger, or a set Redis lost, reads
+    # nothing and raises MembershipUnknown (the caller then runs the full check).
+    room_id, owner = room
+    outsider = await new_user()
+    for i in range(3):
+        await send(redis, keys, settings, room_id, owner, f"m{i}")
+
+    async def read(user: str) -> list[int]:
+        items, _ = await messages.history(redis=redis, keys=keys, settings=settings, room_id=room_id, before=None,
+                                          after=1, limit=10, viewer_id=user, member=user)
+        return [m["seq"] for m in items]
+
+    assert await read(owner) == [2, 3]
+    with pytest.raises(messages.MembershipUnknown):
+        await read(outsider)
+    await redis.delete(keys.room_members(room_id))  # Redis lost the set: not "not a member"
+    with pytest.raises(messages.MembershipUnknown):
+        await read(owner)
+
+
 async def test_lost_counter_continues_after_postgres_and_the_stream(redis: Redis, keys: Keys, settings: Settings,
                                                                     room: tuple[str, str]) -> None:
     room_id, owner = room

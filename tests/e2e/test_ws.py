@@ -147,6 +147,28 @@ async def test_sync_after_reconnect_returns_exactly_the_missed(server: ServerPro
     await b.close()
 
 
+async def test_sync_after_redis_lost_the_member_set_still_answers_a_member(
+        server: ServerProc, api: httpx.Client, redis_engine: Any, alice: TestUser, bob: TestUser) -> None:
+    # A sync's membership check rides its read (one script); when the set is gone that read
+    # says "unknown", and the full check must heal the set and answer, not refuse a member.
+    import redis as redis_sync
+    room = make_room(api, alice, member_ids=[bob.id])
+    a = await WS.open(server.ws_url, alice.access_token)
+    await a.request({"type": "send", "room_id": room["id"], "body": "before the loss"}, "ack")
+    cls = redis_sync.RedisCluster if redis_engine.cluster else redis_sync.Redis
+    client = cls.from_url(redis_engine.redis_url, decode_responses=True)
+    try:
+        assert client.delete(redis_engine.keys.room_members(room["id"])) == 1
+        b = await WS.open(server.ws_url, bob.access_token)
+        got = await b.request({"type": "sync", "room_id": room["id"], "after_seq": 0}, "sync")
+        assert [m["body"] for m in got["messages"]] == ["before the loss"]
+        assert client.sismember(redis_engine.keys.room_members(room["id"]), bob.id)  # healed
+    finally:
+        client.close()
+    await a.close()
+    await b.close()
+
+
 async def test_typing_reaches_other_members_only(server: ServerProc, api: httpx.Client,
                                                  alice: TestUser, bob: TestUser) -> None:
     room = make_room(api, alice, member_ids=[bob.id])

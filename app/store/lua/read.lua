@@ -2,10 +2,19 @@
 -- (`state`) for the page's seq window and the room's change counter, all at one instant, so
 -- an entry and the overlay that outranks it can never come from two sides of a change.
 -- Returns {first_id or "", {seq, msg, ...}, {seq, state json, ...}, version or "", window lo, window hi}.
+-- With a member set (KEYS[5]) and a user (ARGV[8]): the read is only for a member the set knows
+-- (its sentinel "*" present: the set is loaded); otherwise {"!"} and nothing is read, and the
+-- caller asks the full membership check (app/access.py). A sync's check and read, one round trip.
 local log_key = KEYS[1]
 local state_key = KEYS[2]
 local version_key = KEYS[3]
 local seq_key = KEYS[4]
+local members_key = KEYS[5]
+
+if members_key then
+  local known = redis.call('SMISMEMBER', members_key, '*', ARGV[8])
+  if known[1] == 0 or known[2] == 0 then return {'!'} end
+end
 
 local direction = ARGV[1]                   -- "asc" | "desc"
 local lowest = ARGV[2]                      -- lowest seq
