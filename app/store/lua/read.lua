@@ -11,11 +11,6 @@ local version_key = KEYS[3]
 local seq_key = KEYS[4]
 local members_key = KEYS[5]
 
-if members_key then
-  local known = redis.call('SMISMEMBER', members_key, '*', ARGV[8])
-  if known[1] == 0 or known[2] == 0 then return {'!'} end
-end
-
 local direction = ARGV[1]                   -- "asc" | "desc"
 local lowest = ARGV[2]                      -- lowest seq
 local highest = ARGV[3]                     -- highest seq ("+" = no bound)
@@ -23,6 +18,12 @@ local count = ARGV[4]
 local win_lo = tonumber(ARGV[5])            -- the overlay window (the page's possible seqs)
 local win_hi = ARGV[6]                      -- "+" = the room's last seq
 local width = tonumber(ARGV[7])             -- at most this many seqs below a "+" top
+local member = ARGV[8]                      -- with KEYS[5]: read only for this member
+
+if members_key then
+  local known = redis.call('SMISMEMBER', members_key, '*', member)
+  if known[1] == 0 or known[2] == 0 then return {'!'} end
+end
 
 local head = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)
 local first = ''
