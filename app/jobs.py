@@ -139,7 +139,6 @@ class Producer:
         self.settings = settings
         self._broker: Broker | None = None
         self._lock = threading.Lock()  # enqueues run in executor threads
-        self._soon: set[asyncio.Task[None]] = set()  # enqueue_soon's tasks, referenced until done
         # The backlog trigger's rooms not yet queued (insertion-ordered, a room once), and the
         # one task that queues them as flush_rooms jobs (see trigger_flush).
         self._flush_rooms: dict[str, None] = {}
@@ -167,19 +166,6 @@ class Producer:
         """Enqueue from async code: the broker's client is synchronous, so it runs in a thread."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, partial(self.enqueue_sync, actor_name, *args))
-
-    def enqueue_soon(self, actor_name: str, *args: Any) -> None:
-        """Enqueue in the background, never awaited by the caller (the accept path's backlog
-        trigger); a failure is only logged, since a periodic job does the same work later."""
-        async def run() -> None:
-            try:
-                await self.enqueue(actor_name, *args)
-            except Exception:  # noqa: BLE001 - see above
-                log.warning("could not enqueue %s%r", actor_name, args, exc_info=True)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._soon.add(task)
-        task.add_done_callback(self._soon.discard)
 
     def trigger_flush(self, room_id: str) -> None:
         """Ask the worker to flush this room soon (the accept path's backlog trigger; never awaited).
@@ -239,8 +225,6 @@ class Producer:
             if self._flush_wake is not None:
                 self._flush_wake.set()
             await asyncio.gather(self._flush_task, return_exceptions=True)
-        if self._soon:
-            await asyncio.gather(*self._soon, return_exceptions=True)
         self.close()
         self._closing = False  # usable again (the broker is rebuilt on next use), as before
 

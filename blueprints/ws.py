@@ -288,37 +288,35 @@ class Session:
         elif limit < 1:
             raise ValidationFailed({"limit": "must be at least 1"})
         limit = min(limit, MAX_LIMIT)
+        room_id: str | None = None
         if after_version is None:
             # The membership check rides the read's own script (one round trip; a reconnect
             # storm syncs every room of every client): only when the Redis set does not say
-            # "member" does the full check run (it heals a lost set or raises 403/404).
+            # "member" does the full check below run (it heals a lost set or raises 403/404).
             try:
-                items, has_more = await messages.history(
-                    redis=self.redis, keys=self.keys, settings=self.settings, room_id=raw_room, before=None,
-                    after=after, limit=limit, viewer_id=self.user_id, member=self.user_id)
+                items, has_more = await self._history(raw_room, after, limit, member=self.user_id)
                 room_id = parse_uuid(raw_room, RoomNotFound)
             except messages.MembershipUnknown:
-                room_id = await self._require_member(raw_room)
-                items, has_more = await messages.history(
-                    redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id, before=None,
-                    after=after, limit=limit, viewer_id=self.user_id)
-            self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more})
-            return
-        room_id = await self._require_member(raw_room)
+                pass
         found: dict[str, Any] = {}
-        if after_version is not None:
-            # The older messages (seq <= after_seq) changed since after_version, latest state
-            # each; newer ones come in `messages`, as they are now. Read BEFORE the messages:
-            # a change made in between then shows in the messages' state or has a version
-            # above last_version (the next sync's), so none falls between the two reads.
-            changes, more, last_version = await messages.changes_since(
-                self.resources, room_id=room_id, after_version=after_version, max_seq=after, limit=limit,
-                viewer_id=self.user_id)
-            found = {"changes": changes, "changes_has_more": more, "last_version": last_version}
-        items, has_more = await messages.history(redis=self.redis, keys=self.keys, settings=self.settings,
-                                                 room_id=room_id, before=None, after=after, limit=limit,
-                                                 viewer_id=self.user_id)
+        if room_id is None:
+            room_id = await self._require_member(raw_room)
+            if after_version is not None:
+                # The older messages (seq <= after_seq) changed since after_version, latest state
+                # each; newer ones come in `messages`, as they are now. Read BEFORE the messages:
+                # a change made in between then shows in the messages' state or has a version
+                # above last_version (the next sync's), so none falls between the two reads.
+                changes, more, last_version = await messages.changes_since(
+                    self.resources, room_id=room_id, after_version=after_version, max_seq=after, limit=limit,
+                    viewer_id=self.user_id)
+                found = {"changes": changes, "changes_has_more": more, "last_version": last_version}
+            items, has_more = await self._history(room_id, after, limit)
         self.conn.send({"type": "sync", "room_id": room_id, "messages": items, "has_more": has_more, **found})
+
+    async def _history(self, room_id: str, after: int, limit: int,
+                       member: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        return await messages.history(redis=self.redis, keys=self.keys, settings=self.settings, room_id=room_id,
+                                      before=None, after=after, limit=limit, viewer_id=self.user_id, member=member)
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
         # No direct answer: the message_updated event reaches every connection of every member,
